@@ -1,0 +1,39 @@
+# Set-up and everyday commands. A fresh machine needs only `make demo` or `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where no GPU is present we install the CPU build of torch first, so nothing pulls a multi-GB CUDA build.
+# On these machines torch==2.13.0 is a CPU wheel on local disk; elsewhere set
+# TORCH_INSTALL="torch --index-url https://download.pytorch.org/whl/cpu".
+TORCH_INSTALL ?= torch==2.13.0
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: install demo test lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if [ -z "$(HAS_GPU)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+		echo "no GPU found: installing the CPU build of torch ($(TORCH_INSTALL))"; \
+		$(PY) -m pip install --quiet $(TORCH_INSTALL); \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# The main job on the embedded default: SmolLM2-135M-Instruct on the shipped WNUT'17 data, on CPU.
+demo: install
+	$(VENV)/bin/cllmfs demo --output runs/demo
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint:
+	$(PY) -m ruff check .
+
+format:
+	$(PY) -m ruff format .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

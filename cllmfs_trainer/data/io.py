@@ -1,0 +1,435 @@
+"""Readers and writers for NER data: BIO/CoNLL files, JSONL with character spans, and HF datasets.
+
+Everything is read into `Sentence` objects: tokens plus flat gold spans `(start, end, type)` over token indices, end
+exclusive. Tag schemes (BIO, IOB1, BIOES) exist only at the file boundary; inside the library there are only spans.
+
+Bad input raises `DataFormatError` naming the file and line. The one repair we make is the usual one for BIO data: an
+`I-X` that does not continue an `X` entity starts a new entity. Repairs are counted on the returned `Corpus` and
+logged, so nothing changes silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("auto", "bio", "iob1", "bioes")
+# Prefixes allowed per scheme. BIOES is also written IOBES, BILOU (L = E, U = S); we accept those letters too.
+_PREFIXES = {"bio": set("BI"), "iob1": set("BI"), "bioes": set("BIESLU")}
+
+
+class DataFormatError(ValueError):
+    """Raised for malformed NER input; the message names the file (or dataset) and the line (or row)."""
+
+
+class Span(NamedTuple):
+    """A gold or predicted entity over token indices `[start, end)`."""
+
+    start: int
+    end: int
+    type: str
+
+
+@dataclass
+class Sentence:
+    """One tokenised sentence with flat entity spans.
+
+    Args:
+        tokens: The words, in order. The sentence text is the tokens joined by single spaces.
+        spans: Entities as `Span(start, end, type)` over token indices, end exclusive, sorted and non-overlapping.
+        id: Where the sentence came from, e.g. `train.txt:118` or `wnut_17/train:42`.
+    """
+
+    tokens: list[str]
+    spans: list[Span] = field(default_factory=list)
+    id: str = ""
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+    def token_char_offsets(self) -> list[tuple[int, int]]:
+        """Character `(start, end)` of every token in `self.text`."""
+        offsets, pos = [], 0
+        for token in self.tokens:
+            offsets.append((pos, pos + len(token)))
+            pos += len(token) + 1
+        return offsets
+
+    def span_text(self, span: Span) -> str:
+        return " ".join(self.tokens[span.start : span.end])
+
+    def to_bio(self) -> list[str]:
+        tags = ["O"] * len(self.tokens)
+        for start, end, etype in self.spans:
+            tags[start] = f"B-{etype}"
+            for i in range(start + 1, end):
+                tags[i] = f"I-{etype}"
+        return tags
+
+    def types(self) -> set[str]:
+        return {span.type for span in self.spans}
+
+    def restrict_types(self, keep: Iterable[str]) -> Sentence:
+        """A copy whose spans of types outside `keep` are dropped (they become O, as in N-way episodes)."""
+        keep = set(keep)
+        return Sentence(list(self.tokens), [s for s in self.spans if s.type in keep], self.id)
+
+
+@dataclass
+class Corpus:
+    """Sentences read from one source, with what the reader had to repair.
+
+    Args:
+        sentences: The sentences, in file order.
+        source: The file path or dataset name they came from.
+        repairs: `(location, tag)` of every `I-` tag that did not continue an entity and was read as a start.
+    """
+
+    sentences: list[Sentence]
+    source: str = ""
+    repairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __iter__(self) -> Iterator[Sentence]:
+        return iter(self.sentences)
+
+    def __getitem__(self, index: int) -> Sentence:
+        return self.sentences[index]
+
+    def types(self) -> list[str]:
+        """Entity types present, sorted."""
+        return sorted({span.type for sentence in self.sentences for span in sentence.spans})
+
+
+def tags_to_spans(tags: Sequence[str], scheme: str = "bio") -> tuple[list[Span], list[int]]:
+    """Decode one sentence's tags into spans.
+
+    Args:
+        tags: One tag per token, already validated by `split_tag`.
+        scheme: `bio`, `iob1` or `bioes`.
+
+    Returns:
+        The spans, and the indices of tags that had to be repaired (an `I-`/`E-` tag that continues no entity of its
+        type starts a new one). In IOB1 such a tag is the normal way to start an entity, so it is not a repair there.
+    """
+    spans: list[Span] = []
+    repaired: list[int] = []
+    start, current = None, None  # open entity
+
+    def close(end: int) -> None:
+        nonlocal start, current
+        if current is not None:
+            spans.append(Span(start, end, current))
+        start, current = None, None
+
+    for i, tag in enumerate(tags):
+        prefix, etype = split_tag(tag)
+        prefix = {"L": "E", "U": "S"}.get(prefix, prefix)
+        if prefix == "O":
+            close(i)
+        elif prefix in ("B", "S"):
+            close(i)
+            start, current = i, etype
+        elif current != etype:  # I-/E- that continues nothing of its type
+            if scheme != "iob1":
+                repaired.append(i)
+            close(i)
+            start, current = i, etype
+        if prefix in ("S", "E") and current is not None:
+            close(i + 1)
+    close(len(tags))
+    return spans, repaired
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """`B-location-GPE` -> (`B`, `location-GPE`); `O` -> (`O`, ``). Type names may contain `-` and `/`."""
+    if tag == "O":
+        return "O", ""
+    if len(tag) < 3 or tag[1] != "-":
+        raise ValueError(f"tag {tag!r} is neither 'O' nor '<prefix>-<type>'")
+    return tag[0], tag[2:]
+
+
+def _detect_scheme(prefixes: set[str]) -> str:
+    return "bioes" if prefixes & set("ESLU") else "bio"
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown tag scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+def _decode_sentence(
+    tokens: list[str], tags: list[str], locations: list[str], scheme: str, sentence_id: str, repairs: list
+) -> Sentence:
+    spans, repaired = tags_to_spans(tags, scheme)
+    repairs.extend((locations[i], tags[i]) for i in repaired)
+    return Sentence(tokens, spans, sentence_id)
+
+
+def _validate_tags(tags: list[str], locations: list[str], scheme: str) -> str:
+    """Check every tag against the scheme (detecting it when `auto`); returns the concrete scheme."""
+    prefixes: dict[str, str] = {}
+    for tag, where in zip(tags, locations):
+        try:
+            prefix, _ = split_tag(tag)
+        except ValueError as err:
+            raise DataFormatError(f"{where}: {err}; expected BIO, IOB1 or BIOES tags such as B-PER") from None
+        prefixes.setdefault(prefix, where)
+    unknown = sorted(set(prefixes) - _PREFIXES["bioes"] - {"O"})
+    if unknown:
+        raise DataFormatError(f"{prefixes[unknown[0]]}: tag prefix {unknown[0]!r} belongs to no known tag scheme; "
+                              "expected O, B-, I- (BIO, IOB1) or also E-, S-, L-, U- (BIOES)")
+    if scheme == "auto":
+        scheme = _detect_scheme(set(prefixes))
+    bad = set(prefixes) - _PREFIXES[scheme] - {"O"}
+    if bad:
+        prefix = sorted(bad)[0]
+        raise DataFormatError(
+            f"{prefixes[prefix]}: tag prefix {prefix!r} is not part of the {scheme.upper()} scheme; "
+            f"pass the right scheme (one of {', '.join(SCHEMES[1:])})"
+        )
+    return scheme
+
+
+def _report_repairs(corpus: Corpus) -> Corpus:
+    if corpus.repairs:
+        first_where, first_tag = corpus.repairs[0]
+        logger.warning(
+            "%s: %d I- tag(s) continued no entity and were read as entity starts (first: %s at %s)",
+            corpus.source, len(corpus.repairs), first_tag, first_where,
+        )
+    return corpus
+
+
+def read_conll(path: str | Path, scheme: str = "auto") -> Corpus:
+    """Read a `token<TAB>tag` file or a whitespace-separated multi-column CoNLL file.
+
+    The first column is the token and the last one the tag; blank lines end sentences; `-DOCSTART-` lines are
+    skipped. Tags may be BIO, IOB1 or BIOES and are decoded to spans.
+
+    Args:
+        path: The file, UTF-8.
+        scheme: `auto` (BIOES if any E-/S-/L-/U- tag occurs, else BIO), `bio`, `iob1` or `bioes`.
+
+    Returns:
+        A `Corpus`; `corpus.repairs` lists the `I-` tags that started an entity in a BIO/BIOES file.
+
+    Raises:
+        DataFormatError: naming `path:line` for non-UTF-8 bytes, a missing tag, or a tag outside the scheme.
+    """
+    _check_scheme(scheme)
+    path = Path(path)
+    rows: list[tuple[list[str], list[str], list[str], int]] = []  # tokens, tags, locations, first line
+    tokens, tags, where = [], [], []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(
+                f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
+                "re-encode the file as UTF-8"
+            ) from None
+        if not line.strip() or line.split()[0] == "-DOCSTART-":
+            if tokens:
+                rows.append((tokens, tags, where, int(where[0].rsplit(":", 1)[1])))
+                tokens, tags, where = [], [], []
+            continue
+        columns = line.split("\t") if "\t" in line else line.split()
+        columns = [c.strip() for c in columns]
+        if len(columns) < 2 or not columns[-1]:
+            raise DataFormatError(f"{path}:{lineno}: missing tag for token {columns[0]!r}; expected 'token<TAB>tag'")
+        if not columns[0] or any(ch.isspace() for ch in columns[0]):
+            raise DataFormatError(f"{path}:{lineno}: token {columns[0]!r} is empty or contains whitespace")
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+        where.append(f"{path}:{lineno}")
+    if tokens:
+        rows.append((tokens, tags, where, int(where[0].rsplit(":", 1)[1])))
+
+    all_tags = [t for row in rows for t in row[1]]
+    all_where = [w for row in rows for w in row[2]]
+    concrete = _validate_tags(all_tags, all_where, scheme)
+    corpus = Corpus([], str(path))
+    for toks, tgs, locs, first_line in rows:
+        sentence_id = f"{path.name}:{first_line}"
+        corpus.sentences.append(_decode_sentence(toks, tgs, locs, concrete, sentence_id, corpus.repairs))
+    return _report_repairs(corpus)
+
+
+def write_bio(path: str | Path, sentences: Iterable[Sentence]) -> None:
+    """Write sentences as `token<TAB>BIO-tag` lines with a blank line after each sentence (UTF-8, `\\n`)."""
+    lines = []
+    for sentence in sentences:
+        for token, tag in zip(sentence.tokens, sentence.to_bio()):
+            if not token or any(ch.isspace() for ch in token):
+                raise DataFormatError(f"sentence {sentence.id or '?'}: token {token!r} is empty or has whitespace")
+            lines.append(f"{token}\t{tag}\n")
+        lines.append("\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+def read_jsonl(path: str | Path) -> Corpus:
+    """Read JSONL lines `{"text": ..., "entities": [{"start": int, "end": int, "type": str}, ...]}`.
+
+    Offsets are characters into `text`, end exclusive. The text is split on whitespace and, in addition, at every
+    entity boundary, so each entity covers whole tokens and no annotation is lost. An optional `"id"` field is kept.
+
+    Raises:
+        DataFormatError: naming `path:line` and the field for invalid JSON, missing fields, offsets outside the text,
+            empty or overlapping entities.
+    """
+    path = Path(path)
+    corpus = Corpus([], str(path))
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{where}: byte 0x{raw[err.start]:02x} is not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        sentence = sentence_from_char_spans(record, where)
+        sentence.id = str(record.get("id", f"{path.name}:{lineno}"))
+        corpus.sentences.append(sentence)
+    return corpus
+
+
+def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> Sentence:
+    """Build a `Sentence` from `{"text", "entities": [{"start", "end", "type"}]}` (see `read_jsonl`)."""
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        raise DataFormatError(f"{where}: field 'text' is missing or not a string")
+    entities = record.get("entities", [])
+    if not isinstance(entities, list):
+        raise DataFormatError(f"{where}: field 'entities' must be a list")
+    char_spans = []
+    for k, ent in enumerate(entities):
+        field_name = f"entities[{k}]"
+        if not isinstance(ent, dict) or not all(key in ent for key in ("start", "end", "type")):
+            raise DataFormatError(f"{where}: field '{field_name}' needs 'start', 'end' and 'type'")
+        start, end, etype = ent["start"], ent["end"], ent["type"]
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise DataFormatError(
+                f"{where}: field '{field_name}' has offsets [{start}, {end}) outside the text (length {len(text)})"
+            )
+        if not isinstance(etype, str) or not etype or any(ch.isspace() for ch in etype):
+            raise DataFormatError(f"{where}: field '{field_name}.type' must be a non-empty string without spaces")
+        # Offsets that include surrounding whitespace are common in hand-made data; trim rather than reject.
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start == end:
+            raise DataFormatError(f"{where}: field '{field_name}' covers only whitespace")
+        char_spans.append((start, end, etype, field_name))
+    char_spans.sort()
+    for (_, e1, _, f1), (s2, _, _, f2) in zip(char_spans, char_spans[1:]):
+        if s2 < e1:
+            raise DataFormatError(f"{where}: fields '{f1}' and '{f2}' overlap; only flat (non-nested) NER is supported")
+
+    cuts = {s for s, _, _, _ in char_spans} | {e for _, e, _, _ in char_spans}
+    tokens: list[str] = []
+    token_starts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        end = pos + 1
+        while end < len(text) and not text[end].isspace() and end not in cuts:
+            end += 1
+        tokens.append(text[pos:end])
+        token_starts.append(pos)
+        pos = end
+    index_of_start = {s: i for i, s in enumerate(token_starts)}
+    spans = []
+    for start, end, etype, _ in char_spans:
+        first = index_of_start[start]
+        last = first
+        while last < len(tokens) and token_starts[last] < end:
+            last += 1
+        spans.append(Span(first, last, etype))
+    return Sentence(tokens, spans)
+
+
+def write_jsonl(path: str | Path, sentences: Iterable[Sentence]) -> None:
+    """Write sentences as JSONL with character offsets into the space-joined text (the inverse of `read_jsonl`)."""
+    with Path(path).open("w", encoding="utf-8") as out:
+        for sentence in sentences:
+            offsets = sentence.token_char_offsets()
+            entities = [
+                {"start": offsets[s.start][0], "end": offsets[s.end - 1][1], "type": s.type} for s in sentence.spans
+            ]
+            record = {"id": sentence.id, "text": sentence.text, "entities": entities}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def from_hf_dataset(
+    dataset: Any,
+    tokens_column: str = "tokens",
+    tags_column: str = "ner_tags",
+    label_names: Sequence[str] | None = None,
+    scheme: str = "auto",
+    name: str | None = None,
+) -> Corpus:
+    """Convert a `datasets.Dataset` with token and tag columns (e.g. `conll2003`, `wnut_17`) into a `Corpus`.
+
+    Args:
+        dataset: A split of an HF dataset.
+        tokens_column: Column with the list of tokens.
+        tags_column: Column with tag ids (a `Sequence(ClassLabel)`) or tag strings.
+        label_names: Id-to-tag names when the column has no ClassLabel feature.
+        scheme: As in `read_conll`.
+        name: Used in error messages and sentence ids; defaults to the dataset's builder name and split.
+    """
+    _check_scheme(scheme)
+    name = name or f"{getattr(dataset.info, 'dataset_name', None) or 'dataset'}/{dataset.split or 'split'}"
+    for column in (tokens_column, tags_column):
+        if column not in dataset.column_names:
+            raise DataFormatError(f"{name}: no column {column!r}; columns are {dataset.column_names}")
+    if label_names is None:
+        feature = dataset.features[tags_column]
+        inner = getattr(feature, "feature", None)
+        if inner is None and isinstance(feature, list) and feature:  # datasets stores List(ClassLabel) as [feature]
+            inner = feature[0]
+        label_names = getattr(inner, "names", None)
+    rows, all_tags, all_where = [], [], []
+    for index, row in enumerate(dataset):
+        tokens, raw_tags = list(row[tokens_column]), list(row[tags_column])
+        where = f"{name} row {index}"
+        if len(tokens) != len(raw_tags):
+            raise DataFormatError(f"{where}: {len(tokens)} tokens but {len(raw_tags)} tags")
+        if raw_tags and not isinstance(raw_tags[0], str):
+            if label_names is None:
+                raise DataFormatError(f"{name}: column {tags_column!r} holds ids but has no ClassLabel names; "
+                                      "pass label_names")
+            raw_tags = [label_names[t] for t in raw_tags]
+        rows.append((tokens, raw_tags, [where] * len(tokens), index))
+        all_tags.extend(raw_tags)
+        all_where.extend([where] * len(tokens))
+    concrete = _validate_tags(all_tags, all_where, scheme)
+    corpus = Corpus([], name)
+    for tokens, tags, where, index in rows:
+        corpus.sentences.append(_decode_sentence(tokens, tags, where, concrete, f"{name}:{index}", corpus.repairs))
+    return _report_repairs(corpus)
+
+
+def load_hf_dataset(hub_id: str, split: str, **kwargs: Any) -> Corpus:
+    """Load a split from the Hugging Face hub (needs network access) and convert it with `from_hf_dataset`."""
+    import datasets  # deferred: importing datasets costs about a second
+
+    return from_hf_dataset(datasets.load_dataset(hub_id, split=split), name=f"{hub_id}/{split}", **kwargs)

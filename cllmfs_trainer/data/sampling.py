@@ -1,0 +1,198 @@
+"""N-way K-shot support sets and the INTRA / INTER few-shot settings.
+
+Sampling is the greedy algorithm of Yang & Katiyar (EMNLP 2020): visit the N types from rarest to most frequent and
+add random sentences holding the current type until it has at least K mentions. Mentions of the other chosen types
+in those sentences count too, so frequent types usually end up with more than K. Few-NERD's variant (`max_2k=True`)
+additionally refuses a sentence that would push any type above 2K mentions. Types outside the N are relabelled O.
+
+Support sets are saved as plain BIO files, comparable with published ones, plus a JSON sidecar with how they were made.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cllmfs_trainer.data.io import Sentence, read_conll, write_bio
+from cllmfs_trainer.data.registry import DatasetInfo, EntityType, get_dataset
+
+INTER_SOURCE = "ontonotes5"
+
+
+@dataclass
+class SupportSet:
+    """A few-shot support set.
+
+    Args:
+        sentences: The support sentences, spans restricted to `types`.
+        types: The N type labels the set was sampled for.
+        k: Minimum mentions per type.
+        seed: Sampling seed (None for a set loaded from elsewhere).
+        source: Where the sentences came from (a file or `dataset/split`).
+        max_2k: Whether Few-NERD's at-most-2K rule was applied.
+    """
+
+    sentences: list[Sentence]
+    types: list[str]
+    k: int
+    seed: int | None = None
+    source: str = ""
+    max_2k: bool = False
+
+    def mention_counts(self) -> dict[str, int]:
+        counts = Counter(span.type for sentence in self.sentences for span in sentence.spans)
+        return {t: counts.get(t, 0) for t in self.types}
+
+    def save(self, path: str | Path) -> None:
+        """Write `path` (BIO) and `path` + `.json` (seed, N, K, types, source, counts)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bio(path, self.sentences)
+        meta = {
+            "n": len(self.types), "k": self.k, "seed": self.seed, "types": self.types, "source": self.source,
+            "max_2k": self.max_2k, "sentences": len(self.sentences), "mentions": self.mention_counts(),
+            "sentence_ids": [s.id for s in self.sentences],
+        }
+        Path(f"{path}.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, k: int | None = None, types: Sequence[str] | None = None) -> SupportSet:
+        """Read a support set BIO file (ours or a published one); the sidecar JSON is used when present."""
+        path = Path(path)
+        corpus = read_conll(path)
+        meta_path = Path(f"{path}.json")
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        found_types = list(types or meta.get("types") or corpus.types())
+        counts = Counter(span.type for sentence in corpus for span in sentence.spans)
+        k = k if k is not None else meta.get("k", min((counts[t] for t in found_types), default=0))
+        return cls(corpus.sentences, found_types, k, meta.get("seed"), meta.get("source", str(path)),
+                   meta.get("max_2k", False))
+
+
+def sample_support_set(
+    sentences: Sequence[Sentence],
+    k: int,
+    types: Sequence[str] | None = None,
+    seed: int = 0,
+    max_2k: bool = False,
+    exclude: Iterable[Sentence] = (),
+    source: str = "",
+) -> SupportSet:
+    """Greedy N-way K-shot sampling (see the module docstring); deterministic for a given seed and input order.
+
+    Args:
+        sentences: The pool, e.g. a train split.
+        k: Mentions wanted per type.
+        types: The N types; all types in the pool by default.
+        seed: Random seed.
+        max_2k: Apply Few-NERD's rule that no type gets more than 2K mentions.
+        exclude: Sentences that must not be picked (e.g. the query set); matched by their tokens.
+        source: Recorded in the support set.
+
+    Raises:
+        ValueError: if some type cannot reach K mentions from the pool.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    types = sorted({s.type for sentence in sentences for s in sentence.spans}) if types is None else list(types)
+    if not types:
+        raise ValueError("the pool has no entities to sample from")
+    excluded = {tuple(s.tokens) for s in exclude}
+    pool = [s.restrict_types(types) for s in sentences if tuple(s.tokens) not in excluded]
+    pool = [s for s in pool if s.spans]
+    frequency = Counter(span.type for s in pool for span in s.spans)
+    order = sorted(types, key=lambda t: (frequency[t], t))  # rarest first
+    candidates = list(range(len(pool)))
+    random.Random(seed).shuffle(candidates)
+
+    counts = Counter()
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for etype in order:
+        for index in candidates:
+            if counts[etype] >= k:
+                break
+            sentence_counts = Counter(span.type for span in pool[index].spans)
+            if index in taken or etype not in sentence_counts:
+                continue
+            if max_2k and any(counts[t] + c > 2 * k for t, c in sentence_counts.items()):
+                continue
+            chosen.append(index)
+            taken.add(index)
+            counts.update(sentence_counts)
+        if counts[etype] < k:
+            rule = " under the at-most-2K rule" if max_2k else ""
+            raise ValueError(f"type {etype!r} reaches only {counts[etype]} of {k} mentions{rule} "
+                             f"({frequency[etype]} in the pool of {len(pool)} sentences)")
+    return SupportSet([pool[i] for i in chosen], list(types), k, seed, source, max_2k)
+
+
+@dataclass
+class FewShotTask:
+    """One few-shot episode: what to train on and what to predict.
+
+    Args:
+        setting: `intra` (support and query from one dataset) or `inter` (support from OntoNotes, query elsewhere).
+        support: The support set.
+        query: Sentences to predict, with gold spans.
+        train_types: Types of the support set, with names and descriptions.
+        test_types: Types to extract from the query.
+    """
+
+    setting: str
+    support: SupportSet
+    query: list[Sentence]
+    train_types: list[EntityType]
+    test_types: list[EntityType]
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def make_task(
+    setting: str,
+    dataset: str | DatasetInfo,
+    k: int = 5,
+    seed: int = 0,
+    n_types: Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+    query_split: str = "test",
+    query_size: int | None = None,
+    max_2k: bool = False,
+) -> FewShotTask:
+    """Build an INTRA or INTER episode.
+
+    INTRA: the support set is sampled from `dataset`'s train split; the query is its test split. INTER: the support
+    set is sampled from OntoNotes 5.0 train (all 18 types); the query is `dataset`'s test split with its own types.
+    In both cases no query sentence can be in the support set.
+
+    Args:
+        setting: `intra` or `inter`.
+        dataset: Registry key or `DatasetInfo` of the (target) dataset.
+        k: Shots per type.
+        seed: Sampling seed (support set and query subsample).
+        n_types: Restrict the support set to these type labels (N-way); all types by default.
+        data_dir: Data folder for datasets that are not shipped (see `DatasetInfo.split_path`).
+        query_split: Split to predict.
+        query_size: Predict a random subset of this many query sentences (the size is recorded in `notes`).
+        max_2k: Few-NERD's at-most-2K sampling rule.
+    """
+    setting = setting.lower()
+    if setting not in ("intra", "inter"):
+        raise ValueError(f"setting must be 'intra' or 'inter', got {setting!r}")
+    target = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    source = target if setting == "intra" else get_dataset(INTER_SOURCE)
+    full_query = target.load(query_split, data_dir).sentences
+    query = full_query
+    if query_size is not None and query_size < len(full_query):
+        keep = sorted(random.Random(seed).sample(range(len(full_query)), query_size))
+        query = [full_query[i] for i in keep]
+    pool = source.load("train", data_dir)
+    types = list(n_types) if n_types else [t.label for t in source.types]
+    support = sample_support_set(pool.sentences, k, types, seed, max_2k, exclude=full_query, source=pool.source)
+    train_types = [source.type(t) for t in types]
+    test_types = train_types if setting == "intra" else list(target.types)
+    notes = {"query_size": len(query), "query_split_size": len(full_query)}
+    return FewShotTask(setting, support, query, train_types, test_types, notes)

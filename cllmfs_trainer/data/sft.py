@@ -1,0 +1,213 @@
+"""Per-(sentence, entity type) SFT samples in the paper's format, and their tokenisation with `cl_labels`.
+
+Prompt format 1 (ours; the paper fixes the instruction and the output, not the glue between them)::
+
+    Please extract the entity of person in the input sentence given below, the entity of person refers to ...
+    Input: Andrew Little met the press .
+    Output:
+
+and the completion (the paper's output format, entities in sentence order)::
+
+    <im_start> I can extract entities for you, the extracted entities are <<< Andrew Little >>> <im_end>
+
+A sentence without entities of the queried type gets the same sentence with no `<<< >>>` group::
+
+    <im_start> I can extract entities for you, the extracted entities are <im_end>
+
+Markers `<im_start>`, `<im_end>`, `<<<`, `>>>` are plain text, not added special tokens: nothing in the vocabulary or
+the embedding matrix changes, so a LoRA adapter stays small and works on any tokenizer (SmolLM2's byte-level BPE and
+LLaMA-2's SentencePiece alike). Generation stops at the EOS token that follows `<im_end>` in every training sample,
+and `<im_end>` itself can serve as a stop string.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cllmfs_trainer.data.io import Sentence
+from cllmfs_trainer.data.registry import EntityType
+
+logger = logging.getLogger(__name__)
+
+PROMPT_FORMAT = 1
+IM_START, IM_END, OPEN, CLOSE = "<im_start>", "<im_end>", "<<<", ">>>"
+INSTRUCTION = (
+    "Please extract the entity of {name} in the input sentence given below, "
+    "the entity of {name} refers to {description}."
+)
+PROMPT = "{instruction}\nInput: {sentence}\nOutput:\n"
+ANSWER_PREFIX = f"{IM_START} I can extract entities for you, the extracted entities are"
+IGNORE_INDEX = -100
+
+
+def instruction(entity_type: EntityType) -> str:
+    """The paper's Appendix A instruction for one type."""
+    return INSTRUCTION.format(name=entity_type.name, description=entity_type.description)
+
+
+def build_prompt(sentence_text: str, entity_type: EntityType) -> str:
+    """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces."""
+    return PROMPT.format(instruction=instruction(entity_type), sentence=sentence_text)
+
+
+def build_completion(entities: Sequence[str]) -> str:
+    """The target output for the given entity strings (in sentence order); no entities gives the empty form."""
+    groups = "".join(f" {OPEN} {entity} {CLOSE}" for entity in entities)
+    return f"{ANSWER_PREFIX}{groups} {IM_END}"
+
+
+@dataclass
+class SFTSample:
+    """One prompt/completion pair, with what `cl_labels` needs.
+
+    Args:
+        prompt: Instruction, input sentence and the output cue.
+        completion: The target output.
+        type_label: Label of the queried type.
+        type_id: 1 + the index of the queried type in the task's type list (0 marks "outside" in `cl_labels`).
+        sentence_id: Id of the source sentence.
+        sentence_chars: `(start, end)` of the input sentence inside `prompt`.
+        entity_chars: `(start, end)` inside `prompt` of each gold entity of the queried type.
+    """
+
+    prompt: str
+    completion: str
+    type_label: str
+    type_id: int
+    sentence_id: str = ""
+    sentence_chars: tuple[int, int] = (0, 0)
+    entity_chars: list[tuple[int, int]] = field(default_factory=list)
+
+
+def build_samples(sentences: Sequence[Sentence], types: Sequence[EntityType]) -> list[SFTSample]:
+    """One sample per (sentence, type), types absent from the sentence included (they teach the empty output).
+
+    Args:
+        sentences: Support sentences with gold spans.
+        types: The task's types; their order defines the type ids.
+    """
+    samples = []
+    for sentence in sentences:
+        text = sentence.text
+        word_chars = sentence.token_char_offsets()
+        for type_id, entity_type in enumerate(types, start=1):
+            prompt = build_prompt(text, entity_type)
+            start = prompt.index("\nInput: ") + len("\nInput: ")
+            spans = [s for s in sentence.spans if s.type == entity_type.label]
+            samples.append(SFTSample(
+                prompt=prompt,
+                completion=build_completion([sentence.span_text(s) for s in spans]),
+                type_label=entity_type.label,
+                type_id=type_id,
+                sentence_id=sentence.id,
+                sentence_chars=(start, start + len(text)),
+                entity_chars=[(start + word_chars[s.start][0], start + word_chars[s.end - 1][1]) for s in spans],
+            ))
+    return samples
+
+
+def _cl_labels(prompt: str, offsets: Sequence[tuple[int, int]], sample: SFTSample) -> list[int]:
+    """Per prompt token: the type id inside a gold span, 0 elsewhere in the sentence, -100 outside the sentence."""
+    labels = []
+    sent_start, sent_end = sample.sentence_chars
+    for start, end in offsets:
+        # Byte-level BPE and SentencePiece report leading spaces differently; judge a token by its visible chars.
+        while start < end and prompt[start].isspace():
+            start += 1
+        while end > start and prompt[end - 1].isspace():
+            end -= 1
+        if start == end or end <= sent_start or start >= sent_end:
+            labels.append(IGNORE_INDEX)
+        elif any(start < e_end and end > e_start for e_start, e_end in sample.entity_chars):
+            labels.append(sample.type_id)
+        else:
+            labels.append(0)
+    return labels
+
+
+@dataclass
+class TokenizeStats:
+    """What `tokenize_samples` did that the user should know about."""
+
+    samples: int = 0
+    truncated: int = 0
+    dropped: int = 0  # truncated so far that no completion token was left
+    max_length_seen: int = 0
+
+
+def tokenize_sample(sample: SFTSample, tokenizer: Any, add_eos: bool = True) -> dict[str, list[int]]:
+    """Tokenise one sample into `input_ids`, `attention_mask`, `labels` and `cl_labels` (untruncated).
+
+    The prompt and the completion are tokenised separately and concatenated, which is exactly what the model sees at
+    inference (prompt ids, then generated ids). `labels` are -100 on the prompt; the completion and the EOS are learned.
+    """
+    prompt = tokenizer(sample.prompt, add_special_tokens=True, return_offsets_mapping=True)
+    completion_ids = tokenizer(sample.completion, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    prompt_ids = list(prompt["input_ids"])
+    input_ids = prompt_ids + completion_ids
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+        "cl_labels": _cl_labels(sample.prompt, prompt["offset_mapping"], sample) + [IGNORE_INDEX] * len(completion_ids),
+    }
+
+
+def tokenize_samples(
+    samples: Sequence[SFTSample], tokenizer: Any, max_length: int | None = None, add_eos: bool = True
+) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """Tokenise samples; rows longer than `max_length` are cut, all per-token columns together.
+
+    A row cut so far that no completion token is left cannot teach anything and is dropped. Both cases are counted in
+    the returned stats and logged; split long sentences first (`split_sentence`) to avoid them.
+    """
+    rows, stats = [], TokenizeStats()
+    for sample in samples:
+        row = tokenize_sample(sample, tokenizer, add_eos)
+        stats.samples += 1
+        stats.max_length_seen = max(stats.max_length_seen, len(row["input_ids"]))
+        if max_length is not None and len(row["input_ids"]) > max_length:
+            stats.truncated += 1
+            row = {key: values[:max_length] for key, values in row.items()}
+            if all(label == IGNORE_INDEX for label in row["labels"]):
+                stats.dropped += 1
+                continue
+        rows.append(row)
+    if stats.truncated:
+        logger.warning(
+            "%d of %d samples exceed max_length=%d (longest %d tokens) and were truncated; %d lost their whole "
+            "completion and were dropped. Split long sentences with split_sentence() to avoid this.",
+            stats.truncated, stats.samples, max_length, stats.max_length_seen, stats.dropped,
+        )
+    return rows, stats
+
+
+def build_sft_dataset(
+    sentences: Sequence[Sentence],
+    types: Sequence[EntityType],
+    tokenizer: Any,
+    max_length: int | None = None,
+    keep_text: bool = False,
+) -> Any:
+    """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
+
+    Args:
+        sentences: Support sentences.
+        types: The task's types (their order defines the `cl_labels` ids).
+        tokenizer: A fast tokenizer (offset mappings are needed).
+        max_length: Cut longer rows (see `tokenize_samples`).
+        keep_text: Also keep `prompt`, `completion` and `type` columns, for inspection.
+    """
+    import datasets  # deferred: importing datasets costs about a second
+
+    samples = build_samples(sentences, types)
+    rows, _ = tokenize_samples(samples, tokenizer, max_length)
+    if keep_text and len(rows) == len(samples):
+        for row, sample in zip(rows, samples):
+            row.update(prompt=sample.prompt, completion=sample.completion, type=sample.type_label)
+    return datasets.Dataset.from_list(rows)
