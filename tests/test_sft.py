@@ -1,0 +1,167 @@
+import pytest
+
+from cllmfs_trainer.data import Sentence, Span, build_samples, build_sft_dataset, get_dataset, tokenize_samples
+from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.data.sft import IGNORE_INDEX, IM_END, IM_START, build_completion, build_prompt
+
+PERSON = EntityType("PER", "person", "people, including fictional ones, named by their names")
+LOCATION = EntityType("LOC", "location", "named places such as countries, cities and mountains")
+
+ANDREW = Sentence("Andrew Little met the press in Auckland .".split(), [Span(0, 2, "PER"), Span(6, 7, "LOC")], "ex:1")
+
+
+def test_paper_appendix_a_strings():
+    """The instruction pattern and output format of the paper's Appendix A, exactly."""
+    (per, loc) = build_samples([ANDREW], [PERSON, LOCATION])
+    assert per.prompt == (
+        "Please extract the entity of person in the input sentence given below, the entity of person refers to "
+        "people, including fictional ones, named by their names.\n"
+        "Input: Andrew Little met the press in Auckland .\n"
+        "Output:\n"
+    )
+    assert per.completion == (
+        "<im_start> I can extract entities for you, the extracted entities are <<< Andrew Little >>> <im_end>"
+    )
+    assert loc.completion == (
+        "<im_start> I can extract entities for you, the extracted entities are <<< Auckland >>> <im_end>"
+    )
+    assert (per.type_id, loc.type_id) == (1, 2)
+
+
+def test_absent_type_gets_the_empty_output_form():
+    other = EntityType("ORG", "organization", "companies")
+    (_, _, org) = build_samples([ANDREW], [PERSON, LOCATION, other])
+    assert org.completion == "<im_start> I can extract entities for you, the extracted entities are <im_end>"
+    assert org.entity_chars == []
+    assert build_completion([]) == org.completion
+
+
+def test_several_entities_in_sentence_order_with_repeats():
+    sentence = Sentence("Bo met Al and Bo".split(), [Span(0, 1, "PER"), Span(2, 3, "PER"), Span(4, 5, "PER")])
+    (sample,) = build_samples([sentence], [PERSON])
+    assert sample.completion.endswith("are <<< Bo >>> <<< Al >>> <<< Bo >>> <im_end>")
+    assert [sample.prompt[s:e] for s, e in sample.entity_chars] == ["Bo", "Al", "Bo"]
+
+
+def test_entity_chars_point_into_the_prompt():
+    wnut = get_dataset("wnut17")
+    sentences = wnut.load("dev").sentences[:200]
+    for sample in build_samples(sentences, wnut.types):
+        s, e = sample.sentence_chars
+        assert sample.prompt[s:e] + "\n" in sample.prompt
+        for (a, b) in sample.entity_chars:
+            assert s <= a < b <= e
+            assert f"<<< {sample.prompt[a:b]} >>>" in sample.completion
+
+
+@pytest.fixture(params=["smollm2_tokenizer", "sp_tokenizer"])
+def tokenizer(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_markers_are_plain_text_that_round_trips(tokenizer):
+    for marker in (IM_START, IM_END, "<<<", ">>>"):
+        assert marker not in tokenizer.all_special_tokens
+        assert marker not in tokenizer.get_added_vocab()
+    completion = build_completion(["Andrew Little", "Zoë"])
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids).strip() == completion
+    # The end marker always tokenises the same way at the end of a completion, whatever precedes it.
+    tails = {tuple(tokenizer(build_completion(e), add_special_tokens=False)["input_ids"][-4:])
+             for e in ([], ["x"], ["New York"], ["Zoë", "42"])}
+    assert len(tails) == 1
+
+
+def test_labels_learn_exactly_the_completion_and_eos(tokenizer):
+    rows, stats = tokenize_samples(build_samples([ANDREW], [PERSON, LOCATION]), tokenizer)
+    assert stats.samples == 2 and stats.truncated == 0
+    for row, sample in zip(rows, build_samples([ANDREW], [PERSON, LOCATION])):
+        n = len(row["input_ids"])
+        assert len(row["labels"]) == len(row["cl_labels"]) == len(row["attention_mask"]) == n
+        learned = [t for t in row["labels"] if t != IGNORE_INDEX]
+        assert learned[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(learned[:-1]).strip() == sample.completion
+        prompt_len = n - len(learned)
+        assert row["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+        assert row["input_ids"][:prompt_len] == tokenizer(sample.prompt)["input_ids"]
+        assert all(c == IGNORE_INDEX for c in row["cl_labels"][prompt_len:])
+
+
+def check_cl_alignment(tokenizer, sentences, types):
+    samples = build_samples(sentences, types)
+    rows, _ = tokenize_samples(samples, tokenizer)
+    for sample, row in zip(samples, rows):
+        encoding = tokenizer(sample.prompt, return_offsets_mapping=True)
+        offsets = encoding["offset_mapping"]
+        prompt_cl = row["cl_labels"][: len(offsets)]
+        s, e = sample.sentence_chars
+        covered = set()
+        for (a, b), label in zip(offsets, prompt_cl):
+            visible = sample.prompt[a:b].strip()
+            if label == IGNORE_INDEX:
+                # Outside the sentence (or pure whitespace): no visible sentence character.
+                assert not visible or b <= s or a >= e or not sample.prompt[max(a, s):min(b, e)].strip()
+                continue
+            assert visible and a < e and b > s
+            inside = any(a < y and b > x for x, y in sample.entity_chars)
+            assert label == (sample.type_id if inside else 0)
+            covered.update(range(a, b))
+        # Every visible sentence character is covered by a labelled token; entity characters by entity tokens.
+        assert all(i in covered for i in range(s, e) if not sample.prompt[i].isspace())
+        entity_tokens = sum(label > 0 for label in prompt_cl)
+        assert (entity_tokens > 0) == bool(sample.entity_chars)
+
+
+def test_cl_labels_alignment_on_handmade_sentence(tokenizer):
+    check_cl_alignment(tokenizer, [ANDREW], [PERSON, LOCATION])
+
+
+def test_cl_labels_alignment_on_real_wnut_support_set(tokenizer):
+    wnut = get_dataset("wnut17")
+    support_dir = wnut.split_path("train").parent / "support_sets"
+    from cllmfs_trainer.data import SupportSet
+
+    support = SupportSet.load(support_dir / "5shot_0.txt")  # emoji, @-mentions, URLs, non-ASCII
+    check_cl_alignment(tokenizer, support.sentences, wnut.types)
+
+
+def test_cl_labels_entity_at_sentence_start_and_end(tokenizer):
+    sentence = Sentence("Zoë ( 42 ) visited Reykjavík".split(), [Span(0, 1, "PER"), Span(5, 6, "LOC")])
+    samples = build_samples([sentence], [PERSON, LOCATION])
+    rows, _ = tokenize_samples(samples, tokenizer)
+    for sample, row in zip(samples, rows):
+        offsets = tokenizer(sample.prompt, return_offsets_mapping=True)["offset_mapping"]
+        marked = "".join(sample.prompt[a:b] for (a, b), c in zip(offsets, row["cl_labels"]) if c > 0).strip()
+        assert marked == ("Zoë" if sample.type_label == "PER" else "Reykjavík")
+    check_cl_alignment(tokenizer, [sentence], [PERSON, LOCATION])
+
+
+def test_truncation_cuts_all_columns_together_and_reports(tokenizer, caplog):
+    samples = build_samples([ANDREW], [PERSON])
+    full, _ = tokenize_samples(samples, tokenizer)
+    n = len(full[0]["input_ids"])
+    rows, stats = tokenize_samples(samples, tokenizer, max_length=n - 3)
+    assert stats.truncated == 1 and stats.dropped == 0
+    assert {len(v) for v in rows[0].values()} == {n - 3}
+    assert rows[0]["cl_labels"] == full[0]["cl_labels"][: n - 3]
+    rows, stats = tokenize_samples(samples, tokenizer, max_length=5)
+    assert rows == [] and stats.dropped == 1
+    assert "lost their whole completion" in caplog.text
+
+
+def test_build_sft_dataset_on_shipped_wnut(sp_tokenizer):
+    wnut = get_dataset("wnut17")
+    from cllmfs_trainer.data import sample_support_set
+
+    support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
+    dataset = build_sft_dataset(support.sentences, wnut.types, sp_tokenizer, keep_text=True)
+    assert len(dataset) == len(support.sentences) * 6
+    assert {"input_ids", "attention_mask", "labels", "cl_labels", "prompt", "completion", "type"} <= set(
+        dataset.column_names)
+    positive = sum(any(c > 0 for c in row) for row in dataset["cl_labels"])
+    empty = sum(c.endswith("are <im_end>") for c in dataset["completion"])
+    assert positive + empty == len(dataset)  # a sample marks entity tokens iff its completion names entities
+
+
+def test_prompt_has_no_trailing_space():
+    assert build_prompt("a b", PERSON).endswith("Output:\n")
