@@ -1,0 +1,125 @@
+"""`ContrastiveSFTConfig`: TRL's `SFTConfig` plus the `cl_*` fields of the contrastive term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+NOISE_SITES = ("embeddings", "hidden", "none")
+NOISE_DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class ContrastiveSFTConfig(SFTConfig):
+    """Configuration for `ContrastiveSFTTrainer`: every `SFTConfig` field, plus the contrastive term.
+
+    The loss is `CE + cl_weight * CL`, where CL is a supervised contrastive loss over the layer-`cl_layer` hidden
+    states of the input-sentence tokens (see `cllmfs_trainer.losses`). Ablations of the paper's Table 2 map onto it:
+    `cl_weight=0` is LoRA only, `cl_noise_site="none"` is LoRA+CL, and the defaults are LoRA+CL+Noise.
+
+    Defaults that differ from `SFTConfig`:
+        - `bf16`: chosen from the hardware (True only on a GPU that supports it) instead of always True, which fails
+          on CPU.
+        - `dataset_kwargs`: `{"skip_prepare_dataset": True}`, because our datasets arrive tokenised with `cl_labels`
+          (`cllmfs_trainer.data.build_sft_dataset`); TRL's preparation would truncate only some columns.
+        - `remove_unused_columns`: False, so `cl_labels` reach the collator.
+    """
+
+    cl_weight: float = field(
+        default=0.001,
+        metadata={"help": "Weight lambda of the contrastive term in CE + lambda * CL (the paper: 0.001). 0 disables "
+                  "it, and the trainer then behaves exactly like SFTTrainer."},
+    )
+    cl_layer: float = field(
+        default=26,
+        metadata={"help": "Layer whose output feeds the contrastive term: an integer L >= 1 is the output of block L "
+                  "(hidden_states[L]; for the last block, its output before the final norm; the paper: 26 of "
+                  "LLaMA-2-7B's 32), a float in (0, 1) a fraction of the model's depth, so one recipe fits models "
+                  "of different depth."},
+    )
+    cl_temperature: float = field(
+        default=0.07, metadata={"help": "Temperature of the supervised contrastive loss (> 0)."}
+    )
+    cl_noise_site: str = field(
+        default="embeddings",
+        metadata={"help": "Where the noised positive view comes from: 'embeddings' (a second forward with noised "
+                  "input embeddings, stopped after layer cl_layer), 'hidden' (noise added to the layer's states; "
+                  "cheap) or 'none' (no noised view).", "choices": list(NOISE_SITES)},
+    )
+    cl_noise_distribution: str = field(
+        default="uniform",
+        metadata={"help": "'uniform' (NEFTune: U(-1, 1) * alpha / sqrt(seq_len * dim)) or 'gaussian' "
+                  "(N(0, 1) with the same scale).", "choices": list(NOISE_DISTRIBUTIONS)},
+    )
+    cl_noise_alpha: float = field(
+        default=5.0, metadata={"help": "Noise magnitude alpha (NEFTune's alpha; >= 0)."}
+    )
+    cl_positive_grad: bool = field(
+        default=False,
+        metadata={"help": "Let gradients flow through the noised view. Off by default: the noised pass then runs "
+                  "without storing activations, which is what keeps it cheap."},
+    )
+    cl_max_tokens: int | None = field(
+        default=1024,
+        metadata={"help": "Cap on the tokens per micro-batch entering the contrastive term (its cost is quadratic); O "
+                  "tokens are subsampled first. None: no cap."},
+    )
+    cl_anchor_outside: bool = field(
+        default=False,
+        metadata={"help": "Also use O tokens as anchors (by default they only serve as negatives)."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on only where a GPU supports it (SFTConfig's True fails on "
+                  "CPU)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep columns the model does not take, such as cl_labels."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and _bf16_supported()
+        if self.dataset_kwargs is None:
+            self.dataset_kwargs = {"skip_prepare_dataset": True}
+        super().__post_init__()
+        if self.cl_weight < 0:
+            raise ValueError(f"cl_weight must be >= 0, got {self.cl_weight}")
+        if not (self.cl_layer > 0 and (self.cl_layer < 1 or float(self.cl_layer).is_integer())):
+            raise ValueError(f"cl_layer must be an integer >= 1 or a fraction in (0, 1), got {self.cl_layer}")
+        if self.cl_layer >= 1:
+            self.cl_layer = int(self.cl_layer)
+        if self.cl_temperature <= 0:
+            raise ValueError(f"cl_temperature must be > 0, got {self.cl_temperature}")
+        if self.cl_noise_site not in NOISE_SITES:
+            raise ValueError(f"cl_noise_site must be one of {NOISE_SITES}, got {self.cl_noise_site!r}")
+        if self.cl_noise_distribution not in NOISE_DISTRIBUTIONS:
+            raise ValueError(
+                f"cl_noise_distribution must be one of {NOISE_DISTRIBUTIONS}, got {self.cl_noise_distribution!r}"
+            )
+        if self.cl_noise_alpha < 0:
+            raise ValueError(f"cl_noise_alpha must be >= 0, got {self.cl_noise_alpha}")
+        if self.cl_max_tokens is not None and self.cl_max_tokens < 2:
+            raise ValueError(f"cl_max_tokens must be >= 2 or None, got {self.cl_max_tokens}")
+
+    def resolve_cl_layer(self, num_layers: int) -> int:
+        """The hidden_states index of the contrastive layer for a model with `num_layers` blocks.
+
+        Raises:
+            ValueError: if an integer `cl_layer` exceeds the model's depth.
+        """
+        if self.cl_layer < 1:
+            return max(1, round(self.cl_layer * num_layers))
+        if self.cl_layer > num_layers:
+            raise ValueError(
+                f"cl_layer={self.cl_layer} is out of range for a model with {num_layers} layers; use 1..{num_layers} "
+                f"or a fraction of depth such as {round(26 / 32, 4)} (the paper's layer 26 of 32)"
+            )
+        return int(self.cl_layer)
