@@ -19,6 +19,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 		$(PY) -m pip install --quiet $(TORCH_INSTALL); \
 	fi
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# DeepSpeed ships as an sdist: build it against the torch above (an isolated build would fetch another torch).
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.16" "bitsandbytes>=0.45"
 	touch $@
 
 # The main job on the embedded default: SmolLM2-135M-Instruct on the shipped WNUT'17 data, on CPU.

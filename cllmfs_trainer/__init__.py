@@ -1,7 +1,20 @@
 """cllmfs-trainer: few-shot NER with LLMs (CLLMFS: LoRA SFT plus a contrastive loss on one layer's hidden states).
 
 The data path lives in `cllmfs_trainer.data`, model loading (including the embedded default model) in
-`cllmfs_trainer.modeling`. Importing the package itself stays cheap: no torch, transformers or datasets import.
+`cllmfs_trainer.modeling`. `ContrastiveSFTTrainer` and `ContrastiveSFTConfig` are imported lazily, so importing the
+package itself stays cheap (no torch, transformers or trl).
 """
 
 __version__ = "0.1.0.dev0"
+__all__ = ["ContrastiveSFTConfig", "ContrastiveSFTTrainer"]
+
+_LAZY = {"ContrastiveSFTConfig": "cllmfs_trainer.config", "ContrastiveSFTTrainer": "cllmfs_trainer.trainer"}
+
+
+def __getattr__(name: str):
+    # `from cllmfs_trainer import ContrastiveSFTTrainer` works, but only that import pays for torch/trl.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cllmfs_trainer' has no attribute {name!r}")

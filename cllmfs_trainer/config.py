@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
 NOISE_SITES = ("embeddings", "hidden", "none")
 NOISE_DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _bf16_supported() -> bool:
@@ -30,6 +37,8 @@ class ContrastiveSFTConfig(SFTConfig):
         - `dataset_kwargs`: `{"skip_prepare_dataset": True}`, because our datasets arrive tokenised with `cl_labels`
           (`cllmfs_trainer.data.build_sft_dataset`); TRL's preparation would truncate only some columns.
         - `remove_unused_columns`: False, so `cl_labels` reach the collator.
+        - `use_cpu`: set when several processes are launched (torchrun) on a machine without CUDA; otherwise each
+          process would train alone.
     """
 
     cl_weight: float = field(
@@ -87,6 +96,10 @@ class ContrastiveSFTConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = not self.fp16 and _bf16_supported()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _cuda_available():
+            # torchrun on a CPU machine: without use_cpu, transformers sets up no process group and every process
+            # silently trains alone on the full data.
+            self.use_cpu = True
         if self.dataset_kwargs is None:
             self.dataset_kwargs = {"skip_prepare_dataset": True}
         super().__post_init__()

@@ -14,6 +14,7 @@ With `cl_weight=0` or batches without `cl_labels`, step 1 is all that happens: t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,6 +98,12 @@ class ContrastiveSFTTrainer(SFTTrainer):
         elif not isinstance(args, ContrastiveSFTConfig):
             args = ContrastiveSFTConfig(**{k: v for k, v in args.to_dict().items() if k in args.__dataclass_fields__})
         super().__init__(model, args=args, data_collator=data_collator, **kwargs)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.args.world_size != launched:
+            raise RuntimeError(
+                f"launched as {launched} processes but training sees world_size={self.args.world_size}: every process "
+                "would train alone. On a CPU machine pass --use_cpu true (or use ds_configs/cpu_ddp.yaml)."
+            )
         if data_collator is None:
             # SFTTrainer built its own collator; keep its settings and add cl_labels padding.
             built = self.data_collator

@@ -1,0 +1,103 @@
+"""Real multi-process runs of recipes/train.py on the CPU: DDP with 2 processes (gloo, via torchrun).
+
+`accelerate launch --cpu --num_processes 2` silently runs one process, so these use torchrun; each test checks the
+world size the run recorded.
+"""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+from safetensors.torch import load_file
+
+from cllmfs_trainer.data import Sentence, Span, write_bio
+from cllmfs_trainer.modeling import ensure_pad_token
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
+    """A tiny random LLaMA folder and a 4-sentence, 1-type support set (4 samples: one optimizer step sees all)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("dist")
+    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    names = ["Ann Lee", "Bo", "Carl Dietz Jr", "Zoë"]
+    sentences = [Sentence(f"yesterday {n} met the team in Rome".split(), [Span(1, 1 + len(n.split()), "person")])
+                 for n in names]
+    write_bio(root / "support.txt", sentences)
+    return root
+
+
+def launch(prefix, root, out, *extra):
+    args = [*prefix, str(REPO / "recipes" / "train.py"), str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+            "--model_name_or_path", str(root / "model"), "--support_set", str(root / "support.txt"),
+            "--n_types", "person", "--k", "1", "--max_steps", "1", "--warmup_steps", "0",
+            "--lora_target_modules", "q_proj", "v_proj", "--cl_layer", "2", "--cl_weight", "0",
+            "--output_dir", str(out), "--logging_steps", "1", "--optim", "sgd", "--learning_rate", "0.5",
+            "--max_grad_norm", "0", "--lora_dropout", "0", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "cllmfs_run.json").read_text()), load_file(out / "adapter_model.safetensors")
+
+
+def assert_same_adapter(a, b):
+    import torch
+
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_two_processes_give_the_single_process_update(tiny_run_inputs, tmp_path):
+    root = tiny_run_inputs
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port())]
+    # No --use_cpu: ContrastiveSFTConfig sets it when torchrun starts several processes on a machine without CUDA.
+    ddp_run, ddp = launch(torchrun, root, tmp_path / "ddp", "--per_device_train_batch_size", "2")
+    single_run, single = launch([sys.executable], root, tmp_path / "single", "--per_device_train_batch_size", "4")
+    assert (ddp_run["world_size"], single_run["world_size"]) == (2, 1)
+    assert_same_adapter(ddp, single)
+
+
+def test_ddp_with_the_contrastive_term_trains(tiny_run_inputs, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port())]
+    run, adapter = launch(torchrun, tiny_run_inputs, tmp_path / "ddp_cl", "--per_device_train_batch_size", "2",
+                          "--cl_weight", "0.5", "--max_steps", "2", "--use_cpu", "true")
+    assert run["world_size"] == 2
+    import torch
+
+    assert all(torch.isfinite(t).all() for t in adapter.values())
+
+
+def test_deepspeed_zero2_two_processes_give_the_single_process_update(tiny_run_inputs, tmp_path):
+    pytest.importorskip("deepspeed")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port())]
+    zero_run, zero = launch(torchrun, tiny_run_inputs, tmp_path / "zero2", "--per_device_train_batch_size", "2",
+                            "--deepspeed", str(REPO / "ds_configs" / "zero2.json"))
+    single_run, single = launch([sys.executable], tiny_run_inputs, tmp_path / "single",
+                                "--per_device_train_batch_size", "4")
+    assert (zero_run["world_size"], single_run["world_size"]) == (2, 1)
+    assert_same_adapter(zero, single)
