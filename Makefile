@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # The main job on the embedded default: SmolLM2-135M-Instruct on the shipped WNUT'17 data, on CPU.
 demo: install
-	$(VENV)/bin/cllmfs demo --output runs/demo
+	$(VENV)/bin/accelerate launch --num_processes 1 recipes/train.py recipes/smollm2/wnut17_intra.yaml
 
 test: install
 	$(PY) -m ruff check .

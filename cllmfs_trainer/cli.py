@@ -2,7 +2,8 @@
 
     cllmfs model [--model NAME_OR_PATH] [--force]      materialise / resolve a model folder
     cllmfs prepare --dataset wnut17 --k 5 --output DIR  support set + SFT samples (+ token statistics)
-    cllmfs demo --output DIR                           the main job on the embedded default, on CPU
+
+Training runs through `accelerate launch recipes/train.py RECIPE.yaml` (see README).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,34 +87,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(json.dumps(prepare(args, tokenizer), indent=2, ensure_ascii=False))
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """Materialise SmolLM2, build 5-shot WNUT'17 SFT data, and score one collated batch with the real model."""
-    import torch
-
-    from cllmfs_trainer.data import build_sft_dataset
-    from cllmfs_trainer.data.collator import ContrastiveDataCollator
-    from cllmfs_trainer.modeling import load_model, load_tokenizer, resolve_model
-
-    started = time.perf_counter()
-    model_path = resolve_model(None)
-    tokenizer = load_tokenizer(model_path)
-    print(f"model: {model_path}")
-    args.dataset, args.setting, args.support_set, args.types_file, args.data_dir = "wnut17", "intra", None, None, None
-    args.query_size = None
-    summary = prepare(args, tokenizer)
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
-    dataset = build_sft_dataset(
-        SupportSet.load(Path(args.output) / "support.txt").sentences, get_dataset("wnut17").types, tokenizer
-    )
-    batch = ContrastiveDataCollator(pad_token_id=tokenizer.pad_token_id)([dataset[i] for i in range(8)])
-    model = load_model(model_path)
-    with torch.no_grad():
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    print(f"base-model completion loss on one batch of 8 samples: {loss.item():.3f} "
-          f"(batch shape {tuple(batch['input_ids'].shape)}; {time.perf_counter() - started:.1f} s in all)")
-    print(f"wrote {args.output}/: support.txt(.json), sft_samples.jsonl, types.json, prepare.json")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cllmfs", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -131,11 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", required=True)
     prep.set_defaults(func=cmd_prepare)
 
-    demo = sub.add_parser("demo", help="run the main job on the embedded default model (CPU)")
-    demo.add_argument("--k", type=int, default=5)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--output", default="runs/demo")
-    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -115,7 +115,6 @@ class ContrastiveSFTTrainer(SFTTrainer):
         self.cl_layer = args.resolve_cl_layer(len(layers))
         # hidden_states[L] is the output of block L, i.e. layers[L - 1].
         self._capture = LayerCapture(layers[self.cl_layer - 1])
-        self._cl_generator: torch.Generator | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cl_labels = inputs.pop("cl_labels", None)
