@@ -33,7 +33,9 @@ class ScriptArguments:
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
 
 
-def main(script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> None:
+def main(
+    script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig
+) -> ContrastiveSFTTrainer:
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
     task = make_task(script_args.setting, dataset, script_args.k, script_args.support_seed,
                      n_types=script_args.n_types, data_dir=script_args.data_dir)
@@ -65,6 +67,7 @@ def main(script_args: ScriptArguments, training_args: ContrastiveSFTConfig, mode
             "cl_layer": trainer.cl_layer, "world_size": training_args.world_size,
         }
         (out / "cllmfs_run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return trainer
 
 
 def parse(argv: list[str]) -> tuple[ScriptArguments, ContrastiveSFTConfig, ModelConfig]:

@@ -6,6 +6,7 @@ from the matching `*_path` fixture).
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -206,3 +207,30 @@ def smollm2_tokenizer(smollm2_path: Path):
     from cllmfs_trainer.modeling import load_tokenizer
 
     return load_tokenizer(smollm2_path)
+
+
+# --- Inputs for recipes/train.py runs --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
+    """A tiny random LLaMA folder and a 4-sentence, 1-type support set (4 samples: one optimizer step sees all)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cllmfs_trainer.data import Sentence, Span, write_bio
+    from cllmfs_trainer.modeling import ensure_pad_token
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    names = ["Ann Lee", "Bo", "Carl Dietz Jr", "Zoë"]
+    sentences = [Sentence(f"yesterday {n} met the team in Rome".split(), [Span(1, 1 + len(n.split()), "person")])
+                 for n in names]
+    write_bio(root / "support.txt", sentences)
+    return root

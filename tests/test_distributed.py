@@ -4,7 +4,6 @@
 world size the run recorded.
 """
 
-import copy
 import json
 import os
 import socket
@@ -15,9 +14,6 @@ import pytest
 from helpers import REPO
 from safetensors.torch import load_file
 
-from cllmfs_trainer.data import Sentence, Span, write_bio
-from cllmfs_trainer.modeling import ensure_pad_token
-
 pytestmark = pytest.mark.slow
 
 
@@ -25,27 +21,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
-    """A tiny random LLaMA folder and a 4-sentence, 1-type support set (4 samples: one optimizer step sees all)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("dist")
-    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    names = ["Ann Lee", "Bo", "Carl Dietz Jr", "Zoë"]
-    sentences = [Sentence(f"yesterday {n} met the team in Rome".split(), [Span(1, 1 + len(n.split()), "person")])
-                 for n in names]
-    write_bio(root / "support.txt", sentences)
-    return root
 
 
 def launch(prefix, root, out, *extra):
