@@ -182,6 +182,22 @@ def test_every_trainable_parameter_moves_and_metrics_are_logged(tmp_path, tiny_l
         assert entry["cl_loss"] > 0
 
 
+# The paper's Table 3 grid: q, k, v, o, W_in (gate/up), W_out (down) and embed_tokens, one at a time.
+TABLE_3_TARGETS = [["q_proj"], ["k_proj"], ["v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"],
+                   ["embed_tokens"]]
+
+
+@pytest.mark.parametrize("targets", TABLE_3_TARGETS, ids=["+".join(t) for t in TABLE_3_TARGETS])
+def test_every_lora_target_of_the_table_3_grid_trains(tmp_path, tiny_llama, tokenizer, dataset, targets):
+    torch.manual_seed(0)
+    trainer = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path, max_steps=2), train_dataset=dataset,
+                                    processing_class=tokenizer, peft_config=lora(targets))
+    before = trainable(trainer.model)
+    trainer.train()
+    after = trainable(trainer.model)
+    assert before and all(not torch.equal(before[n], after[n]) for n in before)
+
+
 def test_lora_on_embeddings_and_gradient_checkpointing_train(tmp_path, tiny_llama, tokenizer, dataset):
     torch.manual_seed(0)
     trainer = ContrastiveSFTTrainer(
