@@ -26,6 +26,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The main job on the embedded default: SmolLM2-135M-Instruct on the shipped WNUT'17 data, on CPU.
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 recipes/train.py recipes/smollm2/wnut17_intra.yaml
+	$(VENV)/bin/cllmfs predict --run runs/smollm2-wnut17-intra --dataset wnut17 --split test --limit 20 \
+		--output runs/smollm2-wnut17-intra/predictions_test20.jsonl
+	@echo "predictions: runs/smollm2-wnut17-intra/predictions_test20.jsonl"
 
 test: install
 	$(PY) -m ruff check .

@@ -2,6 +2,7 @@
 
     cllmfs model [--model NAME_OR_PATH] [--force]      materialise / resolve a model folder
     cllmfs prepare --dataset wnut17 --k 5 --output DIR  support set + SFT samples (+ token statistics)
+    cllmfs predict --run RUN_DIR (--text "..." | --input FILE.txt|.jsonl) --output preds.jsonl
 
 Training runs through `accelerate launch recipes/train.py RECIPE.yaml` (see README).
 """
@@ -87,6 +88,71 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(json.dumps(prepare(args, tokenizer), indent=2, ensure_ascii=False))
 
 
+def _predict_types(run_dir: Path, labels: str | None, types_file: str | None) -> list:
+    """The run's (test) types, overridden/extended by a types file, restricted to `labels`."""
+    from cllmfs_trainer.data.registry import EntityType, load_types_file, merge_types
+
+    meta = json.loads((run_dir / "cllmfs_run.json").read_text(encoding="utf-8"))
+    types = [EntityType(**t) for t in meta["test_types"]]
+    if types_file:
+        types = merge_types(types, load_types_file(types_file))
+    if labels:
+        by_label = {t.label: t for t in types}
+        missing = [label for label in labels.split(",") if label not in by_label]
+        if missing:
+            raise ValueError(f"type(s) {missing} have no description in the run folder; add them to a --types-file "
+                             "(label, name, description) so the instruction can name and explain them")
+        types = [by_label[label] for label in labels.split(",")]
+    return types
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    if args.text is not None:
+        return [args.text]
+    if args.dataset is not None:
+        sentences = get_dataset(args.dataset).load(args.split, args.data_dir).sentences
+        return [s.text for s in sentences[: args.limit]]
+    path = Path(args.input)
+    if path.suffix == ".jsonl":
+        texts = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
+                texts.append(record["text"])
+        return texts
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cllmfs_trainer.data.io import Sentence
+    from cllmfs_trainer.inference.generate import EntityExtractor
+    from cllmfs_trainer.inference.parse import char_offsets
+
+    run_dir = Path(args.run)
+    if not (run_dir / "cllmfs_run.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a cllmfs run folder (no cllmfs_run.json)")
+    extractor = EntityExtractor.from_run(
+        run_dir, types=_predict_types(run_dir, args.types, args.types_file), batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained,
+    )
+    texts = _read_texts(args)
+    predictions = extractor.predict([Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)],
+                                    progress=True)
+    with Path(args.output).open("w", encoding="utf-8") as out:
+        for text, prediction in zip(texts, predictions):
+            offsets = char_offsets(text, prediction.sentence.tokens)
+            entities = [{"start": offsets[s.start][0], "end": offsets[s.end - 1][1], "type": s.type,
+                         "text": text[offsets[s.start][0]:offsets[s.end - 1][1]]} for s in prediction.spans]
+            out.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
+    print(json.dumps({"sentences": len(texts), "types": [t.label for t in extractor.types],
+                      **extractor.stats.as_dict()}, ensure_ascii=False), file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cllmfs", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -103,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", required=True)
     prep.set_defaults(func=cmd_prepare)
 
+    pred = sub.add_parser("predict", help="extract entities with a trained run folder")
+    pred.add_argument("--run", required=True, help="run folder written by recipes/train.py")
+    source = pred.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one sentence")
+    source.add_argument("--input", help=".txt (one sentence per line) or .jsonl (a 'text' field per line)")
+    source.add_argument("--dataset", help="a registry dataset's split (see --split, --limit, --data-dir)")
+    pred.add_argument("--split", default="test")
+    pred.add_argument("--limit", type=int, help="first N sentences of --dataset")
+    pred.add_argument("--data-dir", help="folder with non-shipped datasets (default: $CLLMFS_DATA_DIR)")
+    pred.add_argument("--output", required=True, help="JSONL: text and entities with character offsets")
+    pred.add_argument("--types", help="comma-separated type labels (default: the run's types)")
+    pred.add_argument("--types-file", help="YAML adding or overriding type names and descriptions")
+    pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--max-new-tokens", type=int, default=64)
+    pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
+    pred.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Prediction-time helpers: parsing generated answers back into entity spans."""

@@ -1,0 +1,557 @@
+"""Constrained decoding: the model may only write the answer template, and between `<<<` and `>>>` only a contiguous
+run of the input sentence's words.
+
+The allowed answers are (see `cllmfs_trainer.data.sft.build_completion`)::
+
+    ANSWER_PREFIX ( " <<<" " RUN" " >>>" )* " <im_end>" EOS
+
+where RUN is one to `max_entity_words` consecutive words of the sentence, joined by single spaces. The constraint works
+on token ids, so it must know which token sequences the model learnt for each of these pieces. We take them from the
+tokenizer itself, in context: full completions are tokenised exactly as in training (`add_special_tokens=False`) and
+cut into pieces with the offset mapping. This relies on a completion's tokens being the concatenation of its pieces'
+tokens, which holds for byte-level BPE (SmolLM2, GPT-2 style) and SentencePiece/Metaspace (LLaMA-2) because every
+piece after the prefix starts with a space and neither merges a token across a space. Construction checks it: a token
+that covers characters of two pieces, or a piece whose tokens change with its context, raises
+`TokenizerMismatchError` naming the piece, rather than producing silently wrong masks.
+
+Per sentence, the pieces form a token-level automaton (`EntityAutomaton`): a chain for the prefix, then a token trie
+rooted at the "between groups" state holding every ` <<< RUN >>>` and the ` <im_end>` EOS ending. A state is a set of
+trie nodes, because a run can itself end in text that looks like ` >>>` (a tweet may contain the word `>>>`): after
+such a run the model may either continue the longer run or close, and both stay open until the tokens decide.
+
+`EntityConstraintProcessor` runs one automaton per batch row inside `generate`: greedy or sampling (transformers 5
+dropped its own constrained beam search; plain beam search with this processor works). Unlike
+`prefix_allowed_tokens_fn`, it never leaves a row with nothing allowed: a finished row, or one that left the
+automaton, may only write EOS or padding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from transformers import LogitsProcessor
+
+from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IM_END, OPEN, build_completion
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ENTITY_WORDS = 10
+# Any word does for the template probe: pre-tokenisation splits at the spaces around it.
+_PROBE_WORD = "Entity"
+
+State = frozenset[int]
+_DEAD: State = frozenset()  # left the automaton (a token it did not allow was fed): only EOS or padding from here
+
+PREFIX, OPEN_PIECE, RUN, CLOSE_PIECE, END = "prefix", "open", "run", "close", "end"  # kinds of answer pieces
+
+
+class TokenizerMismatchError(ValueError):
+    """The tokenizer does not tokenise completions as the concatenation of their pieces' tokens."""
+
+
+class _Piece(NamedTuple):  # a NamedTuple: hundreds are made per sentence, and it is cheaper than a dataclass
+    kind: str
+    start: int
+    end: int
+    text: str
+
+    def describe(self) -> str:
+        if self.kind == PREFIX:
+            return "the answer prefix"
+        return f"the run {self.text[1:]!r}" if self.kind == RUN else f"the marker {self.text!r}"
+
+
+def _pieces(entities: Sequence[str]) -> tuple[str, list[_Piece]]:
+    """`build_completion(entities)` and its pieces' character ranges (each piece after the prefix starts with a
+    space)."""
+    text = build_completion(entities)
+    parts = [(PREFIX, ANSWER_PREFIX)]
+    for entity in entities:
+        parts += [(OPEN_PIECE, f" {OPEN}"), (RUN, f" {entity}"), (CLOSE_PIECE, f" {CLOSE}")]
+    parts.append((END, f" {IM_END}"))
+    pieces, pos = [], 0
+    for kind, part in parts:
+        pieces.append(_Piece(kind, pos, pos + len(part), part))
+        pos += len(part)
+    if "".join(part for _, part in parts) != text:  # guards against a change of the format in sft.py
+        raise RuntimeError(f"build_completion() no longer writes the format the constraint assumes: {text!r}")
+    return text, pieces
+
+
+def _judged_chars(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """First and last character by which a token with offsets `(start, end)` is assigned to a piece.
+
+    Those are its visible (non-space) characters: offsets differ between tokenizers in whether they count a leading
+    space (byte-level BPE may trim it). A token of whitespace only is judged by its first character: pieces start
+    with their space, so SentencePiece's lone `▁` before byte-fallback tokens belongs to the piece after it. `None`
+    for a token without characters.
+    """
+    visible_start, visible_end = start, end
+    while visible_start < visible_end and text[visible_start].isspace():
+        visible_start += 1
+    while visible_end > visible_start and text[visible_end - 1].isspace():
+        visible_end -= 1
+    if visible_start < visible_end:
+        return visible_start, visible_end - 1
+    return (start, start) if start < end else None
+
+
+def _cut(
+    tokenizer: Any,
+    text: str,
+    pieces: list[_Piece],
+    ids: Sequence[int],
+    offsets: Sequence[Sequence[int]],
+    template: CompletionTemplate | None = None,
+) -> list[tuple[int, ...]]:
+    """Split one completion's token ids into its pieces' token ids, using the offset mapping.
+
+    With `template`, a one-group completion is first split by the template's piece lengths and only the tokens at
+    the piece boundaries are judged (offsets are monotone, so the tokens between them follow): building a sentence's
+    automaton cuts hundreds of such completions. Anything unexpected falls back to judging every token, which gives
+    the precise error.
+
+    Raises:
+        TokenizerMismatchError: A token covers characters of two pieces, the tokens are out of order, or a piece got
+            no token.
+    """
+    starts = [piece.start for piece in pieces]
+
+    def piece_at(pos: int) -> int:
+        return min(max(bisect.bisect_right(starts, pos) - 1, 0), len(pieces) - 1)
+
+    if template is not None and len(pieces) == 5:
+        split = _split_by_template(text, pieces, ids, offsets, template)
+        if split is not None:
+            return split
+
+    cut: list[list[int]] = [[] for _ in pieces]
+    current = 0
+    for token_id, (start, end) in zip(ids, offsets):
+        chars = _judged_chars(text, start, end)
+        # A token without characters (some tokenizers give (0, 0)) stays with its predecessor.
+        index, last = (current, current) if chars is None else (piece_at(chars[0]), piece_at(chars[1]))
+        if index != last:
+            raise TokenizerMismatchError(
+                f"{type(tokenizer).__name__} merges text across pieces of the answer: token "
+                f"{tokenizer.convert_ids_to_tokens(token_id)!r} covers {text[start:end]!r}, which spans "
+                f"{pieces[index].describe()} and {pieces[last].describe()}, in {text!r}. The constraint needs "
+                "tokenizers that do not merge across the spaces between pieces (byte-level BPE, SentencePiece)."
+            )
+        if index < current:
+            raise TokenizerMismatchError(
+                f"{type(tokenizer).__name__} puts token {tokenizer.convert_ids_to_tokens(token_id)!r} of "
+                f"{pieces[index].describe()} after a token of {pieces[current].describe()} in {text!r}"
+            )
+        cut[index].append(token_id)
+        current = index
+    for piece, piece_ids in zip(pieces, cut):
+        if not piece_ids:
+            raise TokenizerMismatchError(
+                f"{piece.describe()} of {text!r} got no token of its own from {type(tokenizer).__name__}: the "
+                "tokenizer merges it into a neighbouring piece"
+            )
+    return [tuple(piece_ids) for piece_ids in cut]
+
+
+def _split_by_template(
+    text: str,
+    pieces: list[_Piece],
+    ids: Sequence[int],
+    offsets: Sequence[Sequence[int]],
+    template: CompletionTemplate,
+) -> list[tuple[int, ...]] | None:
+    """The fast path of `_cut` for `prefix, open, run, close, end`; `None` if it does not apply cleanly."""
+    fixed = (template.prefix, template.open, None, template.close, template.end)
+    run_length = len(ids) - sum(len(piece_ids) for piece_ids in fixed if piece_ids is not None)
+    if run_length < 1:
+        return None
+    split, position = [], 0
+    for index, expected in enumerate(fixed):
+        length = run_length if expected is None else len(expected)
+        piece_ids = tuple(ids[position : position + length])
+        if expected is not None and piece_ids != expected:
+            return None
+        for token in (position, position + length - 1):  # the tokens at the piece's two boundaries
+            chars = _judged_chars(text, *offsets[token])
+            if chars is None or chars[0] < pieces[index].start or chars[1] >= pieces[index].end:
+                return None
+        split.append(piece_ids)
+        position += length
+    return split
+
+
+def _tokenize_and_cut(
+    tokenizer: Any, entity_lists: Sequence[Sequence[str]], template: CompletionTemplate | None = None
+) -> list[tuple[list[_Piece], list[tuple[int, ...]]]]:
+    """Tokenise the completions of `entity_lists` in one batched call, as in training, and cut each into pieces."""
+    if not entity_lists:  # a tokenizer called on an empty batch fails
+        return []
+    built = [_pieces(entities) for entities in entity_lists]
+    encoded = tokenizer([text for text, _ in built], add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        (pieces, _cut(tokenizer, text, pieces, ids, offsets, template))
+        for (text, pieces), ids, offsets in zip(built, encoded["input_ids"], encoded["offset_mapping"])
+    ]
+
+
+@dataclass(frozen=True)
+class CompletionTemplate:
+    """Token ids of the fixed pieces of every answer, as the tokenizer writes them in a completion.
+
+    Args:
+        prefix: The answer prefix (`<im_start> I can extract ... entities are`).
+        open: ` <<<`.
+        close: ` >>>`.
+        end: ` <im_end>` (EOS is not part of it: training appends it as an id).
+    """
+
+    prefix: tuple[int, ...]
+    open: tuple[int, ...]
+    close: tuple[int, ...]
+    end: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> CompletionTemplate:
+        """Read the pieces off the tokenisation of an empty, a one-group and a two-group completion.
+
+        Raises:
+            TokenizerMismatchError: The pieces' tokens differ between these completions, or a token spans two pieces.
+        """
+        cut = _tokenize_and_cut(tokenizer, [[], [_PROBE_WORD], [_PROBE_WORD, _PROBE_WORD]])
+        _, empty = cut[0]
+        _, one = cut[1]
+        template = cls(prefix=empty[0], open=one[1], close=one[3], end=empty[-1])
+        for pieces, piece_ids in cut:
+            template.check(tokenizer, pieces, piece_ids)
+        return template
+
+    def check(self, tokenizer: Any, pieces: Sequence[_Piece], piece_ids: Sequence[tuple[int, ...]]) -> None:
+        """Raise `TokenizerMismatchError` if a fixed piece of a cut completion has other tokens than the template."""
+        expected = {PREFIX: self.prefix, OPEN_PIECE: self.open, CLOSE_PIECE: self.close, END: self.end}
+        for piece, ids in zip(pieces, piece_ids):
+            if piece.kind != RUN and ids != expected[piece.kind]:
+                raise TokenizerMismatchError(
+                    f"{type(tokenizer).__name__} tokenises {piece.describe()} differently depending on its context: "
+                    f"{tokenizer.convert_ids_to_tokens(list(ids))} instead of "
+                    f"{tokenizer.convert_ids_to_tokens(list(expected[piece.kind]))} in "
+                    f"{''.join(piece.text for piece in pieces)!r}"
+                )
+
+
+def sentence_words(sentence: str | Sequence[str]) -> list[str]:
+    """The words of a sentence given as its tokens, or as its text (the tokens joined by single spaces).
+
+    Text is split at single spaces only, not at every whitespace character, so that a token containing, say, a
+    no-break space stays one word, as in the text `build_prompt` writes.
+    """
+    if isinstance(sentence, str):
+        return [word for word in sentence.split(" ") if word]
+    return list(sentence)
+
+
+def candidate_runs(words: Sequence[str], max_entity_words: int = DEFAULT_MAX_ENTITY_WORDS) -> list[str]:
+    """Every distinct contiguous run of 1 to `max_entity_words` words, joined by single spaces, in sentence order."""
+    runs = dict.fromkeys(
+        " ".join(words[start:stop])
+        for start in range(len(words))
+        for stop in range(start + 1, min(start + max_entity_words, len(words)) + 1)
+    )
+    return list(runs)
+
+
+class EntityAutomaton:
+    """Token-level automaton of the answers allowed for one sentence.
+
+    States are frozensets of node ids (usually one node); `start` is the state before the first generated token.
+    Use `EntityAutomaton.build` to make one from a tokenizer.
+
+    Args:
+        template: Token ids of the fixed pieces.
+        runs: Token ids of each allowed entity run (without the space-led markers around it).
+        eos_token_id: The id that ends an answer (training appends it after ` <im_end>`).
+        pad_token_id: Also allowed once the answer is finished (`generate` pads finished rows with it).
+    """
+
+    def __init__(
+        self,
+        template: CompletionTemplate,
+        runs: Mapping[str, tuple[int, ...]],
+        eos_token_id: int,
+        pad_token_id: int | None = None,
+    ) -> None:
+        self.template = template
+        self.runs = dict(runs)
+        self.eos_token_id = eos_token_id
+        self.stop_ids = tuple(sorted({eos_token_id} | ({pad_token_id} if pad_token_id is not None else set())))
+        self._children: list[dict[int, int]] = []
+        self._loops: set[int] = set()  # nodes that close a group: reaching one also re-enters the choice node
+        start = self._new_node()
+        self._choice = self._new_node()  # between groups: ` <<<` or ` <im_end>` may follow
+        node = start
+        for position, token_id in enumerate(template.prefix):
+            target = self._choice if position == len(template.prefix) - 1 else self._new_node()
+            self._children[node][token_id] = target
+            node = target
+        for run_ids in self.runs.values():
+            self._loops.add(self._insert(template.open + run_ids + template.close))
+        self._done = self._insert(template.end + (eos_token_id,))
+        self.start: State = frozenset({start if template.prefix else self._choice})
+        self.done: State = frozenset({self._done})
+        self.max_token_id = max(
+            (token_id for children in self._children for token_id in children), default=eos_token_id
+        )
+        self.max_token_id = max(self.max_token_id, *self.stop_ids)
+        self._allowed_cache: dict[State, torch.Tensor] = {}
+
+    @classmethod
+    def build(
+        cls,
+        tokenizer: Any,
+        sentence: str | Sequence[str],
+        template: CompletionTemplate | None = None,
+        max_entity_words: int = DEFAULT_MAX_ENTITY_WORDS,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> EntityAutomaton:
+        """Tokenise the sentence's candidate runs in context and build the automaton.
+
+        All candidate completions `build_completion([run])`, plus one with every word as its own group (which checks
+        the runs' tokens after ` >>>` as well as after the prefix), are tokenised in one batched call and cut into
+        pieces; every fixed piece must match `template` and every group in the multi-group completion must match its
+        run's tokens.
+
+        Args:
+            tokenizer: A fast tokenizer (offset mappings are needed).
+            sentence: The sentence's tokens, or its text (tokens joined by single spaces).
+            template: The fixed pieces; computed from `tokenizer` if not given.
+            max_entity_words: Longest run allowed, in words.
+            eos_token_id: Defaults to `tokenizer.eos_token_id`.
+            pad_token_id: Defaults to `tokenizer.pad_token_id`.
+
+        Raises:
+            TokenizerMismatchError: The tokenizer merges tokens across pieces or tokenises a piece differently in
+                another context.
+        """
+        if max_entity_words < 1:
+            raise ValueError(f"max_entity_words must be at least 1, got {max_entity_words}")
+        eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        if eos_token_id is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no EOS token: answers could not end")
+        pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
+        words = sentence_words(sentence)
+        runs = candidate_runs(words, max_entity_words)
+        entity_lists = [[run] for run in runs] + ([words] if len(words) > 1 else [])
+        run_ids: dict[str, tuple[int, ...]] = {}
+        for (pieces, piece_ids), entities in zip(_tokenize_and_cut(tokenizer, entity_lists, template), entity_lists):
+            template.check(tokenizer, pieces, piece_ids)
+            for piece, ids in zip(pieces, piece_ids):
+                if piece.kind != RUN:
+                    continue
+                known = run_ids.setdefault(piece.text[1:], ids)
+                if known != ids:
+                    raise TokenizerMismatchError(
+                        f"{type(tokenizer).__name__} tokenises {piece.describe()} differently after ' >>>' than after "
+                        f"the answer prefix: {tokenizer.convert_ids_to_tokens(list(ids))} vs "
+                        f"{tokenizer.convert_ids_to_tokens(list(known))} in {build_completion(entities)!r}"
+                    )
+        # A run whose text tokenises to the EOS id (a literal '</s>' in the sentence) would end generation mid-group.
+        unusable = [run for run, ids in run_ids.items() if eos_token_id in ids]
+        if unusable:
+            logger.warning("%d runs contain the EOS token's text and cannot be generated, e.g. %r",
+                           len(unusable), unusable[0])
+        return cls(
+            template,
+            {run: ids for run, ids in run_ids.items() if eos_token_id not in ids},
+            eos_token_id,
+            pad_token_id,
+        )
+
+    def _new_node(self) -> int:
+        self._children.append({})
+        return len(self._children) - 1
+
+    def _insert(self, token_ids: Iterable[int]) -> int:
+        node = self._choice
+        for token_id in token_ids:
+            child = self._children[node].get(token_id)
+            if child is None:
+                child = self._children[node][token_id] = self._new_node()
+            node = child
+        return node
+
+    def is_done(self, state: State) -> bool:
+        """Whether the answer is complete (EOS written)."""
+        return self._done in state
+
+    def step(self, state: State, token_id: int) -> State:
+        """The state after writing `token_id`; `frozenset()` if the token was not allowed."""
+        if self._done in state:
+            return self.done
+        if not state:
+            return self.done if token_id == self.eos_token_id else _DEAD
+        nodes = set()
+        for node in state:
+            child = self._children[node].get(token_id)
+            if child is not None:
+                nodes.add(child)
+                if child in self._loops:
+                    nodes.add(self._choice)
+        return frozenset(nodes)
+
+    def walk(self, token_ids: Iterable[int], state: State | None = None) -> State:
+        """The state after writing `token_ids`, from `state` (default: `start`)."""
+        state = self.start if state is None else state
+        for token_id in token_ids:
+            state = self.step(state, token_id)
+        return state
+
+    def allowed(self, state: State) -> tuple[int, ...]:
+        """Sorted token ids allowed next; never empty (EOS and padding when nothing else is)."""
+        if self._done in state:
+            return self.stop_ids
+        allowed = set()
+        for node in state:
+            allowed.update(self._children[node])
+        return tuple(sorted(allowed)) if allowed else self.stop_ids
+
+    def allowed_tensor(self, state: State) -> torch.Tensor:
+        """`allowed(state)` as a cached CPU `LongTensor` (states recur across rows and steps)."""
+        tensor = self._allowed_cache.get(state)
+        if tensor is None:
+            tensor = self._allowed_cache[state] = torch.tensor(self.allowed(state), dtype=torch.long)
+        return tensor
+
+
+class EntityConstraintProcessor(LogitsProcessor):
+    """Restricts generation to the answer template, with entity runs of each row's input sentence.
+
+    Pass it to `generate` with left-padded prompts: `logits_processor=LogitsProcessorList([processor])`, greedy or
+    sampling (plain beam search works too: its reordered rows are re-walked, see below). Each row follows its
+    sentence's `EntityAutomaton`; after EOS (or a token the automaton did not allow, e.g. from a processor that ran
+    after this one) only EOS and padding are allowed.
+
+    State is kept per row between calls, so each step only consumes the new token. The generated ids seen in the
+    previous call are compared with the current ones (one tensor comparison); a row whose history changed (a
+    reordered batch, a new `generate` call) is re-walked from its start, so reusing the processor is safe.
+
+    Args:
+        tokenizer: The model's fast tokenizer (offset mappings are needed).
+        sentences: One per prompt: the sentence's tokens, or its text (tokens joined by single spaces). With
+            `num_return_sequences` or `num_beams`, `generate` repeats each prompt; rows are mapped back to sentences.
+        prompt_length: Width of the padded prompt batch: the generated tokens start at this column.
+        max_entity_words: Longest entity allowed, in words.
+        eos_token_id: The id that ends an answer; defaults to `tokenizer.eos_token_id`.
+        pad_token_id: Also allowed in finished rows; defaults to `tokenizer.pad_token_id`.
+        cache: A dict to share automata between processors (e.g. across batches) for one tokenizer.
+
+    Raises:
+        TokenizerMismatchError: The tokenizer does not tokenise answers as the concatenation of their pieces.
+    """
+
+    supports_continuous_batching = False
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        sentences: Sequence[str | Sequence[str]],
+        prompt_length: int,
+        max_entity_words: int = DEFAULT_MAX_ENTITY_WORDS,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        cache: MutableMapping[Any, EntityAutomaton] | None = None,
+    ) -> None:
+        if prompt_length < 0:
+            raise ValueError(f"prompt_length must be non-negative, got {prompt_length}")
+        if not sentences:
+            raise ValueError("no sentences given")
+        eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        self.prompt_length = prompt_length
+        cache = {} if cache is None else cache
+        template = None
+        self.automata: list[EntityAutomaton] = []
+        for sentence in sentences:
+            words = tuple(sentence_words(sentence))
+            # Each sentence is asked once per entity type, so duplicates within a batch are the rule.
+            key = (words, max_entity_words, eos_token_id, pad_token_id)
+            automaton = cache.get(key)
+            if automaton is None:
+                template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
+                automaton = cache[key] = EntityAutomaton.build(
+                    tokenizer, words, template, max_entity_words, eos_token_id, pad_token_id
+                )
+            self.automata.append(automaton)
+        self._states: list[State] = []
+        self._seen: torch.Tensor | None = None  # generated ids at the previous call
+
+    def allowed_token_ids(self, row: int, generated_ids: Sequence[int] | torch.Tensor) -> list[int]:
+        """Token ids allowed after `generated_ids` for sentence `row` (stateless; for tests and inspection)."""
+        if isinstance(generated_ids, torch.Tensor):
+            generated_ids = generated_ids.tolist()
+        automaton = self.automata[row]
+        return list(automaton.allowed(automaton.walk(generated_ids)))
+
+    def _row_automata(self, batch_size: int) -> list[EntityAutomaton]:
+        copies, rest = divmod(batch_size, len(self.automata))
+        if rest or not copies:
+            raise ValueError(
+                f"batch of {batch_size} rows for {len(self.automata)} sentences: expected a multiple "
+                "(num_return_sequences and num_beams repeat each prompt)"
+            )
+        # `generate` expands prompts with repeat_interleave: row r belongs to prompt r // copies.
+        return [self.automata[row // copies] for row in range(batch_size)]
+
+    def _update_states(self, generated: torch.Tensor, automata: list[EntityAutomaton]) -> None:
+        """Bring each row's state up to date with `generated` (batch, generated so far)."""
+        seen = self._seen
+        batch_size, length = generated.shape
+        if seen is None or seen.shape[0] != batch_size or not seen.shape[1] <= length <= seen.shape[1] + 1:
+            self._states = [automaton.walk(ids) for automaton, ids in zip(automata, generated.tolist())]
+            return
+        known = seen.shape[1]
+        # One comparison and one transfer for the whole batch: does each row extend what we saw, and by which token?
+        unchanged = (generated[:, :known] == seen).all(dim=1, keepdim=True).long()
+        rows = torch.cat([unchanged, generated[:, known:]], dim=1).tolist()
+        for row, (ok, *new_ids) in enumerate(rows):
+            if ok:
+                self._states[row] = automata[row].walk(new_ids, self._states[row])
+            else:
+                self._states[row] = automata[row].walk(generated[row].tolist())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """Mask `scores` to -inf outside each row's allowed tokens.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): prompt and generated ids.
+            scores (`torch.FloatTensor` of shape `(batch_size, vocab_size)`): next-token scores.
+
+        Returns:
+            `torch.FloatTensor` of the same shape: the masked scores (a new tensor).
+        """
+        if input_ids.shape[1] < self.prompt_length:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} columns, fewer than prompt_length={self.prompt_length}"
+            )
+        generated = input_ids[:, self.prompt_length :]
+        automata = self._row_automata(input_ids.shape[0])
+        self._update_states(generated, automata)
+        self._seen = generated.clone()
+
+        allowed = [automaton.allowed_tensor(state) for automaton, state in zip(automata, self._states)]
+        vocab_size = scores.shape[-1]
+        if max(automaton.max_token_id for automaton in automata) >= vocab_size:
+            raise ValueError(f"the constraint allows token ids beyond the scores' vocabulary size {vocab_size}")
+        # Vectorised: all rows' allowed ids become (row, column) index pairs, set in one indexed assignment.
+        counts = torch.tensor([ids.numel() for ids in allowed])
+        rows = torch.repeat_interleave(torch.arange(len(allowed)), counts).to(scores.device)
+        columns = torch.cat(allowed).to(scores.device)
+        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        keep[rows, columns] = True
+        return scores.masked_fill(~keep, float("-inf"))
