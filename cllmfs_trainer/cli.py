@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cllmfs_trainer.data import SupportSet, build_samples, get_dataset, make_task, tokenize_samples
+from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import PROMPT_FORMAT
 
@@ -36,11 +36,8 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _task(args: argparse.Namespace) -> FewShotTask:
     dataset = get_dataset(args.dataset, types_file=args.types_file)
-    task = make_task(args.setting, dataset, args.k, args.seed, data_dir=args.data_dir, query_size=args.query_size)
-    if args.support_set:
-        task.support = SupportSet.load(args.support_set, k=args.k)
-        task.train_types = [t for t in task.train_types if t.label in task.support.types]
-    return task
+    return make_task(args.setting, dataset, args.k, args.seed, data_dir=args.data_dir, query_size=args.query_size,
+                     support_set=args.support_set)
 
 
 def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:

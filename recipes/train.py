@@ -16,7 +16,7 @@ from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
-from cllmfs_trainer.data import SupportSet, build_sft_dataset, get_dataset, make_task
+from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
 from cllmfs_trainer.data.sft import PROMPT_FORMAT
 from cllmfs_trainer.modeling import load_model, load_tokenizer
 
@@ -38,10 +38,7 @@ def main(
 ) -> ContrastiveSFTTrainer:
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
     task = make_task(script_args.setting, dataset, script_args.k, script_args.support_seed,
-                     n_types=script_args.n_types, data_dir=script_args.data_dir)
-    if script_args.support_set:
-        task.support = SupportSet.load(script_args.support_set, k=script_args.k)
-        task.train_types = [t for t in task.train_types if t.label in task.support.types]
+                     n_types=script_args.n_types, data_dir=script_args.data_dir, support_set=script_args.support_set)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset = build_sft_dataset(task.support.sentences, task.train_types, tokenizer, training_args.max_length)

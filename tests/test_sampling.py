@@ -1,7 +1,16 @@
 import pytest
 from helpers import shared_dataset
 
-from cllmfs_trainer.data import Sentence, Span, SupportSet, get_dataset, make_task, read_conll, sample_support_set
+from cllmfs_trainer.data import (
+    DataFormatError,
+    Sentence,
+    Span,
+    SupportSet,
+    get_dataset,
+    make_task,
+    read_conll,
+    sample_support_set,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +122,12 @@ def test_missing_non_shipped_dataset_says_what_to_do(monkeypatch, tmp_path):
         make_task("intra", "conll2003")
     with pytest.raises(FileNotFoundError, match="not shipped"):
         get_dataset("ontonotes5").split_path("train", tmp_path)
+
+
+def test_task_with_a_given_support_set(tmp_path):
+    folder = get_dataset("wnut17").split_path("train").parent / "support_sets"
+    task = make_task("intra", "wnut17", k=5, support_set=folder / "5shot_0.txt")
+    assert len(task.support.sentences) == 23 and len(task.train_types) == 6
+    (tmp_path / "odd.txt").write_text("Bo\tB-spaceship\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"odd.txt: types \['spaceship'\] are not among the 'wnut17' types"):
+        make_task("intra", "wnut17", support_set=tmp_path / "odd.txt")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cllmfs_trainer.data.io import Sentence, read_conll, write_bio
+from cllmfs_trainer.data.io import DataFormatError, Sentence, read_conll, write_bio
 from cllmfs_trainer.data.registry import DatasetInfo, EntityType, get_dataset
 
 INTER_SOURCE = "ontonotes5"
@@ -161,6 +161,7 @@ def make_task(
     query_split: str = "test",
     query_size: int | None = None,
     max_2k: bool = False,
+    support_set: str | Path | None = None,
 ) -> FewShotTask:
     """Build an INTRA or INTER episode.
 
@@ -178,6 +179,7 @@ def make_task(
         query_split: Split to predict.
         query_size: Predict a random subset of this many query sentences (the size is recorded in `notes`).
         max_2k: Few-NERD's at-most-2K sampling rule.
+        support_set: Use this BIO file (ours or a published one) instead of sampling; its types become the N.
     """
     setting = setting.lower()
     if setting not in ("intra", "inter"):
@@ -189,9 +191,17 @@ def make_task(
     if query_size is not None and query_size < len(full_query):
         keep = sorted(random.Random(seed).sample(range(len(full_query)), query_size))
         query = [full_query[i] for i in keep]
-    pool = source.load("train", data_dir)
     types = list(n_types) if n_types else [t.label for t in source.types]
-    support = sample_support_set(pool.sentences, k, types, seed, max_2k, exclude=full_query, source=pool.source)
+    if support_set is not None:
+        support = SupportSet.load(support_set, k=k, types=n_types)
+        unknown = sorted(set(support.types) - set(types))
+        if unknown:
+            raise DataFormatError(f"{support_set}: types {unknown} are not among the {source.key!r} types {types}; "
+                                  "extend them with a types file or pass n_types")
+        types = [t for t in types if t in support.types]
+    else:
+        pool = source.load("train", data_dir)
+        support = sample_support_set(pool.sentences, k, types, seed, max_2k, exclude=full_query, source=pool.source)
     train_types = [source.type(t) for t in types]
     test_types = train_types if setting == "intra" else list(target.types)
     notes = {"query_size": len(query), "query_split_size": len(full_query)}
