@@ -120,7 +120,7 @@ class EntityExtractor:
     def _generate(self, jobs: Sequence[tuple[str, list[str]]], progress: bool) -> list[str]:
         """Generate for (prompt, words) jobs, longest prompts first; returns decoded outputs in job order."""
         tokenizer = self.tokenizer
-        encoded = [tokenizer(prompt)["input_ids"] for prompt, _ in jobs]
+        encoded = tokenizer([prompt for prompt, _ in jobs])["input_ids"]  # one batched call, not one per prompt
         order = sorted(range(len(jobs)), key=lambda k: -len(encoded[k]))
         outputs: list[str] = [""] * len(jobs)
         batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
