@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--cl-weight", type=float, default=0.001)
     parser.add_argument("--mask-prefix", action="store_true")
+    parser.add_argument("--oversample", type=int, default=1, help="repeat samples with entities this many times")
+    parser.add_argument("--dtype", default="float32", help="base weights dtype (bfloat16 uses AMX on recent CPUs)")
+    parser.add_argument("--lora-r", type=int, default=16)
     args = parser.parse_args()
 
     tokenizer = load_tokenizer("default")
@@ -39,6 +42,7 @@ def main() -> None:
     support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
     samples = build_samples(support.sentences, wnut.types)
     rows, _ = tokenize_samples(samples, tokenizer)
+    train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if OPEN in s.completion else 1)]
     prefix_len = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
     decisions = []  # position of the decision token in each row
     for row in rows:
@@ -51,9 +55,10 @@ def main() -> None:
         learning_rate=args.lr, lr_scheduler_type="constant", gradient_checkpointing=False,
         cl_weight=args.cl_weight, cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
     )
-    lora = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = ContrastiveSFTTrainer(load_model("default"), args=config, train_dataset=datasets.Dataset.from_list(rows),
+    trainer = ContrastiveSFTTrainer(load_model("default", dtype=args.dtype), args=config,
+                                    train_dataset=datasets.Dataset.from_list(train_rows),
                                     processing_class=tokenizer, peft_config=lora)
     start = time.perf_counter()
     trainer.train()
@@ -61,13 +66,16 @@ def main() -> None:
 
     model = trainer.model.eval()
     counts = {"with_entities": [0, 0], "empty": [0, 0]}  # [correct, total]
+    gold_prob = {"with_entities": 0.0, "empty": 0.0}
     with torch.no_grad():
         for row, sample, position in zip(rows, samples, decisions):
             logits = model(input_ids=torch.tensor([row["input_ids"][:position]])).logits[0, -1]
             key = "with_entities" if OPEN in sample.completion else "empty"
             counts[key][0] += int(logits.argmax().item() == row["input_ids"][position])
+            gold_prob[key] += logits.float().softmax(-1)[row["input_ids"][position]].item()
             counts[key][1] += 1
-    result = {**vars(args), "train_s": round(seconds), "decision_correct": counts}
+    mean_prob = {key: round(gold_prob[key] / counts[key][1], 3) for key in counts}
+    result = {**vars(args), "train_s": round(seconds), "decision_correct": counts, "mean_gold_prob": mean_prob}
     print(json.dumps(result))
     out = Path(__file__).parent / "results" / "decision_probe.json"
     runs = json.loads(out.read_text()) if out.is_file() else []

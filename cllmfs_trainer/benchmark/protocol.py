@@ -1,0 +1,344 @@
+"""The few-shot benchmark protocol: tasks x K x seeds x methods, every unit saved as it finishes so runs resume.
+
+A *task* is `intra:<dataset>` (support set from the dataset's train split, query from its test split) or
+`inter:<dataset>` (support set from OntoNotes 5.0 train, all 18 types; query from the dataset's test split, with its
+own types). All INTER tasks of one seed and K share one support set and therefore one trained model per method.
+
+Every method of a (task, K, seed) sees the same support set and the same query, so differences between methods are
+paired. The query is the full test split, or a fixed random subset (`query_size`, `query_seed`) that is the same for
+every seed: seeds vary the support set only.
+
+Layout of `output_dir` (nothing here is meant for git: it holds dataset sentences, whose licenses may forbid it):
+
+    benchmark.json                              the config; a resumed run must match it
+    support/<source>/k5/seed0.txt (+ .json)     support sets (source = the dataset, or `ontonotes5` for INTER)
+    runs/<source>/k5/seed0/<method>/            trained run folders (adapter + cllmfs_run.json)
+    units/<setting>-<dataset>/k5/seed0/<method>.json   scores of one unit; its presence marks the unit done
+    units/.../<method>.predictions.jsonl        predicted spans per query sentence (ids and offsets, no text)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType, get_dataset
+from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, sample_support_set
+
+logger = logging.getLogger(__name__)
+
+# LLM methods are the training recipe plus these overrides (the paper's Table 2 ablations).
+TRAINED_METHODS: dict[str, dict[str, Any]] = {
+    "cllmfs": {},  # LoRA + CL on noised embeddings: the recipe as written
+    "lora": {"cl_weight": 0.0},  # LoRA SFT only
+    "lora_cl": {"cl_noise_site": "none"},  # LoRA + CL without noised positives
+}
+OTHER_METHODS = ("zero_shot", "protobert", "nnshot")
+METHODS = (*TRAINED_METHODS, *OTHER_METHODS)
+
+# Trains one run folder: (recipe, overrides for the recipe's keys, output_dir) -> None. `recipes/benchmark.py` passes
+# `recipes/train.py`'s parser and main, so the benchmark trains exactly as a user's `accelerate launch` does.
+TrainFn = Callable[[str, dict[str, Any], Path], None]
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run. Read from a flat YAML by `recipes/benchmark.py`.
+
+    Args:
+        output_dir: Where units, run folders and support sets go (see the module docstring).
+        tasks: `intra:<dataset>` or `inter:<dataset>` registry keys, e.g. `intra:wnut17`, `inter:conll2003`.
+        methods: Any of `cllmfs`, `lora`, `lora_cl`, `zero_shot`, `protobert`, `nnshot`.
+        seeds: Support-set seeds (the paper averages 5 runs).
+        ks: Shots per type; several values give a K-shot curve.
+        query_size: Predict this many test sentences (a fixed random subset); `None` for the whole split.
+        query_seed: Seed of that subset, the same for every support seed.
+        recipe: Training recipe YAML for the trained methods (its dataset/support keys are set per unit).
+        train_overrides: Recipe keys to override for every trained method (e.g. `max_steps`).
+        model: Base LLM for the trained methods and zero-shot prompting (`default` = SmolLM2-135M-Instruct).
+        encoder: Encoder of ProtoBERT/NNShot (`minilm` = the offline all-MiniLM-L6-v2, or any HF encoder id).
+        batch_size: Prompts per generation batch.
+        fit_on_support: Also predict the support set with each trained model and report that F1 (training fit).
+        data_dir: Folder of datasets that are not shipped (default `$CLLMFS_DATA_DIR`).
+    """
+
+    output_dir: str
+    tasks: list[str]
+    methods: list[str] = field(default_factory=lambda: ["cllmfs", "lora", "zero_shot", "protobert", "nnshot"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    ks: list[int] = field(default_factory=lambda: [5])
+    query_size: int | None = None
+    query_seed: int = 0
+    recipe: str | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    model: str = "default"
+    encoder: str = "minilm"
+    batch_size: int = 32
+    fit_on_support: bool = True
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        for task in self.tasks:
+            setting, _, dataset = task.partition(":")
+            if setting not in ("intra", "inter") or not dataset:
+                raise ValueError(f"task {task!r} must be 'intra:<dataset>' or 'inter:<dataset>'")
+            get_dataset(dataset)  # raises with the known keys
+        if any(m in TRAINED_METHODS for m in self.methods) and not self.recipe:
+            raise ValueError("trained methods need `recipe`, a training YAML such as recipes/smollm2/wnut17_intra.yaml")
+        if not self.seeds or not self.ks:
+            raise ValueError("seeds and ks must not be empty")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that change results: a resumed run must agree on them (seeds, tasks, methods may grow)."""
+        keep = ("query_size", "query_seed", "recipe", "train_overrides", "model", "encoder")
+        fields = {key: getattr(self, key) for key in keep}
+        if self.recipe:
+            fields["recipe_text"] = Path(self.recipe).read_text(encoding="utf-8")
+        return fields
+
+
+@dataclass
+class Unit:
+    """One (task, K, seed, method) cell of the benchmark."""
+
+    setting: str
+    dataset: str
+    k: int
+    seed: int
+    method: str
+
+    @property
+    def source(self) -> str:
+        """Where the support set comes from; trained models are shared by units with the same source.
+
+        A prototype classifier (ProtoBERT, NNShot) can only label types it has examples of, so in INTER it takes the
+        target's K-shot support set, as in the domain-transfer protocol of the literature. Its encoder is frozen and
+        never sees the source, so its INTER figures equal its INTRA ones by construction.
+        """
+        if self.setting == "intra" or self.method in ("protobert", "nnshot"):
+            return self.dataset
+        return INTER_SOURCE
+
+    @property
+    def task(self) -> str:
+        return f"{self.setting}-{self.dataset}"
+
+
+class Benchmark:
+    """Runs a `BenchmarkConfig`, unit by unit, skipping units whose scores already exist.
+
+    Args:
+        config: The benchmark.
+        train_fn: How to train a run folder (see `TrainFn`); needed only for trained methods.
+        overwrite: Start over when `output_dir` holds a run with a different config, instead of raising.
+    """
+
+    def __init__(self, config: BenchmarkConfig, train_fn: TrainFn | None = None, overwrite: bool = False) -> None:
+        self.config = config
+        self.train_fn = train_fn
+        self.root = Path(config.output_dir)
+        self._check_resume(overwrite)
+        self._queries: dict[str, list[Sentence]] = {}
+        self._encoder = None
+
+    def _check_resume(self, overwrite: bool) -> None:
+        saved = self.root / "benchmark.json"
+        current = {"config": asdict(self.config), "fingerprint": self.config.fingerprint()}
+        if saved.is_file():
+            previous = json.loads(saved.read_text(encoding="utf-8"))
+            if previous.get("fingerprint") != current["fingerprint"]:
+                if not overwrite:
+                    changed = sorted(k for k in current["fingerprint"]
+                                     if previous.get("fingerprint", {}).get(k) != current["fingerprint"][k])
+                    raise ValueError(f"{self.root} holds a benchmark run with different settings ({', '.join(changed)})"
+                                     "; resume with the same ones, pick another output_dir, or pass --overwrite")
+                shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+
+    def units(self) -> list[Unit]:
+        """All units, grouped so that one trained model serves all its targets before the next is trained."""
+        cfg = self.config
+        tasks = [t.split(":", 1) for t in cfg.tasks]
+        return [Unit(setting, dataset, k, seed, method)
+                for seed in cfg.seeds for k in cfg.ks for method in cfg.methods for setting, dataset in tasks]
+
+    def unit_path(self, unit: Unit) -> Path:
+        return self.root / "units" / unit.task / f"k{unit.k}" / f"seed{unit.seed}" / f"{unit.method}.json"
+
+    def run(self, progress: bool = True) -> list[dict[str, Any]]:
+        """Run every unit not done yet; returns the scores of all units (done before or now)."""
+        from tqdm.auto import tqdm
+
+        units = self.units()
+        todo = [u for u in units if not self.unit_path(u).is_file()]
+        logger.info("benchmark: %d units, %d done, %d to run", len(units), len(units) - len(todo), len(todo))
+        bar = tqdm(todo, desc="benchmark", unit="unit", disable=not progress)
+        for unit in bar:
+            bar.set_postfix_str(f"{unit.task} k{unit.k} seed{unit.seed} {unit.method}")
+            self.run_unit(unit)
+        return [json.loads(self.unit_path(u).read_text(encoding="utf-8")) for u in units]
+
+    # --- data -------------------------------------------------------------------------------------------------------
+
+    def query(self, dataset: str) -> list[Sentence]:
+        """The query sentences of a dataset's test split: all, or the fixed `query_size` subset."""
+        if dataset not in self._queries:
+            full = get_dataset(dataset).load("test", self.config.data_dir).sentences
+            size = self.config.query_size
+            if size is not None and size < len(full):
+                keep = sorted(random.Random(self.config.query_seed).sample(range(len(full)), size))
+                full = [full[i] for i in keep]
+            self._queries[dataset] = full
+        return self._queries[dataset]
+
+    def support(self, unit: Unit) -> SupportSet:
+        """The support set of a unit's source, sampled once and saved; never overlapping any query of the run."""
+        path = self.root / "support" / unit.source / f"k{unit.k}" / f"seed{unit.seed}.txt"
+        if path.is_file():
+            return SupportSet.load(path)
+        source = get_dataset(unit.source)
+        pool = source.load("train", self.config.data_dir)
+        # Exclude every query of the run, so an INTER support set is the same whichever targets come first.
+        exclude = [s for task in self.config.tasks for s in self.query(task.split(":", 1)[1])]
+        support = sample_support_set(pool.sentences, unit.k, [t.label for t in source.types], unit.seed,
+                                     exclude=exclude, source=pool.source)
+        support.save(path)
+        return support
+
+    def encoder(self):
+        """The frozen encoder of the prototype baselines, loaded once per run."""
+        if self._encoder is None:
+            from cllmfs_trainer.baselines import load_encoder
+
+            self._encoder = load_encoder(self.config.encoder)
+        return self._encoder
+
+    def types(self, unit: Unit) -> tuple[list[EntityType], list[EntityType]]:
+        """(train types, test types) of a unit."""
+        source, target = get_dataset(unit.source), get_dataset(unit.dataset)
+        return list(source.types), list(target.types)
+
+    # --- methods ----------------------------------------------------------------------------------------------------
+
+    def run_unit(self, unit: Unit) -> dict[str, Any]:
+        """Predict a unit's query (training first if needed) and save its scores."""
+        from cllmfs_trainer.benchmark.scoring import score_unit
+
+        support = self.support(unit)
+        query = self.query(unit.dataset)
+        train_types, test_types = self.types(unit)
+        start = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if unit.method in TRAINED_METHODS:
+            run_dir = self.train(unit, support)
+            extractor = self._extractor(run_dir=run_dir, types=test_types)
+            predicted = [p.spans for p in extractor.predict(query)]
+            extra["parse_stats"] = extractor.stats.as_dict()
+            extra["train_seconds"] = json.loads((run_dir / "cllmfs_run.json").read_text()).get("train_seconds")
+            if (self.config.fit_on_support and unit.setting == "intra") or self._first_target(unit):
+                extra["support_fit"] = self._support_fit(run_dir, support, train_types)
+        elif unit.method == "zero_shot" and (done := self._zero_shot_done(unit)) is not None:
+            # Zero-shot prompting never sees the support set: every seed and K gives the same predictions.
+            record = {**json.loads(done.read_text(encoding="utf-8")), "seed": unit.seed, "k": unit.k,
+                      "reused_from": str(done.relative_to(self.root))}
+            predictions = done.with_suffix(".predictions.jsonl").read_text(encoding="utf-8")
+            self._write(unit, record, predictions)
+            return record
+        elif unit.method == "zero_shot":
+            extractor = self._extractor(run_dir=None, types=test_types)
+            predicted = [p.spans for p in extractor.predict(query)]
+            extra["parse_stats"] = extractor.stats.as_dict()
+        else:
+            from cllmfs_trainer.baselines import TokenPrototypeNER
+
+            method = "proto" if unit.method == "protobert" else "nnshot"
+            ner = TokenPrototypeNER(self.encoder(), [t.label for t in test_types], method=method)
+            predicted = ner.fit(support.sentences).predict(query)
+        seconds = time.perf_counter() - start
+        record = {**asdict(unit), "query_size": len(query), "support_sentences": len(support.sentences),
+                  "seconds": round(seconds, 1), **score_unit(query, predicted), **extra}
+        self._save(unit, record, query, predicted)
+        return record
+
+    def _first_target(self, unit: Unit) -> bool:
+        """INTER units share a model: measure its support fit once, with the first INTER target."""
+        if not self.config.fit_on_support or unit.setting != "inter":
+            return False
+        return next(t for t in self.config.tasks if t.startswith("inter:")) == f"inter:{unit.dataset}"
+
+    def train(self, unit: Unit, support: SupportSet) -> Path:
+        """The unit's trained run folder, trained now unless a finished one exists (shared by INTER targets)."""
+        run_dir = self.root / "runs" / unit.source / f"k{unit.k}" / f"seed{unit.seed}" / unit.method
+        if (run_dir / "cllmfs_run.json").is_file():
+            return run_dir
+        if self.train_fn is None:
+            raise ValueError(f"method {unit.method!r} needs training, but the benchmark was given no train_fn")
+        support_path = self.root / "support" / unit.source / f"k{unit.k}" / f"seed{unit.seed}.txt"
+        overrides = {**self.config.train_overrides, **TRAINED_METHODS[unit.method],
+                     "dataset": unit.source, "setting": "intra", "k": unit.k, "support_set": str(support_path),
+                     "support_seed": unit.seed, "seed": unit.seed, "model_name_or_path": self.config.model}
+        if self.config.data_dir:
+            overrides["data_dir"] = self.config.data_dir
+        partial = run_dir.with_name(run_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        start = time.perf_counter()
+        self.train_fn(self.config.recipe, overrides, partial)
+        run_file = partial / "cllmfs_run.json"
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        run["train_seconds"] = round(time.perf_counter() - start, 1)
+        run_file.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(partial, run_dir)  # a run folder exists only once complete
+        return run_dir
+
+    def _extractor(self, run_dir: Path | None, types: Sequence[EntityType]):
+        from cllmfs_trainer.inference.generate import EntityExtractor
+        from cllmfs_trainer.modeling import ensure_pad_token, load_model, load_tokenizer
+
+        if run_dir is not None:
+            return EntityExtractor.from_run(run_dir, types=types, batch_size=self.config.batch_size)
+        tokenizer = ensure_pad_token(load_tokenizer(self.config.model, padding_side="left"))
+        return EntityExtractor(load_model(self.config.model), tokenizer, types, batch_size=self.config.batch_size)
+
+    def _support_fit(self, run_dir: Path, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
+        """Span scores of the trained model on its own support set: did it at least learn what it was shown?"""
+        from cllmfs_trainer.metrics import span_scores
+
+        extractor = self._extractor(run_dir=run_dir, types=train_types)
+        predicted = [p.spans for p in extractor.predict(support.sentences)]
+        scores = span_scores([s.spans for s in support.sentences], predicted)
+        return {key: scores[key] for key in ("precision", "recall", "f1")}
+
+    def _zero_shot_done(self, unit: Unit) -> Path | None:
+        """A finished zero-shot unit of the same task under another seed or K, if any."""
+        for other in self.units():
+            if (other.method, other.task) == ("zero_shot", unit.task) and other != unit:
+                path = self.unit_path(other)
+                if path.is_file() and "reused_from" not in json.loads(path.read_text(encoding="utf-8")):
+                    return path
+        return None
+
+    def _save(self, unit: Unit, record: dict[str, Any], query: list[Sentence], predicted: list[list[Span]]) -> None:
+        lines = [json.dumps({"id": s.id, "spans": [list(span) for span in spans]}, ensure_ascii=False)
+                 for s, spans in zip(query, predicted)]
+        self._write(unit, record, "\n".join(lines) + "\n")
+
+    def _write(self, unit: Unit, record: dict[str, Any], predictions: str) -> None:
+        path = self.unit_path(unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".predictions.jsonl").write_text(predictions, encoding="utf-8")
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)  # the scores file appears atomically, and only after the predictions

@@ -1,0 +1,169 @@
+"""Benchmark report: per-unit scores -> mean ± std tables in the paper's Table 1 layout, a PNG chart, error counts.
+
+Everything written here is numbers and labels only (no dataset text), so a report may be committed whatever the
+datasets' licenses.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Paper Table 1 (Zhang et al., ECAI 2024), CLLMFS with LLaMA-2-7B, micro-F1 averaged over five runs.
+PAPER_TABLE1 = {
+    "intra": {"wnut17": 0.5250, "gum": 0.3840, "i2b2_2014": 0.5800, "ontonotes5": 0.5765, "conll2003": 0.5750},
+    "inter": {"wnut17": 0.4579, "gum": 0.2392, "i2b2_2014": 0.4413, "conll2003": 0.5128},
+}
+TABLE1_COLUMNS = ["wnut17", "gum", "i2b2_2014", "ontonotes5", "conll2003"]
+COLUMN_TITLES = {"wnut17": "WNUT'17", "gum": "GUM", "i2b2_2014": "I2B2", "ontonotes5": "OntoNotes",
+                 "conll2003": "CoNLL'03"}
+METHOD_TITLES = {"cllmfs": "CLLMFS (LoRA+CL+Noise)", "lora": "LoRA only", "lora_cl": "LoRA+CL (no noise)",
+                 "zero_shot": "zero-shot prompting", "protobert": "ProtoBERT", "nnshot": "NNShot"}
+ERROR_KINDS = ["correct", "boundary", "type", "boundary_type", "spurious", "missed"]
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    # Sample std (n - 1), as papers reporting "mean ± std over runs" use; a single run has no spread to report.
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every (setting, dataset, K, method), with summed error counts.
+
+    Args:
+        records: Unit scores as written by `Benchmark.run_unit`.
+
+    Returns:
+        One summary per group, sorted by setting, dataset, K and method.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["setting"], record["dataset"], record["k"], record["method"])].append(record)
+    summaries = []
+    for (setting, dataset, k, method), group in sorted(groups.items()):
+        summary: dict[str, Any] = {
+            "setting": setting, "dataset": dataset, "k": k, "method": method,
+            "seeds": sorted(r["seed"] for r in group), "query_size": group[0]["query_size"],
+            "span_f1": _mean_std([r["span"]["f1"] for r in group]),
+            "span_precision": _mean_std([r["span"]["precision"] for r in group]),
+            "span_recall": _mean_std([r["span"]["recall"] for r in group]),
+            "string_f1": _mean_std([r["string"]["f1"] for r in group]),
+            "errors": {kind: sum(r["errors"][kind] for r in group) for kind in ERROR_KINDS},
+        }
+        fits = [r["support_fit"]["f1"] for r in group if r.get("support_fit")]
+        if fits:
+            summary["support_fit_f1"] = _mean_std(fits)
+        summaries.append(summary)
+    return summaries
+
+
+def _find(rows: Sequence[dict[str, Any]], setting: str, dataset: str, method: str) -> dict[str, Any] | None:
+    return next((s for s in rows if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method)), None)
+
+
+def _cell(stat: dict[str, float] | None) -> str:
+    return "-" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str) -> str:
+    """Markdown in the paper's Table 1 layout (settings x methods as rows, datasets as columns), span micro-F1.
+
+    Args:
+        summaries: From `aggregate`.
+        k: Which K to tabulate.
+        model: The base model the figures come from, printed in the caption.
+        query_note: How the query was drawn (e.g. "200 random test sentences"), printed in the caption.
+    """
+    rows = [s for s in summaries if s["k"] == k]
+    columns = [c for c in TABLE1_COLUMNS if any(s["dataset"] == c for s in rows)]
+    columns += sorted({s["dataset"] for s in rows} - set(columns))
+    header = "| setting | method | " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for setting in ("intra", "inter"):
+        methods = sorted({s["method"] for s in rows if s["setting"] == setting}, key=list(METHOD_TITLES).index)
+        if not methods:
+            continue
+        for method in methods:
+            cells = []
+            for column in columns:
+                match = _find(rows, setting, column, method)
+                cells.append(_cell(match["span_f1"] if match else None))
+            lines.append(f"| {setting.upper()} | {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
+        paper = PAPER_TABLE1[setting]
+        cells = [f"*{paper[c]:.4f}*" if c in paper else "-" for c in columns]
+        lines.append(f"| {setting.upper()} | *paper: CLLMFS, LLaMA-2-7B* | " + " | ".join(cells) + " |")
+    seeds = sorted({len(s["seeds"]) for s in rows})
+    caption = (f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seeds, {k}-shot, base model {model}, "
+               f"query: {query_note}. Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
+               "LLaMA-2-7B, five runs), not ours.")
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def details_markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    """Every group: span P/R/F1, string-level F1, support-set fit and the error breakdown."""
+    columns = ["setting", "dataset", "K", "method", "seeds", "span P", "span R", "span F1", "string-level F1",
+               "support fit F1", *ERROR_KINDS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for s in summaries:
+        fit = _cell(s.get("support_fit_f1")) if s.get("support_fit_f1") else "-"
+        lines.append(
+            f"| {s['setting']} | {s['dataset']} | {s['k']} | {s['method']} | {len(s['seeds'])} | "
+            f"{_cell(s['span_precision'])} | {_cell(s['span_recall'])} | {_cell(s['span_f1'])} | "
+            f"{_cell(s['string_f1'])} | {fit} | " + " | ".join(str(s["errors"][kind]) for kind in ERROR_KINDS) + " |")
+    note = ("Error counts are summed over seeds. `boundary`: a prediction overlapping a gold span of its type without "
+            "matching it; `type`: exact boundaries, wrong type; `boundary_type`: both wrong; `spurious`: overlaps no "
+            "gold span; `missed`: gold spans no prediction overlaps (see `cllmfs_trainer.metrics.error_breakdown`).")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
+    """Grouped bar chart of span micro-F1 per (setting, dataset), one bar per method, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on CI machines
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in summaries if s["k"] == k]
+    groups = sorted({(s["setting"], s["dataset"]) for s in rows})
+    methods = sorted({s["method"] for s in rows}, key=list(METHOD_TITLES).index)
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.0))
+    for m, method in enumerate(methods):
+        means, stds = [], []
+        for setting, dataset in groups:
+            match = _find(rows, setting, dataset, method)
+            means.append(match["span_f1"]["mean"] if match else 0.0)
+            stds.append(match["span_f1"]["std"] if match else 0.0)
+        positions = [g + (m - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(positions, means, width, yerr=stds, capsize=2, label=METHOD_TITLES[method])
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{setting.upper()}\n{COLUMN_TITLES.get(d, d)}" for setting, d in groups])
+    ax.set_ylabel("span micro-F1")
+    ax.set_title(f"{k}-shot, mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str) -> Path:
+    """Write results.json, table1.md (per K), details.md and f1.png (per K) into `out_dir`; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = aggregate(records)
+    # Only numbers and ids: no sentence text, so the report can live in git.
+    units = [{key: value for key, value in r.items()} for r in records]
+    (out / "results.json").write_text(json.dumps({"model": model, "query": query_note, "summary": summaries,
+                                                  "units": units}, indent=2) + "\n", encoding="utf-8")
+    ks = sorted({s["k"] for s in summaries})
+    tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note) for k in ks]
+    (out / "table1.md").write_text("\n".join(tables), encoding="utf-8")
+    (out / "details.md").write_text(details_markdown(summaries), encoding="utf-8")
+    for k in ks:
+        plot_f1(summaries, k, out / f"f1_k{k}.png")
+    return out

@@ -1,0 +1,167 @@
+"""The benchmark runner end to end on a tiny random model: units, resume after an interruption, the report."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+from helpers import REPO, shared_dataset
+
+from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
+from cllmfs_trainer.benchmark.report import table1_markdown
+
+
+@pytest.fixture(scope="module")
+def bench_script():
+    spec = importlib.util.spec_from_file_location("recipe_benchmark", REPO / "recipes" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A random 2-layer BERT and a WordPiece tokenizer, saved as a folder: the prototype baselines' encoder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    root = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "the", "##s", "@"]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(root / "vocab.txt")).save_pretrained(root)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root)
+    return root
+
+
+def tiny_config(tiny_run_inputs, out, **overrides):
+    params = dict(
+        output_dir=str(out), tasks=["intra:wnut17"], methods=["cllmfs", "lora", "zero_shot"], seeds=[0], ks=[1],
+        query_size=20, recipe=str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        model=str(tiny_run_inputs / "model"), batch_size=16,
+        train_overrides={"max_steps": 1, "per_device_train_batch_size": 8, "lora_target_modules": ["q_proj", "v_proj"],
+                         "cl_layer": 2, "logging_steps": 1},
+    )
+    return BenchmarkConfig(**{**params, **overrides})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_benchmark_runs_resumes_after_interruption_and_reports(bench_script, tiny_run_inputs, tmp_path):
+    config = tiny_config(tiny_run_inputs, tmp_path / "bench")
+    trained = []
+
+    def failing_second_training(recipe, overrides, output_dir):
+        if trained:
+            raise Interrupt  # as if the machine stopped in the middle of the second training
+        trained.append(overrides)
+        bench_script.train_run(recipe, overrides, output_dir)
+
+    with pytest.raises(Interrupt):
+        Benchmark(config, train_fn=failing_second_training).run(progress=False)
+    first = Benchmark(config).unit_path(Benchmark(config).units()[0])
+    assert first.is_file() and not Benchmark(config).unit_path(Benchmark(config).units()[1]).is_file()
+    assert "cl_weight" not in trained[0]  # the cllmfs run (the recipe as written) went first
+    assert not list((tmp_path / "bench" / "runs").rglob("*.partial/cllmfs_run.json"))
+    done_before = first.stat().st_mtime_ns
+
+    calls = []
+
+    def counting(recipe, overrides, output_dir):
+        calls.append(overrides)
+        bench_script.train_run(recipe, overrides, output_dir)
+
+    records = Benchmark(config, train_fn=counting).run(progress=False)
+    assert first.stat().st_mtime_ns == done_before  # the finished unit was not redone
+    assert [c["cl_weight"] for c in calls] == [0.0]  # only the interrupted LoRA-only training ran again
+    assert [r["method"] for r in records] == ["cllmfs", "lora", "zero_shot"]
+    for record in records:
+        assert record["query_size"] == 20 and 0.0 <= record["span"]["f1"] <= 1.0
+        assert record["errors"]["n_pred"] == sum(record["errors"][k] for k in
+                                                 ("correct", "type", "boundary", "boundary_type", "spurious"))
+        predictions = tmp_path / "bench" / "units" / "intra-wnut17" / "k1" / "seed0" / f"{record['method']}" \
+            ".predictions.jsonl"
+        lines = predictions.read_text().splitlines()
+        assert len(lines) == 20 and "tokens" not in json.loads(lines[0])  # ids and spans only, no text
+    assert "support_fit" in records[0] and "support_fit" not in records[2]
+
+    # The same query subset for every seed, and a support set that never overlaps it.
+    bench = Benchmark(config)
+    support = bench.support(bench.units()[0])
+    assert not {tuple(s.tokens) for s in support.sentences} & {tuple(s.tokens) for s in bench.query("wnut17")}
+
+
+def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
+        bench_script, tiny_run_inputs, tiny_bert_dir, tmp_path):
+    shared_dataset("conll2003")
+    config = tiny_config(tiny_run_inputs, tmp_path, tasks=["inter:conll2003", "inter:wnut17"],
+                         methods=["lora", "nnshot", "protobert"], encoder=str(tiny_bert_dir), query_size=10,
+                         data_dir=str(shared_dataset("ontonotes5").parent))
+    calls = []
+
+    def counting(recipe, overrides, output_dir):
+        calls.append(overrides)
+        bench_script.train_run(recipe, overrides, output_dir)
+
+    records = Benchmark(config, train_fn=counting).run(progress=False)
+    assert len(calls) == 1 and calls[0]["dataset"] == "ontonotes5"  # one OntoNotes model for both targets
+    assert [(r["dataset"], r["method"]) for r in records] == [
+        ("conll2003", "lora"), ("wnut17", "lora"), ("conll2003", "nnshot"), ("wnut17", "nnshot"),
+        ("conll2003", "protobert"), ("wnut17", "protobert")]
+    assert "support_fit" in records[0] and "support_fit" not in records[1]  # measured once per trained model
+    supports = sorted(p.relative_to(tmp_path / "support").parts[0] for p in (tmp_path / "support").rglob("*.txt"))
+    assert supports == ["conll2003", "ontonotes5", "wnut17"]
+    for record in records[2:]:
+        assert record["span"]["tp"] + record["span"]["fp"] == record["errors"]["n_pred"]
+
+
+def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
+    Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"]))
+    Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1]))  # more seeds: fine
+    with pytest.raises(ValueError, match="query_size"):
+        Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10))
+
+
+def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
+    with pytest.raises(ValueError, match="unknown methods"):
+        tiny_config(tiny_run_inputs, tmp_path, methods=["bert"])
+    with pytest.raises(ValueError, match="intra:<dataset>"):
+        tiny_config(tiny_run_inputs, tmp_path, tasks=["wnut17"])
+    with pytest.raises(ValueError, match="recipe"):
+        tiny_config(tiny_run_inputs, tmp_path, recipe=None)
+
+
+def test_report_tables_and_chart(bench_script, tmp_path):
+    def record(method, seed, f1, dataset="wnut17", setting="intra"):
+        errors = {"correct": 1, "boundary": 2, "type": 0, "boundary_type": 0, "spurious": 3, "missed": 4}
+        return {"setting": setting, "dataset": dataset, "k": 5, "seed": seed, "method": method, "query_size": 20,
+                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+
+    records = [record("cllmfs", 0, 0.2), record("cllmfs", 1, 0.4), record("nnshot", 0, 0.1),
+               record("lora", 0, 0.3, "conll2003", "inter")]
+    summaries = aggregate(records)
+    cllmfs = next(s for s in summaries if s["method"] == "cllmfs")
+    assert cllmfs["span_f1"]["mean"] == pytest.approx(0.3) and cllmfs["span_f1"]["std"] == pytest.approx(0.1414, 1e-3)
+    assert cllmfs["errors"]["spurious"] == 6
+    table = table1_markdown(summaries, 5, "tiny", "20 sentences")
+    assert "0.3000 ± 0.1414" in table and "*0.5250*" in table and "paper" in table
+    assert table.index("| INTRA |") < table.index("| INTER |")
+    from cllmfs_trainer.benchmark import write_report
+
+    out = write_report(records, tmp_path / "report", "tiny", "20 sentences")
+    assert {p.name for p in out.iterdir()} == {"results.json", "table1.md", "details.md", "f1_k5.png"}
+    assert (out / "f1_k5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
+    yaml_file = tmp_path / "b.yaml"
+    yaml_file.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot]\n")
+    config, report_dir, _, _ = bench_script.load_config([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
+    assert (config.seeds, config.query_size, report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
+    with pytest.raises(SystemExit):
+        bench_script.load_config([str(yaml_file), "--sedes", "[1]"])
