@@ -16,6 +16,7 @@ from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
+from cllmfs_trainer.benchmark.scoring import evaluate_run
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
 from cllmfs_trainer.data.sft import PROMPT_FORMAT
 from cllmfs_trainer.modeling import load_model, load_tokenizer
@@ -31,6 +32,11 @@ class ScriptArguments:
     support_set: str | None = field(default=None, metadata={"help": "Use this BIO file as the support set."})
     types_file: str | None = field(default=None, metadata={"help": "YAML overriding/extending type descriptions."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
+    evaluate_on: list[str] | None = field(default=None, metadata={
+        "help": "After training, predict and score these datasets' test splits (each with its own types) into "
+                "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."})
+    eval_query_size: int | None = field(default=None, metadata={
+        "help": "Score a fixed random subset of this many test sentences per dataset instead of the whole split."})
 
 
 def main(
@@ -64,6 +70,11 @@ def main(
             "cl_layer": trainer.cl_layer, "world_size": training_args.world_size,
         }
         (out / "cllmfs_run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if script_args.evaluate_on:
+            metrics = evaluate_run(out, script_args.evaluate_on, script_args.eval_query_size,
+                                   data_dir=script_args.data_dir)
+            for name, scores in metrics.items():
+                print(f"{name}: span micro-F1 {scores['span']['f1']:.4f} on {scores['query_size']} test sentences")
     return trainer
 
 

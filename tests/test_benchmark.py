@@ -165,3 +165,10 @@ def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
     assert (config.seeds, config.query_size, report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
     with pytest.raises(SystemExit):
         bench_script.load_config([str(yaml_file), "--sedes", "[1]"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*benchmark*.yaml")), ids=lambda p: p.name)
+def test_shipped_benchmark_configs_parse(bench_script, path):
+    config, report_dir, _, _ = bench_script.load_config([str(path)])
+    assert path.read_text().startswith("#") and "Hardware target" in path.read_text().split("\n\n")[0]
+    assert (REPO / config.recipe).is_file() and str(report_dir).startswith("bench/results/")

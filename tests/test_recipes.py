@@ -5,7 +5,8 @@ import sys
 import pytest
 from helpers import REPO
 
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+# Training recipes; benchmark configs (`*benchmark*.yaml`) are parsed in test_benchmark.py.
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "benchmark" not in p.name)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,18 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
     assert run["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
     assert [t["label"] for t in run["train_types"]] == ["person"]
     assert run["train_types"][0]["description"]
+
+
+def test_evaluate_on_scores_test_splits_into_the_run_folder(train_script, tiny_run_inputs, tmp_path, capsys):
+    args = tiny_args(tiny_run_inputs, tmp_path) + ["--evaluate_on", "wnut17", "--eval_query_size", "5"]
+    train_script.main(*train_script.parse(args))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics) == ["wnut17"] and metrics["wnut17"]["query_size"] == 5
+    scores = metrics["wnut17"]
+    # Asked with WNUT's six types although the run was trained on `person` only: 5 sentences x 6 prompts.
+    assert scores["parse_stats"]["outputs"] == 30
+    assert scores["span"]["tp"] + scores["span"]["fp"] == scores["errors"]["n_pred"]
+    assert "wnut17: span micro-F1" in capsys.readouterr().out
 
 
 def test_qlora_4bit_recipe_trains_on_cpu(train_script, tiny_run_inputs, tmp_path):

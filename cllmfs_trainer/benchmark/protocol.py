@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -196,12 +195,10 @@ class Benchmark:
     def query(self, dataset: str) -> list[Sentence]:
         """The query sentences of a dataset's test split: all, or the fixed `query_size` subset."""
         if dataset not in self._queries:
+            from cllmfs_trainer.benchmark.scoring import query_subset
+
             full = get_dataset(dataset).load("test", self.config.data_dir).sentences
-            size = self.config.query_size
-            if size is not None and size < len(full):
-                keep = sorted(random.Random(self.config.query_seed).sample(range(len(full)), size))
-                full = [full[i] for i in keep]
-            self._queries[dataset] = full
+            self._queries[dataset] = query_subset(full, self.config.query_size, self.config.query_seed)
         return self._queries[dataset]
 
     def support(self, unit: Unit) -> SupportSet:

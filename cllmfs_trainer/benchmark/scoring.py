@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.io import Sentence, Span
@@ -25,3 +28,50 @@ def score_unit(query: Sequence[Sentence], predicted: Sequence[Sequence[Span]]) -
         "string": {key.removeprefix("string_"): value for key, value in string.items()},
         "errors": error_breakdown(gold, predicted),
     }
+
+
+def query_subset(sentences: Sequence[Sentence], size: int | None, seed: int = 0) -> list[Sentence]:
+    """A fixed random subset of `size` sentences in their original order (all of them when `size` is None)."""
+    if size is None or size >= len(sentences):
+        return list(sentences)
+    keep = sorted(random.Random(seed).sample(range(len(sentences)), size))
+    return [sentences[i] for i in keep]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    datasets: Sequence[str],
+    query_size: int | None = None,
+    query_seed: int = 0,
+    data_dir: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Predict the test split of each dataset with a trained run folder and score it; writes `metrics.json` there.
+
+    Each dataset is asked with its own types (for an INTER run: the target's types, not the source's).
+
+    Args:
+        run_dir: A training run folder (`recipes/train.py` output).
+        datasets: Registry keys of the datasets whose test splits to predict.
+        query_size: Predict a fixed random subset of this many sentences per dataset; `None` for all.
+        query_seed: Seed of that subset.
+        data_dir: Folder of datasets that are not shipped.
+        batch_size: Prompts per generation batch.
+
+    Returns:
+        `{dataset: {"query_size", "span", "string", "errors", "parse_stats"}}`, as written to `metrics.json`.
+    """
+    from cllmfs_trainer.data.registry import get_dataset
+    from cllmfs_trainer.inference.generate import EntityExtractor
+
+    results: dict[str, Any] = {}
+    for name in datasets:
+        dataset = get_dataset(name)
+        query = query_subset(dataset.load("test", data_dir).sentences, query_size, query_seed)
+        extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size)
+        predicted = [p.spans for p in extractor.predict(query, progress=True)]
+        results[name] = {"query_size": len(query), **score_unit(query, predicted),
+                         "parse_stats": extractor.stats.as_dict()}
+    path = Path(run_dir) / "metrics.json"
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
