@@ -19,11 +19,17 @@ from pathlib import Path
 import datasets
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_samples, get_dataset, sample_support_set, tokenize_samples
 from cllmfs_trainer.data.sft import ANSWER_PREFIX, IGNORE_INDEX, OPEN
 from cllmfs_trainer.modeling import load_model, load_tokenizer
+
+
+def decision_positions(rows: list[dict], prefix_len: int) -> list[int]:
+    """Position of the decision token in each row: right after the fixed answer prefix."""
+    return [next(i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX) + prefix_len for row in rows]
 
 
 def main() -> None:
@@ -35,6 +41,7 @@ def main() -> None:
     parser.add_argument("--oversample", type=int, default=1, help="repeat samples with entities this many times")
     parser.add_argument("--dtype", default="float32", help="base weights dtype (bfloat16 uses AMX on recent CPUs)")
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--eval-every", type=int, default=0, help="also probe every N steps (a learning curve)")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer("default")
@@ -44,10 +51,11 @@ def main() -> None:
     rows, _ = tokenize_samples(samples, tokenizer)
     train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if OPEN in s.completion else 1)]
     prefix_len = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
-    decisions = []  # position of the decision token in each row
-    for row in rows:
-        first = next(i for i, label in enumerate(row["labels"]) if label != IGNORE_INDEX)
-        decisions.append(first + prefix_len)
+    entity_token = next(row["input_ids"][d] for row, d, s in zip(rows, decision_positions(rows, prefix_len), samples)
+                        if OPEN in s.completion)
+    decisions = decision_positions(rows, prefix_len)
+    for row, position in zip(rows, decisions):
+        first = position - prefix_len
         if args.mask_prefix:
             row["labels"][first : first + prefix_len] = [IGNORE_INDEX] * prefix_len
     config = ContrastiveSFTConfig(
@@ -60,22 +68,40 @@ def main() -> None:
     trainer = ContrastiveSFTTrainer(load_model("default", dtype=args.dtype), args=config,
                                     train_dataset=datasets.Dataset.from_list(train_rows),
                                     processing_class=tokenizer, peft_config=lora)
+    curve = []
+
+    def probe(step: int) -> None:
+        """Teacher-forced decision over all 96 support samples, at the current weights."""
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        counts = {"with_entities": [0, 0], "empty": [0, 0]}  # [correct, total]
+        p_entity = {"with_entities": 0.0, "empty": 0.0}  # mean probability of the "an entity follows" token
+        with torch.no_grad():
+            for row, sample, position in zip(rows, samples, decisions):
+                logits = model(input_ids=torch.tensor([row["input_ids"][:position]])).logits[0, -1]
+                key = "with_entities" if OPEN in sample.completion else "empty"
+                counts[key][0] += int(logits.argmax().item() == row["input_ids"][position])
+                p_entity[key] += logits.float().softmax(-1)[entity_token].item()
+                counts[key][1] += 1
+        model.train(was_training)
+        mean = {key: round(p_entity[key] / counts[key][1], 3) for key in counts}
+        curve.append({"step": step, "decision_correct": counts, "mean_p_entity": mean,
+                      "separation": round(mean["with_entities"] - mean["empty"], 3)})
+        print(json.dumps(curve[-1]), flush=True)
+
+    class ProbeCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if args_ns.eval_every and state.global_step % args_ns.eval_every == 0 and state.global_step < args_ns.steps:
+                probe(state.global_step)
+
+    args_ns = args
+    trainer.add_callback(ProbeCallback())
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-
-    model = trainer.model.eval()
-    counts = {"with_entities": [0, 0], "empty": [0, 0]}  # [correct, total]
-    gold_prob = {"with_entities": 0.0, "empty": 0.0}
-    with torch.no_grad():
-        for row, sample, position in zip(rows, samples, decisions):
-            logits = model(input_ids=torch.tensor([row["input_ids"][:position]])).logits[0, -1]
-            key = "with_entities" if OPEN in sample.completion else "empty"
-            counts[key][0] += int(logits.argmax().item() == row["input_ids"][position])
-            gold_prob[key] += logits.float().softmax(-1)[row["input_ids"][position]].item()
-            counts[key][1] += 1
-    mean_prob = {key: round(gold_prob[key] / counts[key][1], 3) for key in counts}
-    result = {**vars(args), "train_s": round(seconds), "decision_correct": counts, "mean_gold_prob": mean_prob}
+    probe(args.steps)
+    result = {**vars(args), "train_s": round(seconds), **curve[-1], "curve": curve[:-1]}
     print(json.dumps(result))
     out = Path(__file__).parent / "results" / "decision_probe.json"
     runs = json.loads(out.read_text()) if out.is_file() else []

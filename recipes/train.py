@@ -32,6 +32,9 @@ class ScriptArguments:
     support_set: str | None = field(default=None, metadata={"help": "Use this BIO file as the support set."})
     types_file: str | None = field(default=None, metadata={"help": "YAML overriding/extending type descriptions."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
+    repeat_entity_samples: int = field(default=1, metadata={
+        "help": "Repeat every SFT sample that has entities this many times (1 = the paper). Rebalances the "
+                "entity / no-entity decision, which small models otherwise learn as 'no entity' everywhere."})
     evaluate_on: list[str] | None = field(default=None, metadata={
         "help": "After training, predict and score these datasets' test splits (each with its own types) into "
                 "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."})
@@ -47,7 +50,8 @@ def main(
                      n_types=script_args.n_types, data_dir=script_args.data_dir, support_set=script_args.support_set)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    train_dataset = build_sft_dataset(task.support.sentences, task.train_types, tokenizer, training_args.max_length)
+    train_dataset = build_sft_dataset(task.support.sentences, task.train_types, tokenizer, training_args.max_length,
+                                      repeat_entity_samples=script_args.repeat_entity_samples)
     quantization = get_quantization_config(model_args)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, quantization_config=quantization,
                        # a quantized model is placed at load time, one copy per process

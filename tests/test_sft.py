@@ -163,5 +163,19 @@ def test_build_sft_dataset_on_shipped_wnut(sp_tokenizer):
     assert positive + empty == len(dataset)  # a sample marks entity tokens iff its completion names entities
 
 
+def test_repeat_entity_samples_rebalances_only_samples_with_entities(sp_tokenizer):
+    wnut = get_dataset("wnut17")
+    from cllmfs_trainer.data import sample_support_set
+
+    support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
+    plain = build_sft_dataset(support.sentences, wnut.types, sp_tokenizer, keep_text=True)
+    tripled = build_sft_dataset(support.sentences, wnut.types, sp_tokenizer, keep_text=True, repeat_entity_samples=3)
+    empty = sum(c.endswith("are <im_end>") for c in plain["completion"])
+    assert len(tripled) == empty + 3 * (len(plain) - empty)
+    assert sum(c.endswith("are <im_end>") for c in tripled["completion"]) == empty
+    with pytest.raises(ValueError, match="repeat_entity_samples"):
+        build_sft_dataset(support.sentences, wnut.types, sp_tokenizer, repeat_entity_samples=0)
+
+
 def test_prompt_has_no_trailing_space():
     assert build_prompt("a b", PERSON).endswith("Output:\n")

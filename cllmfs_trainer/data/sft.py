@@ -193,6 +193,7 @@ def build_sft_dataset(
     tokenizer: Any,
     max_length: int | None = None,
     keep_text: bool = False,
+    repeat_entity_samples: int = 1,
 ) -> Any:
     """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
 
@@ -202,10 +203,16 @@ def build_sft_dataset(
         tokenizer: A fast tokenizer (offset mappings are needed).
         max_length: Cut longer rows (see `tokenize_samples`).
         keep_text: Also keep `prompt`, `completion` and `type` columns, for inspection.
+        repeat_entity_samples: Put every sample that has entities this many times in the dataset (1: as the paper).
+            Most (sentence, type) pairs have no entity (74% for 5-shot WNUT'17, more with 18 OntoNotes types), and a
+            small model then learns to answer "none" to everything; repeating the others rebalances that decision.
     """
+    if repeat_entity_samples < 1:
+        raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
     import datasets  # deferred: importing datasets costs about a second
 
-    samples = build_samples(sentences, types)
+    samples = [sample for sample in build_samples(sentences, types)
+               for _ in range(repeat_entity_samples if sample.entity_chars else 1)]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)
     if keep_text and len(rows) == len(samples):
         for row, sample in zip(rows, samples):
