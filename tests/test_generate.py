@@ -1,5 +1,7 @@
-"""Batched extraction (`EntityExtractor`) and `cllmfs predict` on run folders trained from tiny random models."""
+"""Batched extraction (`EntityExtractor`) and `cllmfs predict` on run folders trained from tiny random models; the fast
+path (sorted mixed-type batches, prefix reuse, answer prefill) against plain per-prompt `generate`."""
 
+import copy
 import importlib.util
 import json
 import sys
@@ -7,15 +9,30 @@ import sys
 import pytest
 import torch
 from helpers import REPO
+from transformers import LogitsProcessorList
 
 from cllmfs_trainer.cli import main as cli_main
 from cllmfs_trainer.data import Sentence
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.inference.generate import EntityExtractor
+from cllmfs_trainer.data.sft import IM_END, build_prompt
+from cllmfs_trainer.inference.constraints import EntityConstraintProcessor
+from cllmfs_trainer.inference.generate import EntityExtractor, Job
+from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 from cllmfs_trainer.modeling import ensure_pad_token
 
 PERSON = EntityType("person", "person", "names of people")
 PLACE = EntityType("location", "location", "names of places")
+# A longer instruction than the two above: its prefix is longer, so batches mixing it with them have a masked gap.
+WORK = EntityType("creative-work", "creative work", "titles of songs, albums, films, books, shows or artworks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small models gain nothing from intra-op threads, and lose a lot when another process competes for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +160,110 @@ def test_types_file_adds_a_type_at_prediction_time(run_dir, tmp_path):
                      "--types-file", str(types), "--output", str(tmp_path / "o.jsonl"), "--max-new-tokens", "40"]) == 0
     line = json.loads((tmp_path / "o.jsonl").read_text())
     assert {e["type"] for e in line["entities"]} <= {"person", "drug"}
+
+
+# --- The fast path equals plain per-prompt generation ----------------------------------------------------------------
+
+EQUALITY_SENTENCES = [
+    "Ann Lee met Bo in Rome".split(),
+    "nothing to see here".split(),
+    "Zoë ( 42 ) visited Reykjavík and Zoë again with the whole team of Acme Corp. last Friday".split(),
+    "Bo".split(),
+    "Did Pedro Rossi really pay $ 12.50 for that ?".split(),
+]
+
+
+def plain_generate(model, tokenizer, job: Job, constrained: bool, max_new_tokens: int) -> str:
+    """The reference: one prompt, no padding, no cache reuse, `generate` as a user calls it."""
+    ids = tokenizer(job.prompt, return_tensors="pt")["input_ids"]
+    if constrained:
+        extra = {"logits_processor": LogitsProcessorList(
+            [EntityConstraintProcessor(tokenizer, [job.words], prompt_length=ids.shape[1])])}
+    else:
+        extra = {"stop_strings": [IM_END], "tokenizer": tokenizer}
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         **extra)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def equality_jobs(types, sentences=EQUALITY_SENTENCES) -> list[Job]:
+    return [Job(build_prompt(" ".join(words), t), words, t.label) for words in sentences for t in types]
+
+
+def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None):
+    jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES)
+    for constrained in (True, False):
+        expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens) for job in jobs]
+        for reuse_prefix, prefill_answer in ((True, True), (True, False), (False, False)):
+            extractor = EntityExtractor(model, tokenizer, types, constrained=constrained, batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix,
+                                        prefill_answer=prefill_answer)
+            outputs = extractor.generate(jobs)
+            mismatches = [(job.prompt.split("Input: ")[1], want, got)
+                          for job, want, got in zip(jobs, expected, outputs) if want != got]
+            assert not mismatches, (constrained, reuse_prefix, prefill_answer, mismatches[:3])
+
+
+@pytest.fixture()
+def sp_left(sp_tokenizer):
+    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def test_fast_path_equals_plain_generate_on_a_tiny_random_llama(tiny_llama, sp_left):
+    # Batches of 4 over 15 prompts: several batches, each mixing types whose prefixes differ in length.
+    assert_fast_equals_plain(tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4)
+
+
+def test_prefix_is_the_instruction_and_every_prompt_starts_with_it(tiny_llama, sp_left):
+    jobs = equality_jobs([PERSON, WORK])
+    encoded = sp_left([job.prompt for job in jobs])["input_ids"]
+    for label in (PERSON.label, WORK.label):
+        group = [ids for ids, job in zip(encoded, jobs) if job.group == label]
+        length = shared_prefix_length(group)
+        instruction = next(job.prompt for job in jobs if job.group == label).split("\nInput: ")[0]
+        # The shared tokens cover the instruction (a merge may take a character or two of what follows, never more).
+        assert sp_left.decode(group[0][:length], skip_special_tokens=True).startswith(instruction)
+        assert all(ids[:length] == group[0][:length] and len(ids) > length for ids in group)
+    shared = SharedPrefixes(tiny_llama(sp_left), {"a": [1, 5, 7], "b": [1, 5], "c": []})
+    assert shared.width == 3 and [shared.length(k) for k in "abc"] == [3, 2, 0]
+    cache = shared.cache_for(["b", "a", "b"])
+    assert cache.get_seq_length() == 3 and cache.layers[0].keys.shape[0] == 3
+    assert torch.equal(cache.layers[0].keys[0, :, 2], torch.zeros_like(cache.layers[0].keys[0, :, 2]))  # the gap
+    assert SharedPrefixes(tiny_llama(sp_left), {"a": []}).cache_for(["a"]) is None
+
+
+def test_shared_prefix_length_leaves_a_token():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert shared_prefix_length([[1, 2, 3]], keep=0) == 3
+    assert shared_prefix_length([[9], [1, 2]]) == 0
+
+
+def test_prefix_reuse_is_skipped_when_generate_repeats_prompts(tiny_llama, sp_left):
+    extractor = EntityExtractor(tiny_llama(sp_left), sp_left, [PERSON], max_new_tokens=30)
+    jobs = equality_jobs([PERSON])[:2]
+    assert extractor._shared_prefixes(sp_left([j.prompt for j in jobs])["input_ids"], ["person"] * 2).width > 0
+    extractor.generation_kwargs["num_beams"] = 2
+    assert extractor._shared_prefixes(sp_left([j.prompt for j in jobs])["input_ids"], ["person"] * 2).width == 0
+
+
+def test_predict_spans_do_not_depend_on_the_speed_levers(extractor):
+    fast = [p.spans for p in extractor.predict(SENTENCES)]
+    extractor.reuse_prefix = extractor.prefill_answer = False
+    assert [p.spans for p in extractor.predict(SENTENCES)] == fast
+
+
+@pytest.mark.slow
+def test_fast_path_equals_plain_generate_on_the_default_model(smollm2_path):
+    from cllmfs_trainer.data import get_dataset
+    from cllmfs_trainer.modeling import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_path, padding_side="left")
+    wnut = get_dataset("wnut17")
+    types = [t for t in wnut.types if t.label in {"person", "location", "product"}]
+    sentences = [s.tokens for s in wnut.load("test").sentences[:4]] + EQUALITY_SENTENCES[:2]
+    assert_fast_equals_plain(load_model(smollm2_path).eval(), tokenizer, types, max_new_tokens=32, batch_size=8,
+                             sentences=sentences)

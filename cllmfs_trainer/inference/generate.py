@@ -4,19 +4,35 @@ Decoding is greedy by default. The paper samples at temperature 0.01 with top-p,
 greedy is deterministic, so runs are reproducible and the fast and naive paths can be compared exactly.
 `do_sample=True` with a temperature is available for those who want the paper's setting to the letter.
 
-Speed levers used here: LoRA weights merged into the base model (`EntityExtractor.from_run`), prompts sorted by
-length so a batch carries little padding, left padding so every row's generation starts at the same position, and
-generation that ends at EOS, which the constraint forces right after `<im_end>`.
+Speed levers used here, each of which leaves the generated tokens unchanged (up to floating-point noise, see below):
+
+- LoRA weights merged into the base model (`EntityExtractor.from_run`).
+- Prompts sorted by length, so a batch carries little padding; batches mix entity types.
+- Prefix reuse (`reuse_prefix`): all prompts of a type begin with the same instruction, whose key/value states are
+  computed once per `predict` call and copied into each batch's cache (`prefix_cache.SharedPrefixes`); the model only
+  runs over the rest of each prompt.
+- Answer prefill (`prefill_answer`, constrained decoding only): every answer starts with the same prefix
+  (`<im_start> I can extract entities for you, the extracted entities are`), which the constraint forces token by
+  token. We append its tokens to the prompt instead, so they cost one batched forward pass rather than one `generate`
+  step each; the constraint still starts at the answer's first token and the budget `max_new_tokens` still counts
+  them.
+- Generation ends at EOS, which the constraint forces right after `<im_end>`.
+
+The computed values are the same as without these levers, but not bit for bit: a prefix computed alone, or answer
+tokens computed in one pass, go through matrix products of other shapes, whose float sums may round differently. A
+greedy choice between two tokens whose scores are that close can flip; `tests/test_generate.py` checks equality with
+plain per-prompt `generate` on a random and on the real default model. `bench/inference.py` measures each lever
+against the naive `generate` loop and checks that their answers agree.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import LogitsProcessorList
@@ -25,8 +41,9 @@ from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import IM_END, build_prompt
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
-from cllmfs_trainer.inference.constraints import EntityConstraintProcessor
+from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
+from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +56,14 @@ class Prediction:
     spans: list[Span] = field(default_factory=list)
 
 
+class Job(NamedTuple):
+    """One prompt to answer: its text, the words the constraint may copy, and the group sharing its prefix."""
+
+    prompt: str
+    words: list[str]
+    group: Hashable
+
+
 class EntityExtractor:
     """Extracts entities of given types from sentences with a fine-tuned causal LM.
 
@@ -48,8 +73,12 @@ class EntityExtractor:
         types: Types to extract, with names and descriptions.
         constrained: Restrict outputs to the template and to runs of the input's words.
         batch_size: Prompts per `generate` call.
-        max_new_tokens: Bound on generated tokens per prompt.
+        max_new_tokens: Bound on generated tokens per prompt (the answer prefix included).
         max_sentence_words: Longer sentences are split (never inside a gold span) and their predictions re-joined.
+        reuse_prefix: Compute the instruction's key/value states once per type and reuse them in every batch.
+            Ignored with `num_beams` or `num_return_sequences` above 1, and for models whose cache is not a plain
+            key/value cache (sliding windows, linear attention).
+        prefill_answer: With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
         generation_kwargs: Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
 
@@ -62,6 +91,8 @@ class EntityExtractor:
         batch_size: int = 32,
         max_new_tokens: int = 64,
         max_sentence_words: int = 128,
+        reuse_prefix: bool = True,
+        prefill_answer: bool = True,
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -73,9 +104,12 @@ class EntityExtractor:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_sentence_words = max_sentence_words
+        self.reuse_prefix = reuse_prefix
+        self.prefill_answer = prefill_answer
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.stats = ParseStats()
         self._automata: dict = {}  # one constraint automaton per sentence, shared by its types' prompts
+        self._template: CompletionTemplate | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, types: Sequence[EntityType] | None = None, **kwargs: Any):
@@ -101,14 +135,15 @@ class EntityExtractor:
         """Predict spans for every sentence and type. Order of the output follows the input."""
         self._automata = {}
         chunks = [split_sentence(s, self.max_sentence_words) for s in sentences]
-        # One job per (chunk, type): prompt text, the chunk's words, and where the answer goes.
-        jobs = [(build_prompt(c.sentence.text, t), c.sentence.tokens, (i, j, t.label))
-                for i, sentence_chunks in enumerate(chunks) for j, c in enumerate(sentence_chunks) for t in self.types]
+        # One job per (chunk, type); its prompts share the type's instruction, so the type is the prefix group.
+        places = [(i, j, t) for i, sentence_chunks in enumerate(chunks) for j in range(len(sentence_chunks))
+                  for t in self.types]
+        jobs = [Job(build_prompt(chunks[i][j].sentence.text, t), chunks[i][j].sentence.tokens, t.label)
+                for i, j, t in places]
         found: dict[tuple[int, int], list[Span]] = {}
-        outputs = self._generate([(prompt, words) for prompt, words, _ in jobs], progress)
-        for (i, j, label), text in zip((job[2] for job in jobs), outputs):
+        for (i, j, t), text in zip(places, self.generate(jobs, progress)):
             parsed = parse_output(text)
-            match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, label)
+            match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
             self.stats.update(parsed, match)
             found.setdefault((i, j), []).extend(match.spans)
         return [
@@ -116,39 +151,86 @@ class EntityExtractor:
             for i, sentence in enumerate(sentences)
         ]
 
+    def _answer_prefill(self) -> tuple[int, ...]:
+        """Token ids of the answer prefix to feed with the prompt; `()` when the answer is generated in full."""
+        if not (self.constrained and self.prefill_answer):
+            return ()
+        if self._template is None:
+            self._template = CompletionTemplate.from_tokenizer(self.tokenizer)
+        prefix = self._template.prefix
+        # Keep at least one generated token: a budget that ends inside the prefix is left to plain generation.
+        return prefix if len(prefix) < self.max_new_tokens else ()
+
+    def _shared_prefixes(self, encoded: Sequence[list[int]], groups: Sequence[Hashable]) -> SharedPrefixes:
+        """The groups' shared prefixes, computed by the model; all empty when prefix reuse is off or impossible."""
+        members: dict[Hashable, list[list[int]]] = {}
+        for ids, group in zip(encoded, groups):
+            members.setdefault(group, []).append(ids)
+        config = getattr(self.model, "generation_config", None)
+        expands = max(self.generation_kwargs.get(name, getattr(config, name, 1)) or 1
+                      for name in ("num_beams", "num_return_sequences")) > 1
+        if self.reuse_prefix and not expands:
+            prefixes = {group: ids[0][: shared_prefix_length(ids)] for group, ids in members.items()}
+            try:
+                return SharedPrefixes(self.model, prefixes)
+            except NotImplementedError as err:
+                logger.warning("generating without prefix reuse: %s", err)
+        return SharedPrefixes(self.model, dict.fromkeys(members, ()))
+
     @torch.no_grad()
-    def _generate(self, jobs: Sequence[tuple[str, list[str]]], progress: bool) -> list[str]:
-        """Generate for (prompt, words) jobs, longest prompts first; returns decoded outputs in job order."""
+    def generate(self, jobs: Sequence[Job], progress: bool = False) -> list[str]:
+        """Generate an answer for every job, in batches of similar length; returns decoded answers in job order.
+
+        Args:
+            jobs: Prompts, with the words the constraint allows and the group whose prompts share a prefix.
+            progress: Show a progress bar over batches.
+
+        Returns:
+            The decoded answers (special tokens skipped), answer prefix included.
+        """
+        if not jobs:
+            return []
         tokenizer = self.tokenizer
-        encoded = tokenizer([prompt for prompt, _ in jobs])["input_ids"]  # one batched call, not one per prompt
-        order = sorted(range(len(jobs)), key=lambda k: -len(encoded[k]))
-        outputs: list[str] = [""] * len(jobs)
+        encoded = tokenizer([job.prompt for job in jobs])["input_ids"]  # one batched call, not one per prompt
+        groups = [job.group for job in jobs]
+        shared = self._shared_prefixes(encoded, groups)
+        answer = list(self._answer_prefill())
+        # What the model still has to read for each job: the prompt after its group's prefix, then the answer prefix.
+        rests = [ids[shared.length(group) :] + answer for ids, group in zip(encoded, groups)]
+        order = sorted(range(len(jobs)), key=lambda k: -len(rests[k]))
         batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="extracting", unit="batch")
         device = next(self.model.parameters()).device
+        outputs: list[str] = [""] * len(jobs)
         for batch in batches:
-            width = max(len(encoded[k]) for k in batch)
+            # Row layout: [group prefix | masked gap up to shared.width | padding | rest]; the cache holds the first
+            # shared.width columns and positions follow the mask, so each row reads as its unpadded prompt.
+            width = shared.width + max(len(rests[k]) for k in batch)
             ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for row, k in enumerate(batch):  # left padding: every row's answer starts at `width`
-                ids[row, width - len(encoded[k]) :] = torch.tensor(encoded[k])
-                mask[row, width - len(encoded[k]) :] = 1
-            extra: dict[str, Any] = {}
+            for row, k in enumerate(batch):
+                length = shared.length(groups[k])
+                ids[row, :length] = torch.tensor(encoded[k][:length], dtype=torch.long)
+                ids[row, width - len(rests[k]) :] = torch.tensor(rests[k], dtype=torch.long)
+                mask[row, :length] = 1
+                mask[row, width - len(rests[k]) :] = 1
+            answer_start = width - len(answer)  # the column of the answer's first token, fed or generated
+            extra: dict[str, Any] = shared.generate_kwargs([groups[k] for k in batch])
             if self.constrained:
-                processor = EntityConstraintProcessor(tokenizer, [jobs[k][1] for k in batch], prompt_length=width,
-                                                      cache=self._automata)
+                processor = EntityConstraintProcessor(tokenizer, [jobs[k].words for k in batch],
+                                                      prompt_length=answer_start, cache=self._automata)
                 extra["logits_processor"] = LogitsProcessorList([processor])
             else:  # without the constraint, also stop at the marker in case the model skips EOS
                 extra.update(stop_strings=[IM_END], tokenizer=tokenizer)
             generated = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                **self.generation_kwargs, **extra,
+                input_ids=ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=self.max_new_tokens - len(answer), pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, **self.generation_kwargs, **extra,
             )
-            texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            texts = tokenizer.batch_decode(generated[:, answer_start:], skip_special_tokens=True)
             for k, text in zip(batch, texts):
                 outputs[k] = text
         return outputs

@@ -1,0 +1,188 @@
+"""Prompts per second of entity extraction: the naive `generate` loop a user would write against `EntityExtractor`.
+
+    python bench/inference.py                                   # random LoRA (r=16, 7 projections) on SmolLM2
+    python bench/inference.py --run runs/smollm2-wnut17-intra   # a trained run folder
+
+The same prompts (the first `--sentences` WNUT'17 test sentences x the 6 types) go through every variant, in one
+process, for `--rounds` rounds in alternating order (A B C ... C B A), so that drift of a shared machine hits all
+variants alike; the median time per variant is compared with the naive one. `--check` variants run in the first
+round only (they are there for the agreement check). On a CPU shared with other jobs, use `--threads 1`: intra-op
+threads that wait for a busy core make everything many times slower. Variants:
+
+- `naive`: `model.generate` on the unmerged PEFT model, batches of 8 in dataset order, left padding, full prompts,
+  unconstrained, `max_new_tokens=64`, `stop_strings=["<im_end>"]`.
+- `sorted_b32`: `EntityExtractor` without prefix reuse or answer prefill: merged LoRA, length-sorted batches of 32,
+  constrained decoding (what the extractor did before prefix reuse).
+- `prefix`: + the instruction's key/value cache computed once per type.
+- `full`: + the forced answer prefix fed with the prompt (the extractor's default).
+- `full_unconstrained` (a `--check` variant): `full` without the constraint (so without answer prefill): the same
+  decoding problem as `naive`, whose greedy outputs it should reproduce.
+
+Agreement is checked on the parsed answers: `full_unconstrained` against `naive` (same decoding problem), `full`
+and `prefix` against `sorted_b32` (same constrained problem, with and without the levers). Writes JSON under
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+EXTRACTOR_VARIANTS = {
+    "sorted_b32": dict(constrained=True, reuse_prefix=False, prefill_answer=False),
+    "prefix": dict(constrained=True, reuse_prefix=True, prefill_answer=False),
+    "full": dict(constrained=True, reuse_prefix=True, prefill_answer=True),
+    "full_unconstrained": dict(constrained=False, reuse_prefix=True, prefill_answer=True),
+}
+AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("full", "sorted_b32"), ("full", "naive")]
+
+
+def load_models(run: str | None, seed: int):
+    """The unmerged PEFT model (naive path) and a merged copy of the same weights (our path), and the tokenizer."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from cllmfs_trainer.data.registry import EntityType
+    from cllmfs_trainer.modeling import load_model, load_tokenizer
+
+    if run is not None:
+        meta = json.loads((Path(run) / "cllmfs_run.json").read_text(encoding="utf-8"))
+        tokenizer = load_tokenizer(run, padding_side="left")
+        peft = PeftModel.from_pretrained(load_model(meta["base_model"]), run).eval()
+        merged = PeftModel.from_pretrained(load_model(meta["base_model"]), run).merge_and_unload().eval()
+        return peft, merged, tokenizer, [EntityType(**t) for t in meta["test_types"]]
+    tokenizer = load_tokenizer("default", padding_side="left")
+    # init_lora_weights=False: random A and B, so the adapter changes the outputs and merging has work to do.
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    peft = get_peft_model(load_model("default"), config).eval()
+    merged = get_peft_model(load_model("default"), config)
+    merged.load_state_dict(peft.state_dict())
+    return peft, merged.merge_and_unload().eval(), tokenizer, None
+
+
+def naive_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+    """What a user writes: batches in the given order, left-padded full prompts, unconstrained, stop at the marker."""
+    import torch
+
+    from cllmfs_trainer.data.sft import IM_END
+
+    texts = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=[IM_END],
+                                 tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+            texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default=None, help="a run folder; default: SmolLM2 with a random LoRA adapter")
+    parser.add_argument("--sentences", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--naive-batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--variants", default="naive,sorted_b32,prefix,full", help="timed in every round")
+    parser.add_argument("--check", default="full_unconstrained", help="timed in the first round only")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from cllmfs_trainer.data.registry import get_dataset
+    from cllmfs_trainer.data.sft import IM_END, build_prompt
+    from cllmfs_trainer.inference.generate import EntityExtractor, Job
+    from cllmfs_trainer.inference.parse import parse_output
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wnut = get_dataset("wnut17")
+    peft, merged, tokenizer, types = load_models(args.run, args.seed)
+    types = types or wnut.types
+    sentences = wnut.load("test").sentences[: args.sentences]
+    jobs = [Job(build_prompt(s.text, t), s.tokens, t.label) for s in sentences for t in types]
+    extractors = {name: EntityExtractor(merged, tokenizer, types, batch_size=args.batch,
+                                        max_new_tokens=args.max_new_tokens, **options)
+                  for name, options in EXTRACTOR_VARIANTS.items()}
+
+    def run(name: str, some_jobs: list[Job]) -> list[str]:
+        if name == "naive":
+            return naive_generate(peft, tokenizer, [job.prompt for job in some_jobs], args.naive_batch,
+                                  args.max_new_tokens)
+        extractor = extractors[name]
+        extractor._automata = {}  # as `predict` does: the constraint's automata are part of every call's cost
+        return extractor.generate(some_jobs)
+
+    variants, checks = args.variants.split(","), [name for name in args.check.split(",") if name]
+    for name in variants + checks:  # warm-up on a few prompts: first-call costs (allocator, kernels) are not throughput
+        run(name, jobs[:2])
+    times: dict[str, list[float]] = {name: [] for name in variants + checks}
+    texts: dict[str, list[str]] = {}
+    for round_index in range(args.rounds):
+        for name in (variants + checks if round_index == 0 else variants if round_index % 2 == 0 else variants[::-1]):
+            start = time.perf_counter()
+            outputs = run(name, jobs)
+            [parse_output(text) for text in outputs]
+            times[name].append(time.perf_counter() - start)
+            if texts.setdefault(name, outputs) != outputs:
+                print(f"warning: {name} gave other outputs in round {round_index + 1}", file=sys.stderr)
+            print(f"round {round_index + 1} {name:20s} {times[name][-1]:7.1f} s", flush=True)
+
+    def answer(text: str) -> str:  # what the answer says, up to its end marker
+        return " ".join(text.split(IM_END)[0].split())
+
+    agreement = []
+    for left, right in AGREEMENT:
+        if left in texts and right in texts:
+            same_text = sum(answer(a) == answer(b) for a, b in zip(texts[left], texts[right]))
+            same_entities = sum(parse_output(a).entities == parse_output(b).entities
+                                for a, b in zip(texts[left], texts[right]))
+            differ = [(job.prompt.split("Input: ")[1].split("\n")[0], job.group, answer(a), answer(b))
+                      for job, a, b in zip(jobs, texts[left], texts[right]) if answer(a) != answer(b)]
+            agreement.append({"pair": [left, right], "same_text": same_text, "same_entities": same_entities,
+                              "prompts": len(jobs), "differences": differ[:5]})
+    base = statistics.median(times["naive"]) if "naive" in times else None
+    summary = []
+    for name in variants + checks:
+        seconds = statistics.median(times[name])
+        summary.append({"variant": name, "seconds": seconds, "prompts_per_s": len(jobs) / seconds,
+                        "speedup_vs_naive": base / seconds if base else None})
+    stats = {name: [len(tokenizer(text)["input_ids"]) for text in outputs] for name, outputs in texts.items()}
+    device = platform.processor() or platform.machine()
+    print(f"\n{len(jobs)} prompts ({len(sentences)} sentences x {len(types)} types), {device}, "
+          f"{torch.get_num_threads()} threads, {'run ' + args.run if args.run else 'random LoRA r=16'}")
+    print(f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s}")
+    for row in summary:
+        ratio = f"{row['speedup_vs_naive']:8.2f}x" if row["speedup_vs_naive"] else ""
+        print(f"{row['variant']:20s} {row['seconds']:7.1f} {row['prompts_per_s']:10.2f} {ratio:>9s} "
+              f"{statistics.mean(stats[row['variant']]):14.1f}")
+    for row in agreement:
+        print(f"agreement {row['pair'][0]} vs {row['pair'][1]}: same answer text {row['same_text']}/{row['prompts']}, "
+              f"same entities {row['same_entities']}/{row['prompts']}")
+    tag = Path(args.run).name if args.run else "random_lora"
+    out = Path(args.out or Path(__file__).parent / "results" / f"inference_{tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": " ".join(["python", "bench/inference.py", *sys.argv[1:]]), "settings": vars(args),
+        "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__, "prompts": len(jobs),
+        "summary": summary, "agreement": agreement, "mean_answer_tokens": {k: statistics.mean(v) for k, v in
+                                                                          stats.items()},
+        "times_s": times,
+    }, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
