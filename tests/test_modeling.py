@@ -244,7 +244,9 @@ def test_default_model_folder_is_complete(smollm2_path):
     assert provenance["wheel_sha256"] == DEFAULT_WHEEL.sha256 and provenance["wheel"] == DEFAULT_WHEEL.filename
     assert provenance["gguf_file"] == DEFAULT_WHEEL.gguf_member
     assert modeling._looks_like_text(provenance["sanity_generation"])
-    assert leftovers(smollm2_path.parent) == [smollm2_path.name]  # no temp folders left behind
+    # No temp folders left behind (other cached models, such as the baselines' encoder, may sit beside it).
+    assert [name for name in leftovers(smollm2_path.parent) if smollm2_path.name in name] == [
+        smollm2_path.name]
 
 
 @pytest.mark.slow
