@@ -67,7 +67,11 @@ def _find(rows: Sequence[dict[str, Any]], setting: str, dataset: str, method: st
 
 
 def _cell(stat: dict[str, float] | None) -> str:
-    return "-" if stat is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    if stat is None:
+        return "-"
+    if stat["n"] == 1:  # one run has no spread; "± 0" would claim one
+        return f"{stat['mean']:.4f} (1 seed)"
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str) -> str:
@@ -98,7 +102,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
         cells = [f"*{paper[c]:.4f}*" if c in paper else "-" for c in columns]
         lines.append(f"| {setting.upper()} | *paper: CLLMFS, LLaMA-2-7B* | " + " | ".join(cells) + " |")
     seeds = sorted({len(s["seeds"]) for s in rows})
-    caption = (f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seeds, {k}-shot, base model {model}, "
+    caption = (f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seed(s), {k}-shot, base model {model}, "
                f"query: {query_note}. Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
                "LLaMA-2-7B, five runs), not ours.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
