@@ -327,16 +327,21 @@ def _convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, Any], str
         }
         # Written last: its presence marks the folder complete.
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Move a finished `tmp` folder to `target`, replacing an older one; readers never see a half-written folder."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def materialize_default_model(force: bool = False) -> Path:

