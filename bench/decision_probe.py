@@ -41,13 +41,16 @@ def main() -> None:
     parser.add_argument("--oversample", type=int, default=1, help="repeat samples with entities this many times")
     parser.add_argument("--dtype", default="float32", help="base weights dtype (bfloat16 uses AMX on recent CPUs)")
     parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--scheduler", default="constant", help="lr_scheduler_type, e.g. cosine")
+    parser.add_argument("--warmup", type=int, default=0, help="warmup steps")
+    parser.add_argument("--prompt-format", type=int, default=1, help="1: instruction first; 2: sentence first")
     parser.add_argument("--eval-every", type=int, default=0, help="also probe every N steps (a learning curve)")
     args = parser.parse_args()
 
     tokenizer = load_tokenizer("default")
     wnut = get_dataset("wnut17")
     support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
-    samples = build_samples(support.sentences, wnut.types)
+    samples = build_samples(support.sentences, wnut.types, args.prompt_format)
     rows, _ = tokenize_samples(samples, tokenizer)
     train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if OPEN in s.completion else 1)]
     prefix_len = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
@@ -60,7 +63,7 @@ def main() -> None:
             row["labels"][first : first + prefix_len] = [IGNORE_INDEX] * prefix_len
     config = ContrastiveSFTConfig(
         output_dir="/tmp/cllmfs-decision-probe", max_steps=args.steps, per_device_train_batch_size=8,
-        learning_rate=args.lr, lr_scheduler_type="constant", gradient_checkpointing=False,
+        learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup, gradient_checkpointing=False,
         cl_weight=args.cl_weight, cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
     )
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, task_type="CAUSAL_LM",

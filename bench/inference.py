@@ -2,6 +2,8 @@
 
     python bench/inference.py                                   # random LoRA (r=16, 7 projections) on SmolLM2
     python bench/inference.py --run runs/smollm2-wnut17-intra   # a trained run folder
+    python bench/inference.py --model /tmp/llama2-7b-random --device cuda --dtype bfloat16 --batch 256 \
+        --max-new-tokens 24                                     # GPU (bench/gpu_check.sh writes that model)
 
 The same prompts (the first `--sentences` WNUT'17 test sentences x the 6 types) go through every variant, in one
 process, for `--rounds` rounds in alternating order (A B C ... C B A), so that drift of a shared machine hits all
@@ -43,7 +45,8 @@ EXTRACTOR_VARIANTS = {
 AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("full", "sorted_b32"), ("full", "naive")]
 
 
-def load_models(run: str | None, seed: int):
+def load_models(run: str | None, seed: int, model_ref: str = "default", device: str = "cpu",
+                dtype: str = "float32"):
     """The unmerged PEFT model (naive path) and a merged copy of the same weights (our path), and the tokenizer."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -54,16 +57,16 @@ def load_models(run: str | None, seed: int):
     if run is not None:
         meta = json.loads((Path(run) / "cllmfs_run.json").read_text(encoding="utf-8"))
         tokenizer = load_tokenizer(run, padding_side="left")
-        peft = PeftModel.from_pretrained(load_model(meta["base_model"]), run).eval()
-        merged = PeftModel.from_pretrained(load_model(meta["base_model"]), run).merge_and_unload().eval()
-        return peft, merged, tokenizer, [EntityType(**t) for t in meta["test_types"]]
-    tokenizer = load_tokenizer("default", padding_side="left")
+        peft = PeftModel.from_pretrained(load_model(meta["base_model"], dtype=dtype), run).to(device).eval()
+        merged = PeftModel.from_pretrained(load_model(meta["base_model"], dtype=dtype), run).merge_and_unload()
+        return peft, merged.to(device).eval(), tokenizer, [EntityType(**t) for t in meta["test_types"]]
+    tokenizer = load_tokenizer(model_ref, padding_side="left")
     # init_lora_weights=False: random A and B, so the adapter changes the outputs and merging has work to do.
     config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False,
                         task_type="CAUSAL_LM")
     torch.manual_seed(seed)
-    peft = get_peft_model(load_model("default"), config).eval()
-    merged = get_peft_model(load_model("default"), config)
+    peft = get_peft_model(load_model(model_ref, dtype=dtype), config).to(device).eval()
+    merged = get_peft_model(load_model(model_ref, dtype=dtype), config).to(device)
     merged.load_state_dict(peft.state_dict())
     return peft, merged.merge_and_unload().eval(), tokenizer, None
 
@@ -77,7 +80,7 @@ def naive_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
     texts = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=[IM_END],
                                  tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
             texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -87,6 +90,10 @@ def naive_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="a run folder; default: SmolLM2 with a random LoRA adapter")
+    parser.add_argument("--model", default="default", help="base model without --run (a random LoRA is added)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--prompt-format", type=int, default=1, choices=[1, 2])
     parser.add_argument("--sentences", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--naive-batch", type=int, default=8)
@@ -109,12 +116,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     wnut = get_dataset("wnut17")
-    peft, merged, tokenizer, types = load_models(args.run, args.seed)
+    peft, merged, tokenizer, types = load_models(args.run, args.seed, args.model, args.device, args.dtype)
     types = types or wnut.types
     sentences = wnut.load("test").sentences[: args.sentences]
-    jobs = [Job(build_prompt(s.text, t), s.tokens, t.label) for s in sentences for t in types]
+    # Format 1 prompts share their type's instruction, format 2 prompts their sentence: that is the prefix group.
+    jobs = [Job(build_prompt(s.text, t, args.prompt_format), s.tokens, t.label if args.prompt_format == 1 else n)
+            for n, s in enumerate(sentences) for t in types]
     extractors = {name: EntityExtractor(merged, tokenizer, types, batch_size=args.batch,
-                                        max_new_tokens=args.max_new_tokens, **options)
+                                        max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
+                                        **options)
                   for name, options in EXTRACTOR_VARIANTS.items()}
 
     def run(name: str, some_jobs: list[Job]) -> list[str]:
@@ -160,7 +170,8 @@ def main() -> None:
         summary.append({"variant": name, "seconds": seconds, "prompts_per_s": len(jobs) / seconds,
                         "speedup_vs_naive": base / seconds if base else None})
     stats = {name: [len(tokenizer(text)["input_ids"]) for text in outputs] for name, outputs in texts.items()}
-    device = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
+        platform.processor() or platform.machine())
     print(f"\n{len(jobs)} prompts ({len(sentences)} sentences x {len(types)} types), {device}, "
           f"{torch.get_num_threads()} threads, {'run ' + args.run if args.run else 'random LoRA r=16'}")
     print(f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
 from cllmfs_trainer.data.sampling import FewShotTask
-from cllmfs_trainer.data.sft import PROMPT_FORMAT
+from cllmfs_trainer.data.sft import PROMPT_FORMAT, PROMPT_FORMATS
 
 logger = logging.getLogger("cllmfs")
 
@@ -46,7 +46,8 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     task = _task(args)
     task.support.save(out / "support.txt")
-    samples = build_samples(task.support.sentences, task.train_types)
+    prompt_format = getattr(args, "prompt_format", PROMPT_FORMAT)
+    samples = build_samples(task.support.sentences, task.train_types, prompt_format)
     with (out / "sft_samples.jsonl").open("w", encoding="utf-8") as handle:
         for sample in samples:
             record = {"prompt": sample.prompt, "completion": sample.completion, "type": sample.type_label,
@@ -56,7 +57,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     (out / "types.json").write_text(json.dumps(types, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     summary: dict[str, Any] = {
         "setting": task.setting, "dataset": args.dataset, "k": args.k, "seed": args.seed,
-        "prompt_format": PROMPT_FORMAT, "support_sentences": len(task.support.sentences),
+        "prompt_format": prompt_format, "support_sentences": len(task.support.sentences),
         "support_mentions": task.support.mention_counts(), "sft_samples": len(samples),
         "samples_with_entities": sum("<<<" in s.completion for s in samples), **task.notes,
     }
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="sample a support set and build SFT samples")
     _add_task_arguments(prep)
+    prep.add_argument("--prompt-format", type=int, default=PROMPT_FORMAT, choices=sorted(PROMPT_FORMATS),
+                      help="1: instruction first (default); 2: sentence first")
     prep.add_argument("--model", help="also tokenise with this model's tokenizer and report lengths")
     prep.add_argument("--output", required=True)
     prep.set_defaults(func=cmd_prepare)

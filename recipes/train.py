@@ -12,13 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.benchmark.scoring import evaluate_run
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
-from cllmfs_trainer.data.sft import PROMPT_FORMAT
 from cllmfs_trainer.modeling import load_model, load_tokenizer
 
 
@@ -35,6 +35,9 @@ class ScriptArguments:
     repeat_entity_samples: int = field(default=1, metadata={
         "help": "Repeat every SFT sample that has entities this many times (1 = the paper). Rebalances the "
                 "entity / no-entity decision, which small models otherwise learn as 'no entity' everywhere."})
+    prompt_format: int = field(default=1, metadata={
+        "help": "1: instruction, then sentence (default). 2: sentence first, then the instruction: the type sits "
+                "right before the answer, and prediction reuses each sentence's key/value cache across types."})
     evaluate_on: list[str] | None = field(default=None, metadata={
         "help": "After training, predict and score these datasets' test splits (each with its own types) into "
                 "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."})
@@ -51,7 +54,8 @@ def main(
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset = build_sft_dataset(task.support.sentences, task.train_types, tokenizer, training_args.max_length,
-                                      repeat_entity_samples=script_args.repeat_entity_samples)
+                                      repeat_entity_samples=script_args.repeat_entity_samples,
+                                      prompt_format=script_args.prompt_format)
     quantization = get_quantization_config(model_args)
     model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, quantization_config=quantization,
                        # a quantized model is placed at load time, one copy per process
@@ -60,7 +64,10 @@ def main(
 
     trainer = ContrastiveSFTTrainer(model, args=training_args, train_dataset=train_dataset,
                                     processing_class=tokenizer, peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
+    if torch.cuda.is_available():  # this process's peak, weights included (bench/gpu_check.sh reports it)
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    trainer.save_metrics("train", metrics)  # train_results.json in the run folder
 
     # The run folder: everything prediction needs besides the adapter and tokenizer that save_model writes.
     trainer.save_model(training_args.output_dir)
@@ -68,7 +75,7 @@ def main(
         out = Path(training_args.output_dir)
         task.support.save(out / "support.txt")
         run = {
-            "base_model": model_args.model_name_or_path or "default", "prompt_format": PROMPT_FORMAT,
+            "base_model": model_args.model_name_or_path or "default", "prompt_format": script_args.prompt_format,
             "setting": task.setting, "dataset": dataset.key, "k": script_args.k,
             "train_types": [vars(t) for t in task.train_types], "test_types": [vars(t) for t in task.test_types],
             "cl_layer": trainer.cl_layer, "world_size": training_args.world_size,

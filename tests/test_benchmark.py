@@ -127,6 +127,25 @@ def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
         Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10))
 
 
+def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")
+    recipe.write_text(original, encoding="utf-8")
+    out = tmp_path / "bench"
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+    recipe.write_text("# a new comment\n" + original, encoding="utf-8")
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))  # same settings: resumes
+    # A run folder from before settings were compared (it stored the raw text) resumes too.
+    saved = json.loads((out / "benchmark.json").read_text())
+    saved["fingerprint"]["recipe_text"] = original
+    del saved["fingerprint"]["recipe_settings"]
+    (out / "benchmark.json").write_text(json.dumps(saved))
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+    recipe.write_text(original.replace("learning_rate: 1.0e-3", "learning_rate: 5.0e-4"), encoding="utf-8")
+    with pytest.raises(ValueError, match="recipe_settings"):
+        Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+
+
 def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
         tiny_config(tiny_run_inputs, tmp_path, methods=["bert"])

@@ -187,12 +187,15 @@ def plain_generate(model, tokenizer, job: Job, constrained: bool, max_new_tokens
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def equality_jobs(types, sentences=EQUALITY_SENTENCES) -> list[Job]:
-    return [Job(build_prompt(" ".join(words), t), words, t.label) for words in sentences for t in types]
+def equality_jobs(types, sentences=EQUALITY_SENTENCES, prompt_format: int = 1) -> list[Job]:
+    """Format 1 prompts share their type's instruction; format 2 prompts share their sentence."""
+    return [Job(build_prompt(" ".join(words), t, prompt_format), words, t.label if prompt_format == 1 else n)
+            for n, words in enumerate(sentences) for t in types]
 
 
-def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None):
-    jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES)
+def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None,
+                             prompt_format: int = 1):
+    jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES, prompt_format)
     for constrained in (True, False):
         expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens) for job in jobs]
         for reuse_prefix, prefill_answer in ((True, True), (True, False), (False, False)):
@@ -200,7 +203,7 @@ def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch
                                         max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix,
                                         prefill_answer=prefill_answer)
             outputs = extractor.generate(jobs)
-            mismatches = [(job.prompt.split("Input: ")[1], want, got)
+            mismatches = [(job.prompt, want, got)
                           for job, want, got in zip(jobs, expected, outputs) if want != got]
             assert not mismatches, (constrained, reuse_prefix, prefill_answer, mismatches[:3])
 
@@ -215,6 +218,29 @@ def sp_left(sp_tokenizer):
 def test_fast_path_equals_plain_generate_on_a_tiny_random_llama(tiny_llama, sp_left):
     # Batches of 4 over 15 prompts: several batches, each mixing types whose prefixes differ in length.
     assert_fast_equals_plain(tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4)
+
+
+def test_sentence_first_fast_path_equals_plain_generate(tiny_llama, sp_left):
+    # Groups are sentences here: prefixes of very different lengths (1 to 17 words) share batches.
+    assert_fast_equals_plain(tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4,
+                             prompt_format=2)
+
+
+def test_sentence_first_predict_uses_the_format_and_blocks(tiny_llama, sp_left, monkeypatch):
+    model = tiny_llama(sp_left)
+    reference = EntityExtractor(model, sp_left, [PERSON, PLACE], max_new_tokens=30, reuse_prefix=False,
+                                prompt_format=2)
+    expected = [p.spans for p in reference.predict(SENTENCES)]
+    fast = EntityExtractor(model, sp_left, [PERSON, PLACE], max_new_tokens=30, prompt_format=2)
+    monkeypatch.setattr(fast, "SENTENCES_PER_BLOCK", 2)  # several blocks, each with its own cached prefixes
+    prompts = []
+    generate = fast.generate
+    monkeypatch.setattr(fast, "generate", lambda jobs, progress=False: prompts.extend(jobs) or generate(jobs))
+    assert [p.spans for p in fast.predict(SENTENCES)] == expected
+    assert prompts and all(job.prompt.startswith("Input: ") for job in prompts)
+    assert len({job.group for job in prompts}) == len(SENTENCES)  # one prefix group per sentence
+    with pytest.raises(ValueError, match="unknown prompt_format 3"):
+        EntityExtractor(model, sp_left, [PERSON], prompt_format=3)
 
 
 def test_prefix_is_the_instruction_and_every_prompt_starts_with_it(tiny_llama, sp_left):

@@ -87,8 +87,8 @@ def test_labels_learn_exactly_the_completion_and_eos(tokenizer):
         assert all(c == IGNORE_INDEX for c in row["cl_labels"][prompt_len:])
 
 
-def check_cl_alignment(tokenizer, sentences, types):
-    samples = build_samples(sentences, types)
+def check_cl_alignment(tokenizer, sentences, types, prompt_format=1):
+    samples = build_samples(sentences, types, prompt_format)
     rows, _ = tokenize_samples(samples, tokenizer)
     for sample, row in zip(samples, rows):
         encoding = tokenizer(sample.prompt, return_offsets_mapping=True)
@@ -116,13 +116,31 @@ def test_cl_labels_alignment_on_handmade_sentence(tokenizer):
     check_cl_alignment(tokenizer, [ANDREW], [PERSON, LOCATION])
 
 
-def test_cl_labels_alignment_on_real_wnut_support_set(tokenizer):
+@pytest.mark.parametrize("prompt_format", [1, 2])
+def test_cl_labels_alignment_on_real_wnut_support_set(tokenizer, prompt_format):
     wnut = get_dataset("wnut17")
     support_dir = wnut.split_path("train").parent / "support_sets"
     from cllmfs_trainer.data import SupportSet
 
     support = SupportSet.load(support_dir / "5shot_0.txt")  # emoji, @-mentions, URLs, non-ASCII
-    check_cl_alignment(tokenizer, support.sentences, wnut.types)
+    check_cl_alignment(tokenizer, support.sentences, wnut.types, prompt_format)
+
+
+def test_sentence_first_format_puts_the_type_right_before_the_answer():
+    (first, second) = build_samples([ANDREW], [PERSON, LOCATION], prompt_format=2)
+    assert first.prompt.startswith(f"Input: {ANDREW.text}\nPlease extract the entity of person in the input "
+                                   "sentence given above, the entity of person refers to ")
+    assert first.prompt.endswith(".\nOutput:\n")
+    s, e = first.sentence_chars
+    assert (s, first.prompt[s:e]) == (len("Input: "), ANDREW.text)
+    assert [first.prompt[a:b] for a, b in first.entity_chars] == ["Andrew Little"]
+    # Both types' prompts begin with the same sentence line, which prediction computes once.
+    assert second.prompt.split("\n")[0] == first.prompt.split("\n")[0]
+    assert first.completion == build_samples([ANDREW], [PERSON])[0].completion  # the output does not change
+    assert "given below" in build_prompt(ANDREW.text, PERSON) and build_prompt(ANDREW.text, PERSON, 1).startswith(
+        "Please extract")
+    with pytest.raises(ValueError, match="unknown prompt_format 0"):
+        build_samples([ANDREW], [PERSON], prompt_format=0)
 
 
 def test_cl_labels_entity_at_sentence_start_and_end(tokenizer):

@@ -9,6 +9,8 @@ from cllmfs_trainer.data import build_sft_dataset, get_dataset, sample_support_s
 from cllmfs_trainer.modeling import load_model
 
 pytestmark = pytest.mark.slow
+OVERFIT_SENTENCES = 3
+OVERFIT_STEPS = 30
 
 
 def test_a_dozen_steps_lower_both_ce_and_cl_on_a_fixed_eval_set(smollm2_path, smollm2_tokenizer, tmp_path):
@@ -35,3 +37,42 @@ def test_a_dozen_steps_lower_both_ce_and_cl_on_a_fixed_eval_set(smollm2_path, sm
     assert after["eval_ce_loss"] < 0.5 * before["eval_ce_loss"]
     assert after["eval_cl_loss"] < before["eval_cl_loss"] - 0.2
     assert after["eval_cl_pos_sim"] - after["eval_cl_neg_sim"] > before["eval_cl_pos_sim"] - before["eval_cl_neg_sim"]
+
+
+def test_after_overfitting_a_few_support_sentences_prediction_reproduces_their_gold_entities(
+    smollm2_path, smollm2_tokenizer, tmp_path
+):
+    """Training and prediction agree end to end: what the model has memorised comes back out exactly, through the
+    prompt builder, constrained decoding, parsing and span mapping, with the merged adapter."""
+    from cllmfs_trainer.inference.generate import EntityExtractor
+    from cllmfs_trainer.modeling import load_tokenizer
+
+    wnut = get_dataset("wnut17")
+    support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
+    # The shortest support sentences, each adding an entity type the others lack.
+    with_entities = sorted((s for s in support.sentences if s.spans), key=lambda s: len(s.tokens))
+    chosen, seen = [], set()
+    for sentence in with_entities:
+        if not {span.type for span in sentence.spans} <= seen:
+            chosen.append(sentence)
+            seen |= {span.type for span in sentence.spans}
+        if len(chosen) == OVERFIT_SENTENCES:
+            break
+    # Their types plus one that none of them holds: every sentence also gets prompts whose answer is "none".
+    types = [t for t in wnut.types if t.label in seen] + [next(t for t in wnut.types if t.label not in seen)]
+    train = build_sft_dataset(chosen, types, smollm2_tokenizer)
+    args = ContrastiveSFTConfig(
+        output_dir=str(tmp_path), max_steps=OVERFIT_STEPS, per_device_train_batch_size=len(train),
+        learning_rate=1e-3, lr_scheduler_type="constant", gradient_checkpointing=False, cl_weight=0.001,
+        cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    trainer = ContrastiveSFTTrainer(load_model(smollm2_path), args=args, train_dataset=train,
+                                    processing_class=smollm2_tokenizer, peft_config=lora)
+    trainer.train()
+    model = trainer.model.merge_and_unload().eval()
+    extractor = EntityExtractor(model, load_tokenizer(smollm2_path, padding_side="left"), types)
+    predicted = [sorted(p.spans) for p in extractor.predict(chosen)]
+    assert predicted == [sorted(s.spans) for s in chosen]
+    assert extractor.stats.clean == extractor.stats.outputs == len(chosen) * len(types)

@@ -104,8 +104,23 @@ class BenchmarkConfig:
         keep = ("query_size", "query_seed", "recipe", "train_overrides", "model", "encoder")
         fields = {key: getattr(self, key) for key in keep}
         if self.recipe:
-            fields["recipe_text"] = Path(self.recipe).read_text(encoding="utf-8")
+            # The recipe's settings, not its text: editing a comment must not invalidate finished units.
+            fields["recipe_settings"] = _recipe_settings(Path(self.recipe).read_text(encoding="utf-8"))
         return fields
+
+
+def _recipe_settings(text: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+def _upgrade_fingerprint(saved: dict[str, Any]) -> dict[str, Any]:
+    """Fingerprints written before `recipe_settings` held the recipe's raw text; compare those by its settings."""
+    saved = dict(saved)
+    if "recipe_text" in saved:
+        saved["recipe_settings"] = _recipe_settings(saved.pop("recipe_text"))
+    return saved
 
 
 @dataclass
@@ -157,7 +172,8 @@ class Benchmark:
         current = {"config": asdict(self.config), "fingerprint": self.config.fingerprint()}
         if saved.is_file():
             previous = json.loads(saved.read_text(encoding="utf-8"))
-            if previous.get("fingerprint") != current["fingerprint"]:
+            previous["fingerprint"] = _upgrade_fingerprint(previous.get("fingerprint", {}))
+            if previous["fingerprint"] != current["fingerprint"]:
                 if not overwrite:
                     changed = sorted(k for k in current["fingerprint"]
                                      if previous.get("fingerprint", {}).get(k) != current["fingerprint"][k])

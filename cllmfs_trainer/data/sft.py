@@ -1,10 +1,19 @@
 """Per-(sentence, entity type) SFT samples in the paper's format, and their tokenisation with `cl_labels`.
 
-Prompt format 1 (ours; the paper fixes the instruction and the output, not the glue between them)::
+Prompt format 1 (the default; the paper fixes the instruction and the output, not the glue between them)::
 
     Please extract the entity of person in the input sentence given below, the entity of person refers to ...
     Input: Andrew Little met the press .
     Output:
+
+Prompt format 2 puts the sentence first, so that all types' prompts of a sentence share it as a prefix (inference
+computes it once), and the queried type sits right before the answer::
+
+    Input: Andrew Little met the press .
+    Please extract the entity of person in the input sentence given above, the entity of person refers to ...
+    Output:
+
+The format is a training choice: a run folder records it and prediction builds its prompts the same way.
 
 and the completion (the paper's output format, entities in sentence order)::
 
@@ -32,25 +41,53 @@ from cllmfs_trainer.data.registry import EntityType
 
 logger = logging.getLogger(__name__)
 
-PROMPT_FORMAT = 1
+PROMPT_FORMAT = 1  # the default format
 IM_START, IM_END, OPEN, CLOSE = "<im_start>", "<im_end>", "<<<", ">>>"
 INSTRUCTION = (
-    "Please extract the entity of {name} in the input sentence given below, "
+    "Please extract the entity of {name} in the input sentence given {where}, "
     "the entity of {name} refers to {description}."
 )
-PROMPT = "{instruction}\nInput: {sentence}\nOutput:\n"
+# format -> (prompt template, where the instruction says the sentence is)
+PROMPT_FORMATS = {
+    1: ("{instruction}\nInput: {sentence}\nOutput:\n", "below"),
+    2: ("Input: {sentence}\n{instruction}\nOutput:\n", "above"),
+}
 ANSWER_PREFIX = f"{IM_START} I can extract entities for you, the extracted entities are"
 IGNORE_INDEX = -100
 
 
-def instruction(entity_type: EntityType) -> str:
-    """The paper's Appendix A instruction for one type."""
-    return INSTRUCTION.format(name=entity_type.name, description=entity_type.description)
+def check_prompt_format(prompt_format: int) -> int:
+    """Return `prompt_format` if it is a known format, else raise a `ValueError` listing the known ones."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; known: {sorted(PROMPT_FORMATS)} "
+                         "(1: instruction first, 2: sentence first)")
+    return prompt_format
 
 
-def build_prompt(sentence_text: str, entity_type: EntityType) -> str:
-    """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces."""
-    return PROMPT.format(instruction=instruction(entity_type), sentence=sentence_text)
+def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> str:
+    """The paper's Appendix A instruction for one type ("given above" when the sentence comes first)."""
+    where = PROMPT_FORMATS[check_prompt_format(prompt_format)][1]
+    return INSTRUCTION.format(name=entity_type.name, description=entity_type.description, where=where)
+
+
+def _prompt_parts(sentence_text: str, entity_type: EntityType, prompt_format: int) -> tuple[str, str]:
+    """The prompt text before and after the sentence."""
+    template = PROMPT_FORMATS[check_prompt_format(prompt_format)][0]
+    before, after = template.split("{sentence}")
+    text = instruction(entity_type, prompt_format)
+    return before.format(instruction=text), after.format(instruction=text)
+
+
+def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> str:
+    """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces.
+
+    Args:
+        sentence_text: The sentence.
+        entity_type: The queried type.
+        prompt_format: 1 (instruction first) or 2 (sentence first); see the module docstring.
+    """
+    before, after = _prompt_parts(sentence_text, entity_type, prompt_format)
+    return before + sentence_text + after
 
 
 def build_completion(entities: Sequence[str]) -> str:
@@ -82,20 +119,23 @@ class SFTSample:
     entity_chars: list[tuple[int, int]] = field(default_factory=list)
 
 
-def build_samples(sentences: Sequence[Sentence], types: Sequence[EntityType]) -> list[SFTSample]:
+def build_samples(
+    sentences: Sequence[Sentence], types: Sequence[EntityType], prompt_format: int = PROMPT_FORMAT
+) -> list[SFTSample]:
     """One sample per (sentence, type), types absent from the sentence included (they teach the empty output).
 
     Args:
         sentences: Support sentences with gold spans.
         types: The task's types; their order defines the type ids.
+        prompt_format: 1 (instruction first) or 2 (sentence first).
     """
     samples = []
     for sentence in sentences:
         text = sentence.text
         word_chars = sentence.token_char_offsets()
         for type_id, entity_type in enumerate(types, start=1):
-            prompt = build_prompt(text, entity_type)
-            start = prompt.index("\nInput: ") + len("\nInput: ")
+            before, after = _prompt_parts(text, entity_type, prompt_format)
+            prompt, start = before + text + after, len(before)
             spans = [s for s in sentence.spans if s.type == entity_type.label]
             samples.append(SFTSample(
                 prompt=prompt,
@@ -194,6 +234,7 @@ def build_sft_dataset(
     max_length: int | None = None,
     keep_text: bool = False,
     repeat_entity_samples: int = 1,
+    prompt_format: int = PROMPT_FORMAT,
 ) -> Any:
     """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
 
@@ -206,12 +247,13 @@ def build_sft_dataset(
         repeat_entity_samples: Put every sample that has entities this many times in the dataset (1: as the paper).
             Most (sentence, type) pairs have no entity (74% for 5-shot WNUT'17, more with 18 OntoNotes types), and a
             small model then learns to answer "none" to everything; repeating the others rebalances that decision.
+        prompt_format: 1 (instruction first) or 2 (sentence first); prediction must use the same one.
     """
     if repeat_entity_samples < 1:
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
     import datasets  # deferred: importing datasets costs about a second
 
-    samples = [sample for sample in build_samples(sentences, types)
+    samples = [sample for sample in build_samples(sentences, types, prompt_format)
                for _ in range(repeat_entity_samples if sample.entity_chars else 1)]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)
     if keep_text and len(rows) == len(samples):

@@ -39,7 +39,7 @@ from transformers import LogitsProcessorList
 
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import IM_END, build_prompt
+from cllmfs_trainer.data.sft import IM_END, PROMPT_FORMAT, build_prompt, check_prompt_format
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
@@ -75,12 +75,15 @@ class EntityExtractor:
         batch_size: Prompts per `generate` call.
         max_new_tokens: Bound on generated tokens per prompt (the answer prefix included).
         max_sentence_words: Longer sentences are split (never inside a gold span) and their predictions re-joined.
-        reuse_prefix: Compute the instruction's key/value states once per type and reuse them in every batch.
-            Ignored with `num_beams` or `num_return_sequences` above 1, and for models whose cache is not a plain
-            key/value cache (sliding windows, linear attention).
+        reuse_prefix: Compute the shared prompt start (the type's instruction in format 1, the sentence in format 2)
+            once and reuse its key/value states in every batch. Ignored with `num_beams` or `num_return_sequences`
+            above 1, and for models whose cache is not a plain key/value cache (sliding windows, linear attention).
         prefill_answer: With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
+        prompt_format: The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
         generation_kwargs: Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
+
+    SENTENCES_PER_BLOCK = 128  # format 2: chunks whose prefixes are cached at once
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class EntityExtractor:
         max_sentence_words: int = 128,
         reuse_prefix: bool = True,
         prefill_answer: bool = True,
+        prompt_format: int = PROMPT_FORMAT,
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -106,6 +110,7 @@ class EntityExtractor:
         self.max_sentence_words = max_sentence_words
         self.reuse_prefix = reuse_prefix
         self.prefill_answer = prefill_answer
+        self.prompt_format = check_prompt_format(prompt_format)
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.stats = ParseStats()
         self._automata: dict = {}  # one constraint automaton per sentence, shared by its types' prompts
@@ -129,27 +134,55 @@ class EntityExtractor:
             model = PeftModel.from_pretrained(model, run_dir).merge_and_unload()
         if types is None:
             types = [EntityType(**t) for t in meta["test_types"]]
+        kwargs.setdefault("prompt_format", meta.get("prompt_format", 1))  # runs before format 2 have no choice
         return cls(model, tokenizer, types, **kwargs)
 
     def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:
         """Predict spans for every sentence and type. Order of the output follows the input."""
         self._automata = {}
         chunks = [split_sentence(s, self.max_sentence_words) for s in sentences]
-        # One job per (chunk, type); its prompts share the type's instruction, so the type is the prefix group.
-        places = [(i, j, t) for i, sentence_chunks in enumerate(chunks) for j in range(len(sentence_chunks))
-                  for t in self.types]
-        jobs = [Job(build_prompt(chunks[i][j].sentence.text, t), chunks[i][j].sentence.tokens, t.label)
-                for i, j, t in places]
         found: dict[tuple[int, int], list[Span]] = {}
-        for (i, j, t), text in zip(places, self.generate(jobs, progress)):
-            parsed = parse_output(text)
-            match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
-            self.stats.update(parsed, match)
-            found.setdefault((i, j), []).extend(match.spans)
+        for places, texts in self._answer_blocks(chunks, progress):
+            self._collect(chunks, places, texts, found)
         return [
             Prediction(sentence, merge_chunk_spans(chunks[i], [found.get((i, j), []) for j in range(len(chunks[i]))]))
             for i, sentence in enumerate(sentences)
         ]
+
+    def _answer_blocks(self, chunks: list[list[Any]], progress: bool):
+        """Yield `(places, answers)`: one job per (chunk, type), answered together or in blocks of sentences.
+
+        In format 1 the prompts of a type share its instruction, so the type is the prefix group and one `generate`
+        call serves everything. In format 2 the prompts of a chunk share the chunk, so the chunk is the group; the
+        chunks are taken in blocks of similar length, which bounds the cached prefixes held at once and the masked
+        gap each row carries up to the block's longest prefix.
+        """
+        places = [(i, j, t) for i, sentence_chunks in enumerate(chunks) for j in range(len(sentence_chunks))
+                  for t in self.types]
+        if self.prompt_format == 1:
+            jobs = [Job(build_prompt(chunks[i][j].sentence.text, t, 1), chunks[i][j].sentence.tokens, t.label)
+                    for i, j, t in places]
+            yield places, self.generate(jobs, progress)
+            return
+        pieces = sorted({(i, j) for i, j, _ in places}, key=lambda ij: len(chunks[ij[0]][ij[1]].sentence.tokens))
+        blocks = [pieces[k : k + self.SENTENCES_PER_BLOCK] for k in range(0, len(pieces), self.SENTENCES_PER_BLOCK)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            blocks = tqdm(blocks, desc="extracting", unit="block")
+        for block in blocks:
+            block_places = [(i, j, t) for i, j in block for t in self.types]
+            jobs = [Job(build_prompt(chunks[i][j].sentence.text, t, self.prompt_format), chunks[i][j].sentence.tokens,
+                        (i, j)) for i, j, t in block_places]
+            yield block_places, self.generate(jobs)
+
+    def _collect(self, chunks, places, texts, found: dict[tuple[int, int], list[Span]]) -> None:
+        """Parse answers into spans of their chunks, counting malformed outputs in `self.stats`."""
+        for (i, j, t), text in zip(places, texts):
+            parsed = parse_output(text)
+            match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
+            self.stats.update(parsed, match)
+            found.setdefault((i, j), []).extend(match.spans)
 
     def _answer_prefill(self) -> tuple[int, ...]:
         """Token ids of the answer prefix to feed with the prompt; `()` when the answer is generated in full."""
