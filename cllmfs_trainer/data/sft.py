@@ -70,7 +70,7 @@ def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> 
     return INSTRUCTION.format(name=entity_type.name, description=entity_type.description, where=where)
 
 
-def _prompt_parts(sentence_text: str, entity_type: EntityType, prompt_format: int) -> tuple[str, str]:
+def _prompt_parts(entity_type: EntityType, prompt_format: int) -> tuple[str, str]:
     """The prompt text before and after the sentence."""
     template = PROMPT_FORMATS[check_prompt_format(prompt_format)][0]
     before, after = template.split("{sentence}")
@@ -86,7 +86,7 @@ def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int
         entity_type: The queried type.
         prompt_format: 1 (instruction first) or 2 (sentence first); see the module docstring.
     """
-    before, after = _prompt_parts(sentence_text, entity_type, prompt_format)
+    before, after = _prompt_parts(entity_type, prompt_format)
     return before + sentence_text + after
 
 
@@ -134,7 +134,7 @@ def build_samples(
         text = sentence.text
         word_chars = sentence.token_char_offsets()
         for type_id, entity_type in enumerate(types, start=1):
-            before, after = _prompt_parts(text, entity_type, prompt_format)
+            before, after = _prompt_parts(entity_type, prompt_format)
             prompt, start = before + text + after, len(before)
             spans = [s for s in sentence.spans if s.type == entity_type.label]
             samples.append(SFTSample(
