@@ -191,3 +191,13 @@ def test_shipped_benchmark_configs_parse(bench_script, path):
     config, report_dir, _, _ = bench_script.load_config([str(path)])
     assert path.read_text().startswith("#") and "Hardware target" in path.read_text().split("\n\n")[0]
     assert (REPO / config.recipe).is_file() and str(report_dir).startswith("bench/results/")
+
+
+def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
+    """The K-shot curve reuses the main benchmark's K=5 WNUT'17 units: same output_dir, same fingerprint."""
+    main, main_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark.yaml")])
+    kshot, kshot_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
+    assert kshot.output_dir == main.output_dir and kshot_report != main_report
+    assert kshot.fingerprint() == main.fingerprint()
+    assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}
+    assert {"cllmfs", "lora"} <= set(kshot.methods) & set(main.methods)
