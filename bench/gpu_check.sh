@@ -10,9 +10,10 @@
 # Knobs (environment): SHAPE (llama2-7b | tiny), STEPS (default 8), PARTS (default "lora qlora zero2 zero3 infer"),
 # LIMIT (seconds per part, default 150), DEVICE (default cuda), WHEELS (1: install .whl/ if present),
 # INFER_SENTENCES (default 50). A CPU plumbing check:
-#   SHAPE=tiny PARTS="lora zero2 infer" DEVICE=cpu WHEELS=0 INFER_SENTENCES=5 bash bench/gpu_check.sh Each part runs under `timeout`, so one failure costs at most LIMIT and the
-# others still run; a part's log is kept in the output folder. Budget: about 2 min to write the random model, about
-# 1 min per training part, 2 min for inference: within one 10-minute call.
+#   SHAPE=tiny PARTS="lora zero2 zero3 infer" DEVICE=cpu WHEELS=0 INFER_SENTENCES=5 bash bench/gpu_check.sh
+# Each part runs under `timeout`, so one failure costs at most LIMIT and the others still run; a part's log is kept
+# in the output folder. Budget: about 2 min to write the random model, about 1 min per training part, 2 min for
+# inference: within one 10-minute call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${OUT:-bench/results/gpu_check}
