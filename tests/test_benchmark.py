@@ -200,4 +200,4 @@ def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
     assert kshot.fingerprint() == main.fingerprint()
     assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}
-    assert {"cllmfs", "lora"} <= set(kshot.methods) & set(main.methods)
+    assert "cllmfs" in set(kshot.methods) & set(main.methods)
