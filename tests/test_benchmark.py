@@ -177,6 +177,22 @@ def test_report_tables_and_chart(bench_script, tmp_path):
     assert (out / "f1_k5.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_kshot_curve(tmp_path):
+    def record(k, seed, f1):
+        errors = dict.fromkeys(["correct", "boundary", "type", "boundary_type", "spurious", "missed"], 0)
+        return {"setting": "intra", "dataset": "wnut17", "k": k, "seed": seed, "method": "cllmfs", "query_size": 20,
+                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+
+    from cllmfs_trainer.benchmark import write_report
+
+    records = [record(5, 0, 0.1), record(5, 1, 0.3), record(10, 0, 0.4), record(20, 0, 0.5)]
+    out = write_report(records, tmp_path / "report", "tiny", "20 sentences")
+    assert {"kshot.md", "f1_by_k.png", "f1_k10.png"} <= {p.name for p in out.iterdir()}
+    row = next(line for line in (out / "kshot.md").read_text().splitlines() if "CLLMFS" in line)
+    assert row.split(" | ")[3:] == ["0.2000 ± 0.1414", "0.4000 (1 seed)", "0.5000 (1 seed) |"]
+    assert (out / "f1_by_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
     yaml_file = tmp_path / "b.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot]\n")

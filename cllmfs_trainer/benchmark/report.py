@@ -155,8 +155,50 @@ def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
     plt.close(fig)
 
 
+def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    """Span micro-F1 against K: one row per (setting, dataset, method), one column per K (the K-shot curve)."""
+    ks = sorted({s["k"] for s in summaries})
+    curves = sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries},
+                    key=lambda c: (c[0], c[1], list(METHOD_TITLES).index(c[2])))
+    lines = ["| setting | dataset | method | " + " | ".join(f"K={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 3)]
+    for setting, dataset, method in curves:
+        cells = []
+        for k in ks:
+            match = next((s for s in summaries if (s["setting"], s["dataset"], s["method"], s["k"])
+                          == (setting, dataset, method, k)), None)
+            cells.append(_cell(match["span_f1"] if match else None))
+        lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {METHOD_TITLES[method]} | "
+                     + " | ".join(cells) + " |")
+    return "Span micro-F1 by shots per type (K), mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
+
+
+def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+    """Line chart of span micro-F1 against K, one line per (setting, dataset, method), std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for setting, dataset, method in sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries}):
+        points = sorted((s["k"], s["span_f1"]["mean"], s["span_f1"]["std"]) for s in summaries
+                        if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method))
+        ks, means, stds = zip(*points)
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
+                    label=f"{setting.upper()} {COLUMN_TITLES.get(dataset, dataset)}: {METHOD_TITLES[method]}")
+    ax.set_xticks(sorted({s["k"] for s in summaries}))
+    ax.set_xlabel("K (shots per type)")
+    ax.set_ylabel("span micro-F1")
+    ax.set_title("K-shot curve, mean ± std over seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str) -> Path:
-    """Write results.json, table1.md (per K), details.md and f1.png (per K) into `out_dir`; returns the folder."""
+    """Write results.json, table1.md (per K), details.md and f1_k<K>.png into `out_dir`, and with several K the
+    K-shot curve (kshot.md, f1_by_k.png); returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = aggregate(records)
@@ -170,4 +212,7 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: 
     (out / "details.md").write_text(details_markdown(summaries), encoding="utf-8")
     for k in ks:
         plot_f1(summaries, k, out / f"f1_k{k}.png")
+    if len(ks) > 1:
+        (out / "kshot.md").write_text(kshot_markdown(summaries), encoding="utf-8")
+        plot_f1_by_k(summaries, out / "f1_by_k.png")
     return out
