@@ -164,8 +164,7 @@ def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     for setting, dataset, method in curves:
         cells = []
         for k in ks:
-            match = next((s for s in summaries if (s["setting"], s["dataset"], s["method"], s["k"])
-                          == (setting, dataset, method, k)), None)
+            match = _find([s for s in summaries if s["k"] == k], setting, dataset, method)
             cells.append(_cell(match["span_f1"] if match else None))
         lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {METHOD_TITLES[method]} | "
                      + " | ".join(cells) + " |")
