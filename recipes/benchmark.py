@@ -4,7 +4,8 @@
 
 Keys are those of `cllmfs_trainer.benchmark.BenchmarkConfig` plus `report_dir`; `--key value` flags override the
 YAML (lists as JSON, e.g. `--seeds [0,1]`). An interrupted run resumes where it stopped: finished units are kept in
-`output_dir` and skipped. `--report-only` rewrites the report from the finished units without running anything.
+`output_dir` and skipped, and a training cut off mid-way resumes from its last checkpoint (`checkpoint_steps`).
+`--report-only` rewrites the report from the finished units without running anything.
 
 Trained methods train through `recipes/train.py`, so a benchmark model is trained exactly as a recipe run is.
 """

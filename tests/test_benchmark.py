@@ -120,6 +120,57 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
         assert record["span"]["tp"] + record["span"]["fp"] == record["errors"]["n_pred"]
 
 
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, tiny_run_inputs, tmp_path,
+                                                                  monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from cllmfs_trainer.trainer import ContrastiveSFTTrainer
+
+    overrides = {"max_steps": 4, "lora_target_modules": ["q_proj", "v_proj"], "cl_layer": 2, "cl_weight": 0.5}
+    config = tiny_config(tiny_run_inputs, tmp_path / "cut", methods=["cllmfs"], checkpoint_steps=2,
+                         train_overrides=overrides)
+    uninterrupted = tiny_config(tiny_run_inputs, tmp_path / "whole", methods=["cllmfs"], checkpoint_steps=0,
+                                train_overrides=overrides)
+    Benchmark(uninterrupted, train_fn=bench_script.train_run).run(progress=False)
+
+    step = ContrastiveSFTTrainer.training_step
+    calls = []
+
+    def cut_at_step_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupt  # after the checkpoint of step 2 was saved
+        return step(self, *args, **kwargs)
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveSFTTrainer, "training_step", cut_at_step_3)
+    with pytest.raises(Interrupt):
+        Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
+    partial = tmp_path / "cut" / "runs" / "wnut17" / "k1" / "seed0" / "cllmfs.partial"
+    assert sorted(p.name for p in partial.glob("checkpoint-*")) == ["checkpoint-2"]
+    calls.clear()
+    monkeypatch.setattr(ContrastiveSFTTrainer, "training_step", counting)
+
+    [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
+    assert len(calls) == 2  # steps 3 and 4 only
+    run_dir = partial.with_name("cllmfs")
+    run = json.loads((run_dir / "cllmfs_run.json").read_text())
+    assert run["resumed_from_step"] == 2 and not list(run_dir.glob("checkpoint-*"))
+    # RNG (dropout, noise), data order, optimizer and schedule all resume: the same adapter as without the cut.
+    resumed = load_file(run_dir / "adapter_model.safetensors")
+    whole = load_file(tmp_path / "whole" / "runs" / "wnut17" / "k1" / "seed0" / "cllmfs" / "adapter_model.safetensors")
+    assert resumed.keys() == whole.keys()
+    assert any(t.abs().max() > 0 for name, t in whole.items() if "lora_B" in name)  # it trained (B starts at 0)
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    baseline = json.loads(Benchmark(uninterrupted).unit_path(Benchmark(uninterrupted).units()[0]).read_text())
+    assert record["span"] == baseline["span"]
+
+
 def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
     Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"]))
     Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1]))  # more seeds: fine

@@ -68,6 +68,9 @@ class BenchmarkConfig:
         batch_size: Prompts per generation batch.
         fit_on_support: Also predict the support set with each trained model and report that F1 (training fit).
         data_dir: Folder of datasets that are not shipped (default `$CLLMFS_DATA_DIR`).
+        checkpoint_steps: Save a training's state (adapter, optimizer, scheduler, RNG) every this many steps, so that
+            an interrupted training resumes from its last checkpoint instead of step 0; 0 turns it off. Not part of
+            the fingerprint: a resumed training gives the model an uninterrupted one gives.
     """
 
     output_dir: str
@@ -84,8 +87,11 @@ class BenchmarkConfig:
     batch_size: int = 32
     fit_on_support: bool = True
     data_dir: str | None = None
+    checkpoint_steps: int = 40
 
     def __post_init__(self) -> None:
+        if self.checkpoint_steps < 0:
+            raise ValueError(f"checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -306,15 +312,35 @@ class Benchmark:
         if self.config.data_dir:
             overrides["data_dir"] = self.config.data_dir
         partial = run_dir.with_name(run_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        checkpoint = self._last_checkpoint(partial)
+        if checkpoint is None:
+            shutil.rmtree(partial, ignore_errors=True)
+        if self.config.checkpoint_steps:
+            overrides.update(save_strategy="steps", save_steps=self.config.checkpoint_steps, save_total_limit=1)
+        if checkpoint is not None:
+            overrides["resume_from_checkpoint"] = str(checkpoint)
+            logger.info("resuming %s from %s", run_dir, checkpoint.name)
         start = time.perf_counter()
         self.train_fn(self.config.recipe, overrides, partial)
+        for stale in partial.glob("checkpoint-*"):  # only an unfinished training needs them
+            shutil.rmtree(stale)
         run_file = partial / "cllmfs_run.json"
         run = json.loads(run_file.read_text(encoding="utf-8"))
+        # Seconds of the last attempt only; it trained the steps after `resumed_from_step`.
         run["train_seconds"] = round(time.perf_counter() - start, 1)
+        run["resumed_from_step"] = int(checkpoint.name.split("-")[1]) if checkpoint is not None else 0
         run_file.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(partial, run_dir)  # a run folder exists only once complete
         return run_dir
+
+    def _last_checkpoint(self, partial: Path) -> Path | None:
+        """The newest complete checkpoint of an interrupted training, if checkpoints are on."""
+        if not self.config.checkpoint_steps or not partial.is_dir():
+            return None
+        steps = {int(p.name.split("-")[1]): p for p in partial.glob("checkpoint-*") if p.name.split("-")[1].isdigit()}
+        # Trainer writes trainer_state.json last: a checkpoint without it was cut off while being saved.
+        complete = [steps[n] for n in sorted(steps, reverse=True) if (steps[n] / "trainer_state.json").is_file()]
+        return complete[0] if complete else None
 
     def _extractor(self, run_dir: Path | None, types: Sequence[EntityType]):
         from cllmfs_trainer.inference.generate import EntityExtractor
