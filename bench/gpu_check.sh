@@ -9,7 +9,8 @@
 #
 # Knobs (environment): SHAPE (llama2-7b | tiny), STEPS (default 8), PARTS (default "lora qlora zero2 zero3 infer"),
 # LIMIT (seconds per part, default 150), DEVICE (default cuda), WHEELS (1: install .whl/ if present),
-# INFER_SENTENCES (default 50). A CPU plumbing check:
+# INFER_SENTENCES (default 50). `fsdp` (ds_configs/fsdp.yaml, one process) is an extra part, not in the default list.
+# A CPU plumbing check:
 #   SHAPE=tiny PARTS="lora zero2 zero3 infer" DEVICE=cpu WHEELS=0 INFER_SENTENCES=5 bash bench/gpu_check.sh
 # Each part runs under `timeout`, so one failure costs at most LIMIT and the others still run; a part's log is kept
 # in the output folder. Budget: about 2 min to write the random model, about 1 min per training part, 2 min for
@@ -64,6 +65,8 @@ for part in $PARTS; do
                    recipes/train.py "${COMMON[@]}" --output_dir "$WORK/zero2" ;;
         zero3) run_part zero3 accelerate launch --config_file ds_configs/deepspeed_zero3.yaml --num_processes 1 \
                    recipes/train.py "${COMMON[@]}" --output_dir "$WORK/zero3" ;;
+        fsdp)  run_part fsdp accelerate launch --config_file ds_configs/fsdp.yaml --num_processes 1 \
+                   recipes/train.py "${COMMON[@]}" --output_dir "$WORK/fsdp" ;;  # opt-in: PARTS="fsdp ..."
         infer) run_part infer python3 bench/inference.py --model "$MODEL" --device "$DEVICE" --dtype bfloat16 \
                    --sentences "$INFER_SENTENCES" --rounds 1 --batch 256 --naive-batch 8 --max-new-tokens 24 \
                    --variants naive,sorted_b32,full --check "" --out "$RESULTS/inference.json" ;;
@@ -81,6 +84,9 @@ rows = []
 for status in sorted(work.glob("*.status.json")):
     row = json.loads(status.read_text())
     metrics = work / row["part"] / "train_results.json"
+    run = work / row["part"] / "cllmfs_run.json"
+    if run.is_file():  # did the launcher really shard (DEEPSPEED, FSDP) or fall back?
+        row["distributed_type"] = json.loads(run.read_text()).get("distributed_type")
     if metrics.is_file():
         m = json.loads(metrics.read_text())
         row.update(train_s=m.get("train_runtime"), steps_per_s=m.get("train_steps_per_second"),
@@ -88,9 +94,10 @@ for status in sorted(work.glob("*.status.json")):
     rows.append(row)
 summary = {"shape": shape, "steps": steps, "gpu": (results / "gpu.txt").read_text().strip(), "parts": rows}
 (results / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
-print(f"{'part':8s} {'rc':>3s} {'wall s':>7s} {'train s':>8s} {'steps/s':>8s} {'samples/s':>10s} {'peak GiB':>9s}")
+print(f"{'part':8s} {'rc':>3s} {'wall s':>7s} {'train s':>8s} {'steps/s':>8s} {'samples/s':>8s} {'peak GiB':>8s}"
+      "  launcher")
 for r in rows:
     cells = [r.get(k) for k in ("train_s", "steps_per_s", "samples_per_s", "peak_gpu_memory_gib")]
     text = " ".join(f"{c:>8}" if c is not None else f"{'-':>8}" for c in cells)
-    print(f"{r['part']:8s} {r['rc']:>3} {r['wall_s']:>7} {text}")
+    print(f"{r['part']:8s} {r['rc']:>3} {r['wall_s']:>7} {text}  {r.get('distributed_type') or '-'}")
 EOF

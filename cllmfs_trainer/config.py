@@ -17,6 +17,12 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.accelerator.is_available()  # CUDA, ROCm, XPU, NPU, MPS, ...
+
+
 def _bf16_supported() -> bool:
     import torch
 
@@ -100,6 +106,12 @@ class ContrastiveSFTConfig(SFTConfig):
             # torchrun on a CPU machine: without use_cpu, transformers sets up no process group and every process
             # silently trains alone on the full data.
             self.use_cpu = True
+        fsdp_requested = bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if fsdp_requested and (self.use_cpu or not _accelerator_available()):
+            # accelerate shards with FSDP only on accelerators; on the CPU it would silently train with plain DDP.
+            raise ValueError("FSDP (`fsdp` or an accelerate FSDP config) needs GPUs or other accelerators; on the "
+                             "CPU accelerate would silently use DDP instead. On CPUs use ds_configs/cpu_ddp.yaml or "
+                             "ZeRO-2.")
         if self.dataset_kwargs is None:
             self.dataset_kwargs = {"skip_prepare_dataset": True}
         super().__post_init__()

@@ -70,6 +70,8 @@ def main(
     trainer.save_metrics("train", metrics)  # train_results.json in the run folder
 
     # The run folder: everything prediction needs besides the adapter and tokenizer that save_model writes.
+    if trainer.is_fsdp_enabled:  # gather the sharded adapter into one file, as PEFT's FSDP examples do
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         out = Path(training_args.output_dir)
@@ -79,6 +81,7 @@ def main(
             "setting": task.setting, "dataset": dataset.key, "k": script_args.k,
             "train_types": [vars(t) for t in task.train_types], "test_types": [vars(t) for t in task.test_types],
             "cl_layer": trainer.cl_layer, "world_size": training_args.world_size,
+            "distributed_type": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU, DEEPSPEED, FSDP, ...
         }
         (out / "cllmfs_run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if script_args.evaluate_on:

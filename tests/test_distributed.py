@@ -55,6 +55,7 @@ def test_ddp_two_processes_give_the_single_process_update(tiny_run_inputs, tmp_p
     ddp_run, ddp, _ = launch(torchrun, root, tmp_path / "ddp", "--per_device_train_batch_size", "2")
     single_run, single, _ = launch([sys.executable], root, tmp_path / "single", "--per_device_train_batch_size", "4")
     assert (ddp_run["world_size"], single_run["world_size"]) == (2, 1)
+    assert (ddp_run["distributed_type"], single_run["distributed_type"]) == ("MULTI_CPU", "NO")
     assert_same_adapter(ddp, single)
 
 
@@ -77,7 +78,7 @@ def test_deepspeed_zero2_two_processes_give_the_single_process_update(tiny_run_i
                             "--deepspeed", str(REPO / "ds_configs" / "zero2.json"))
     single_run, single, _ = launch([sys.executable], tiny_run_inputs, tmp_path / "single",
                                 "--per_device_train_batch_size", "4")
-    assert (zero_run["world_size"], single_run["world_size"]) == (2, 1)
+    assert (zero_run["world_size"], zero_run["distributed_type"], single_run["world_size"]) == (2, "DEEPSPEED", 1)
     assert_same_adapter(zero, single)
 
 
@@ -99,8 +100,10 @@ def test_deepspeed_zero3_with_the_contrastive_term(tiny_run_inputs, tmp_path):
     _, single, _ = launch([sys.executable], tiny_run_inputs, tmp_path / "single", *cl)
     import torch
 
-    assert zero_run["world_size"] == 1 and "'cl_loss'" in log and "'cl_pos_sim'" in log
+    assert (zero_run["world_size"], zero_run["distributed_type"]) == (1, "DEEPSPEED")
+    assert "'cl_loss'" in log and "'cl_pos_sim'" in log
     # The saved adapter is whole (gathered from the partitions), finite and trained (LoRA B starts at zero).
     assert {k: v.shape for k, v in zero.items()} == {k: v.shape for k, v in single.items()}
     assert all(torch.isfinite(t).all() for t in zero.values())
     assert all(t.abs().sum() > 0 for k, t in zero.items() if "lora_B" in k)
+

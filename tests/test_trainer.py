@@ -76,6 +76,17 @@ def test_config_rejects_bad_values(tmp_path, field, value, words):
         ContrastiveSFTConfig(output_dir=str(tmp_path), **{field: value})
 
 
+@pytest.mark.skipif(__import__("torch").accelerator.is_available(), reason="checks the CPU-only behaviour")
+def test_fsdp_on_the_cpu_is_refused_not_silently_ddp(tmp_path, monkeypatch):
+    # accelerate sets up FSDP only on accelerators: on the CPU, `--fsdp` would train with plain DDP (checked with a
+    # 2-process torchrun run that recorded distributed_type MULTI_CPU), so the config refuses it.
+    with pytest.raises(ValueError, match="FSDP .* needs GPUs"):
+        ContrastiveSFTConfig(output_dir=str(tmp_path), fsdp="full_shard auto_wrap")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # set by `accelerate launch --config_file ds_configs/fsdp.yaml`
+    with pytest.raises(ValueError, match="FSDP .* needs GPUs"):
+        ContrastiveSFTConfig(output_dir=str(tmp_path))
+
+
 def test_cl_layer_fraction_and_depth_check(tmp_path):
     assert ContrastiveSFTConfig(output_dir=str(tmp_path), cl_layer=0.8125).resolve_cl_layer(32) == 26
     assert ContrastiveSFTConfig(output_dir=str(tmp_path), cl_layer=0.8125).resolve_cl_layer(30) == 24
