@@ -67,7 +67,8 @@ def main(config: BenchmarkConfig, report_dir: Path, overwrite: bool = False, rep
         records = benchmark.run()
     query = (f"{config.query_size} random test sentences (query_seed {config.query_seed}) per dataset"
              if config.query_size else "the full test split")
-    return write_report(records, report_dir, model=config.model, query_note=query)
+    overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
+    return write_report(records, report_dir, model=config.model, query_note=query, settings_note=overrides)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ def test_report_tables_and_chart(bench_script, tmp_path):
     assert cllmfs["errors"]["spurious"] == 6
     table = table1_markdown(summaries, 5, "tiny", "20 sentences")
     assert "0.3000 ± 0.1414" in table and "*0.5250*" in table and "paper" in table
-    assert table.index("| INTRA |") < table.index("| INTER |")
+    assert table.index("| INTRA |") < table.index("| INTER |") and "overrides" not in table
+    # A run whose trained methods changed the recipe says so in the caption.
+    assert "recipe overrides: prompt_format=2." in table1_markdown(summaries, 5, "tiny", "20", "prompt_format=2")
     from cllmfs_trainer.benchmark import write_report
 
     out = write_report(records, tmp_path / "report", "tiny", "20 sentences")

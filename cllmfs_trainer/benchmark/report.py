@@ -74,7 +74,8 @@ def _cell(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str) -> str:
+def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str,
+                    settings_note: str = "") -> str:
     """Markdown in the paper's Table 1 layout (settings x methods as rows, datasets as columns), span micro-F1.
 
     Args:
@@ -82,6 +83,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
         k: Which K to tabulate.
         model: The base model the figures come from, printed in the caption.
         query_note: How the query was drawn (e.g. "200 random test sentences"), printed in the caption.
+        settings_note: What the trained methods changed from their recipe (e.g. "prompt_format=2"), if anything.
     """
     rows = [s for s in summaries if s["k"] == k]
     columns = [c for c in TABLE1_COLUMNS if any(s["dataset"] == c for s in rows)]
@@ -103,7 +105,8 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
         lines.append(f"| {setting.upper()} | *paper: CLLMFS, LLaMA-2-7B* | " + " | ".join(cells) + " |")
     seeds = sorted({len(s["seeds"]) for s in rows})
     caption = (f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seed(s), {k}-shot, base model {model}, "
-               f"query: {query_note}. Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
+               f"query: {query_note}" + (f", recipe overrides: {settings_note}" if settings_note else "") +
+               ". Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
                "LLaMA-2-7B, five runs), not ours.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
@@ -195,7 +198,8 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str) -> Path:
+def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str,
+                 settings_note: str = "") -> Path:
     """Write results.json, table1.md (per K), details.md and f1_k<K>.png into `out_dir`, and with several K the
     K-shot curve (kshot.md, f1_by_k.png); returns the folder."""
     out = Path(out_dir)
@@ -203,10 +207,11 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: 
     summaries = aggregate(records)
     # Only numbers and ids: no sentence text, so the report can live in git.
     units = [{key: value for key, value in r.items()} for r in records]
-    (out / "results.json").write_text(json.dumps({"model": model, "query": query_note, "summary": summaries,
-                                                  "units": units}, indent=2) + "\n", encoding="utf-8")
+    report = {"model": model, "query": query_note, "recipe_overrides": settings_note, "summary": summaries,
+              "units": units}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     ks = sorted({s["k"] for s in summaries})
-    tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note) for k in ks]
+    tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note, settings_note) for k in ks]
     (out / "table1.md").write_text("\n".join(tables), encoding="utf-8")
     (out / "details.md").write_text(details_markdown(summaries), encoding="utf-8")
     for k in ks:
