@@ -171,6 +171,25 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, 
     assert record["span"] == baseline["span"]
 
 
+def test_format2_method_trains_and_predicts_with_the_sentence_first(bench_script, tiny_run_inputs, tmp_path,
+                                                                   monkeypatch):
+    from cllmfs_trainer.inference import generate
+
+    formats = []
+
+    def spy(text, entity_type, prompt_format):
+        formats.append(prompt_format)
+        return build_prompt(text, entity_type, prompt_format)
+
+    build_prompt = generate.build_prompt
+    monkeypatch.setattr(generate, "build_prompt", spy)
+    config = tiny_config(tiny_run_inputs, tmp_path, methods=["cllmfs_format2"], fit_on_support=False)
+    [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
+    run = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "cllmfs_format2" / "cllmfs_run.json").read_text())
+    assert run["prompt_format"] == 2 and record["method"] == "cllmfs_format2"
+    assert formats and set(formats) == {2} and record["parse_stats"]["outputs"] == len(formats)
+
+
 def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
     Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"]))
     Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1]))  # more seeds: fine

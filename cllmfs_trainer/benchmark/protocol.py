@@ -40,6 +40,7 @@ TRAINED_METHODS: dict[str, dict[str, Any]] = {
     "cllmfs": {},  # LoRA + CL on noised embeddings: the recipe as written
     "lora": {"cl_weight": 0.0},  # LoRA SFT only
     "lora_cl": {"cl_noise_site": "none"},  # LoRA + CL without noised positives
+    "cllmfs_format2": {"prompt_format": 2},  # CLLMFS with the sentence before the instruction (not in the paper)
 }
 OTHER_METHODS = ("zero_shot", "protobert", "nnshot")
 METHODS = (*TRAINED_METHODS, *OTHER_METHODS)
@@ -56,7 +57,7 @@ class BenchmarkConfig:
     Args:
         output_dir: Where units, run folders and support sets go (see the module docstring).
         tasks: `intra:<dataset>` or `inter:<dataset>` registry keys, e.g. `intra:wnut17`, `inter:conll2003`.
-        methods: Any of `cllmfs`, `lora`, `lora_cl`, `zero_shot`, `protobert`, `nnshot`.
+        methods: Any of `cllmfs`, `lora`, `lora_cl`, `cllmfs_format2`, `zero_shot`, `protobert`, `nnshot`.
         seeds: Support-set seeds (the paper averages 5 runs).
         ks: Shots per type; several values give a K-shot curve.
         query_size: Predict this many test sentences (a fixed random subset); `None` for the whole split.

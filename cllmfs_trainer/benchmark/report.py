@@ -22,7 +22,8 @@ TABLE1_COLUMNS = ["wnut17", "gum", "i2b2_2014", "ontonotes5", "conll2003"]
 COLUMN_TITLES = {"wnut17": "WNUT'17", "gum": "GUM", "i2b2_2014": "I2B2", "ontonotes5": "OntoNotes",
                  "conll2003": "CoNLL'03"}
 METHOD_TITLES = {"cllmfs": "CLLMFS (LoRA+CL+Noise)", "lora": "LoRA only", "lora_cl": "LoRA+CL (no noise)",
-                 "zero_shot": "zero-shot prompting", "protobert": "ProtoBERT", "nnshot": "NNShot"}
+                 "cllmfs_format2": "CLLMFS, prompt format 2", "zero_shot": "zero-shot prompting",
+                 "protobert": "ProtoBERT", "nnshot": "NNShot"}
 ERROR_KINDS = ["correct", "boundary", "type", "boundary_type", "spurious", "missed"]
 
 
