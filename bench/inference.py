@@ -13,16 +13,21 @@ threads that wait for a busy core make everything many times slower. Variants:
 
 - `naive`: `model.generate` on the unmerged PEFT model, batches of 8 in dataset order, left padding, full prompts,
   unconstrained, `max_new_tokens=64`, `stop_strings=["<im_end>"]`.
-- `sorted_b32`: `EntityExtractor` without prefix reuse or answer prefill: merged LoRA, length-sorted batches of 32,
-  constrained decoding (what the extractor did before prefix reuse).
+- `sorted_b32`: `EntityExtractor` without any of the levers below: merged LoRA, length-sorted batches of 32,
+  constrained decoding through `generate` (what the extractor did before prefix reuse).
 - `prefix`: + the instruction's key/value cache computed once per type.
-- `full`: + the forced answer prefix fed with the prompt (the extractor's default).
-- `full_unconstrained` (a `--check` variant): `full` without the constraint (so without answer prefill): the same
-  decoding problem as `naive`, whose greedy outputs it should reproduce.
+- `prefill`: + the forced answer prefix fed with the prompt.
+- `full`: + our own greedy loop, which drops finished rows and writes forced endings without the model (the
+  extractor's default).
+- `full_unconstrained` (a `--check` variant): `full` without the constraint (so without answer prefill or our loop):
+  the same decoding problem as `naive`, whose greedy outputs it should reproduce.
 
-Agreement is checked on the parsed answers: `full_unconstrained` against `naive` (same decoding problem), `full`
-and `prefix` against `sorted_b32` (same constrained problem, with and without the levers). Writes JSON under
-bench/results/.
+Forward hooks split each variant's first-round time into passes over prompts (several tokens per row) and one-token
+decoding steps, and count the rows those steps computed (rows of finished answers included).
+
+Agreement is checked on the parsed answers: `full_unconstrained` against `naive` (same decoding problem), `prefix`,
+`prefill` and `full` against `sorted_b32` (same constrained problem, with and without the levers). Writes JSON
+under bench/results/.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from pathlib import Path
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 EXTRACTOR_VARIANTS = {
-    "sorted_b32": dict(constrained=True, reuse_prefix=False, prefill_answer=False),
-    "prefix": dict(constrained=True, reuse_prefix=True, prefill_answer=False),
-    "full": dict(constrained=True, reuse_prefix=True, prefill_answer=True),
+    "sorted_b32": dict(constrained=True, reuse_prefix=False, prefill_answer=False, compact_decoding=False),
+    "prefix": dict(constrained=True, reuse_prefix=True, prefill_answer=False, compact_decoding=False),
+    "prefill": dict(constrained=True, reuse_prefix=True, prefill_answer=True, compact_decoding=False),
+    "full": dict(constrained=True, reuse_prefix=True, prefill_answer=True, compact_decoding=True),
     "full_unconstrained": dict(constrained=False, reuse_prefix=True, prefill_answer=True),
 }
-AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("full", "sorted_b32"), ("full", "naive")]
+AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
+             ("full", "sorted_b32"), ("full", "naive")]
 
 
 def load_models(run: str | None, seed: int, model_ref: str = "default", device: str = "cpu",
@@ -99,7 +106,7 @@ def main() -> None:
     parser.add_argument("--naive-batch", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--variants", default="naive,sorted_b32,prefix,full", help="timed in every round")
+    parser.add_argument("--variants", default="naive,sorted_b32,prefix,prefill,full", help="timed in every round")
     parser.add_argument("--check", default="full_unconstrained", help="timed in the first round only")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -127,6 +134,27 @@ def main() -> None:
                                         **options)
                   for name, options in EXTRACTOR_VARIANTS.items()}
 
+    # Where the time goes, per variant (first round): forward passes over prompts vs one-token decoding steps.
+    work = {"prompt_s": 0.0, "decode_s": 0.0, "decode_calls": 0, "decode_rows": 0}
+    started: list[float] = []
+
+    def before_forward(module, args, kwargs):
+        started.append(time.perf_counter())
+
+    def after_forward(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seconds = time.perf_counter() - started.pop()
+        if ids is not None and ids.shape[1] == 1:
+            work.update(decode_s=work["decode_s"] + seconds, decode_calls=work["decode_calls"] + 1,
+                        decode_rows=work["decode_rows"] + ids.shape[0])
+        else:
+            work["prompt_s"] += seconds
+
+    for model in (peft.get_base_model(), merged):  # the modules `generate` calls
+        model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        model.register_forward_hook(after_forward, with_kwargs=True)
+    forward_work: dict[str, dict] = {}
+
     def run(name: str, some_jobs: list[Job]) -> list[str]:
         if name == "naive":
             return naive_generate(peft, tokenizer, [job.prompt for job in some_jobs], args.naive_batch,
@@ -142,10 +170,12 @@ def main() -> None:
     texts: dict[str, list[str]] = {}
     for round_index in range(args.rounds):
         for name in (variants + checks if round_index == 0 else variants if round_index % 2 == 0 else variants[::-1]):
+            work.update(prompt_s=0.0, decode_s=0.0, decode_calls=0, decode_rows=0)
             start = time.perf_counter()
             outputs = run(name, jobs)
             [parse_output(text) for text in outputs]
             times[name].append(time.perf_counter() - start)
+            forward_work.setdefault(name, dict(work))
             if texts.setdefault(name, outputs) != outputs:
                 print(f"warning: {name} gave other outputs in round {round_index + 1}", file=sys.stderr)
             print(f"round {round_index + 1} {name:20s} {times[name][-1]:7.1f} s", flush=True)
@@ -174,11 +204,14 @@ def main() -> None:
         platform.processor() or platform.machine())
     print(f"\n{len(jobs)} prompts ({len(sentences)} sentences x {len(types)} types), {device}, "
           f"{torch.get_num_threads()} threads, {'run ' + args.run if args.run else 'random LoRA r=16'}")
-    print(f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s}")
+    print(f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s} "
+          f"{'prompt pass s':>14s} {'decode s':>9s} {'decode steps':>13s} {'decoded rows':>13s}")
     for row in summary:
         ratio = f"{row['speedup_vs_naive']:8.2f}x" if row["speedup_vs_naive"] else ""
+        spent = forward_work[row["variant"]]
         print(f"{row['variant']:20s} {row['seconds']:7.1f} {row['prompts_per_s']:10.2f} {ratio:>9s} "
-              f"{statistics.mean(stats[row['variant']]):14.1f}")
+              f"{statistics.mean(stats[row['variant']]):14.1f} {spent['prompt_s']:14.1f} {spent['decode_s']:9.1f} "
+              f"{spent['decode_calls']:13d} {spent['decode_rows']:13d}")
     for row in agreement:
         print(f"agreement {row['pair'][0]} vs {row['pair'][1]}: same answer text {row['same_text']}/{row['prompts']}, "
               f"same entities {row['same_entities']}/{row['prompts']}")
@@ -190,7 +223,7 @@ def main() -> None:
         "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__, "prompts": len(jobs),
         "summary": summary, "agreement": agreement, "mean_answer_tokens": {k: statistics.mean(v) for k, v in
                                                                           stats.items()},
-        "times_s": times,
+        "times_s": times, "forward_work_first_round": forward_work,
     }, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {out}")
 

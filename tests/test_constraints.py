@@ -381,3 +381,18 @@ def test_generate_with_a_tiny_random_llama(tok, tiny_llama):
             finished += check_answer(tok, generated, sentences[row // copies], 10)
             entities += len(parse_output(tok.decode(generated, skip_special_tokens=True)).entities)
     assert finished >= 1 and entities >= 1  # not vacuous (fixed seeds)
+
+
+def test_forced_ending_is_the_rest_of_the_answer_once_nothing_else_is_allowed(tok):
+    template = CompletionTemplate.from_tokenizer(tok)
+    automaton = EntityAutomaton.build(tok, "Bo met Al".split(), template)
+    target = gold_ids(tok, ["Bo"])
+    endings = [automaton.forced_ending(automaton.walk(target[:position])) for position in range(len(target) + 1)]
+    # Wherever an ending is forced, it is the rest of the answer, and it stays forced from there on.
+    forced_from = next(position for position, ending in enumerate(endings) if ending is not None)
+    assert all(ending == tuple(target[position:]) for position, ending in enumerate(endings) if position >= forced_from)
+    assert forced_from > len(target) - len(template.end) - 1  # inside ` <im_end>`, once it is told from ` <<<`
+    assert automaton.forced_ending(automaton.walk(template.prefix)) is None  # open a group or end: a choice
+    assert endings[-1] == () and endings[-2] == (tok.eos_token_id,)
+    empty = EntityAutomaton.build(tok, [], template)  # nothing to extract: the whole answer is forced
+    assert empty.forced_ending(empty.start) == tuple(gold_ids(tok, []))

@@ -2,6 +2,7 @@
 path (sorted mixed-type batches, prefix reuse, answer prefill) against plain per-prompt `generate`."""
 
 import copy
+import functools
 import importlib.util
 import json
 import sys
@@ -15,8 +16,10 @@ from cllmfs_trainer.cli import main as cli_main
 from cllmfs_trainer.data import Sentence
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import IM_END, build_prompt
-from cllmfs_trainer.inference.constraints import EntityConstraintProcessor
+from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
 from cllmfs_trainer.inference.generate import EntityExtractor, Job
+from cllmfs_trainer.inference.greedy import is_plain_greedy
+from cllmfs_trainer.inference.parse import parse_output
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 from cllmfs_trainer.modeling import ensure_pad_token
 
@@ -198,14 +201,16 @@ def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch
     jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES, prompt_format)
     for constrained in (True, False):
         expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens) for job in jobs]
-        for reuse_prefix, prefill_answer in ((True, True), (True, False), (False, False)):
+        # The last flag, our own greedy loop (`compact_decoding`), only applies to constrained decoding.
+        levers = ((True, True, True), (True, True, False), (True, False, True), (False, False, True))
+        for reuse_prefix, prefill_answer, compact in levers if constrained else levers[:1]:
             extractor = EntityExtractor(model, tokenizer, types, constrained=constrained, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix,
-                                        prefill_answer=prefill_answer)
+                                        prefill_answer=prefill_answer, compact_decoding=compact)
             outputs = extractor.generate(jobs)
             mismatches = [(job.prompt, want, got)
                           for job, want, got in zip(jobs, expected, outputs) if want != got]
-            assert not mismatches, (constrained, reuse_prefix, prefill_answer, mismatches[:3])
+            assert not mismatches, (constrained, reuse_prefix, prefill_answer, compact, mismatches[:3])
 
 
 @pytest.fixture()
@@ -293,3 +298,68 @@ def test_fast_path_equals_plain_generate_on_the_default_model(smollm2_path):
     sentences = [s.tokens for s in wnut.load("test").sentences[:4]] + EQUALITY_SENTENCES[:2]
     assert_fast_equals_plain(load_model(smollm2_path).eval(), tokenizer, types, max_new_tokens=32, batch_size=8,
                              sentences=sentences)
+
+
+def counted_forward(model) -> list[int]:
+    """Make `model` record the rows of every forward call; returns the (growing) list."""
+    rows_per_call = []
+    forward = model.forward
+
+    @functools.wraps(forward)  # keeps the signature, which decides the cache keyword
+    def counting_forward(*args, **kwargs):
+        rows_per_call.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    return rows_per_call
+
+
+def test_own_greedy_loop_drops_finished_rows(tiny_llama, sp_left):
+    # An empty sentence allows only the empty answer, so its rows are finished after the prompt's forward pass; the
+    # random model writes entities of the other sentences until the budget ends them.
+    sentences = [[], "Ann Lee met Bo in Rome".split(), [], "Bo".split()]
+    jobs = equality_jobs([PERSON, PLACE], sentences)
+    model = tiny_llama(sp_left)
+    rows_per_call = counted_forward(model)
+    options = dict(batch_size=len(jobs), max_new_tokens=60, reuse_prefix=False)
+    outputs = EntityExtractor(model, sp_left, [PERSON, PLACE], **options).generate(jobs)
+    assert rows_per_call[0] == len(jobs) and set(rows_per_call[1:]) == {len(jobs) - 4}
+    assert EntityExtractor(model, sp_left, [PERSON, PLACE], compact_decoding=False, **options).generate(jobs) == outputs
+    assert set(rows_per_call[len(rows_per_call) // 2 + 1 :]) == {len(jobs)}  # `generate` keeps every row
+
+
+def test_own_greedy_loop_writes_forced_endings_without_the_model(tiny_llama, sp_left):
+    model = tiny_llama(sp_left)
+    # Favour the tokens only the end marker has, so every answer chooses ` <im_end>` at once.
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    head.weight.data.copy_(model.lm_head.weight.data)
+    head.bias.data.zero_()
+    template = CompletionTemplate.from_tokenizer(sp_left)
+    head.bias.data[list(set(template.end) - set(template.open) - set(template.close))] = 10.0
+    model.lm_head = head
+    rows_per_call = counted_forward(model)
+    jobs = equality_jobs([PERSON, WORK])
+    options = dict(batch_size=len(jobs), reuse_prefix=False)
+    outputs = EntityExtractor(model, sp_left, [PERSON, WORK], **options).generate(jobs)
+    assert all(parse_output(text).entities == [] and text.endswith(IM_END) for text in outputs)
+    # The loop calls the model until the answer's tokens are forced (` <` may still open a group, ` <im` may not).
+    automaton = build_automata(sp_left, [jobs[0].words])[0]
+    decided = next(n for n in range(1, len(template.end) + 1)
+                   if automaton.forced_ending(automaton.walk(template.prefix + template.end[:n])) is not None)
+    assert len(rows_per_call) == decided < len(template.end)
+    rows_per_call.clear()
+    assert EntityExtractor(model, sp_left, [PERSON, WORK], compact_decoding=False, **options).generate(jobs) == outputs
+    assert len(rows_per_call) == len(template.end) + 1  # `generate`: one call per end token and one for EOS
+
+
+def test_own_greedy_loop_keeps_the_token_budget(tiny_llama, sp_left):
+    model = tiny_llama(sp_left)
+    jobs = equality_jobs([PERSON, WORK])
+    budget = len(EntityExtractor(model, sp_left, [PERSON])._answer_prefill()) + 3  # ends inside most answers
+    outputs = {compact: EntityExtractor(model, sp_left, [PERSON, WORK], batch_size=4, max_new_tokens=budget,
+                                        compact_decoding=compact).generate(jobs) for compact in (True, False)}
+    assert outputs[True] == outputs[False]
+    assert any(IM_END not in text for text in outputs[True])  # the budget did cut answers
+    sampled = EntityExtractor(model, sp_left, [PERSON], do_sample=True, temperature=0.5)
+    assert not is_plain_greedy(sampled.generation_kwargs, model)  # sampling goes through `generate`
+    assert is_plain_greedy({"do_sample": False}, model) and not is_plain_greedy({"num_beams": 2}, model)

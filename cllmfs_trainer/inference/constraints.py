@@ -308,6 +308,7 @@ class EntityAutomaton:
         )
         self.max_token_id = max(self.max_token_id, *self.stop_ids)
         self._allowed_cache: dict[State, torch.Tensor] = {}
+        self._forced_cache: dict[State, tuple[int, ...] | None] = {}
 
     @classmethod
     def build(
@@ -421,12 +422,75 @@ class EntityAutomaton:
             allowed.update(self._children[node])
         return tuple(sorted(allowed)) if allowed else self.stop_ids
 
+    def forced_ending(self, state: State) -> tuple[int, ...] | None:
+        """The tokens that must follow `state` when only one token is allowed at every step up to the end of the
+        answer (EOS included; `()` when it has ended), or None when a choice remains.
+
+        Once an answer has started its ` <im_end>` ending, the rest is forced: greedy decoding under the
+        constraint writes exactly these tokens whatever the scores, so they need no model call.
+        """
+        if state in self._forced_cache:
+            return self._forced_cache[state]
+        tokens: list[int] = []
+        current = state
+        while not self.is_done(current):
+            allowed = self.allowed(current)
+            if len(allowed) != 1:
+                tokens = None
+                break
+            tokens.append(allowed[0])
+            current = self.step(current, allowed[0])
+        ending = None if tokens is None else tuple(tokens)
+        self._forced_cache[state] = ending
+        return ending
+
     def allowed_tensor(self, state: State) -> torch.Tensor:
         """`allowed(state)` as a cached CPU `LongTensor` (states recur across rows and steps)."""
         tensor = self._allowed_cache.get(state)
         if tensor is None:
             tensor = self._allowed_cache[state] = torch.tensor(self.allowed(state), dtype=torch.long)
         return tensor
+
+
+def build_automata(
+    tokenizer: Any,
+    sentences: Sequence[str | Sequence[str]],
+    max_entity_words: int = DEFAULT_MAX_ENTITY_WORDS,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    cache: MutableMapping[Any, EntityAutomaton] | None = None,
+) -> list[EntityAutomaton]:
+    """One `EntityAutomaton` per sentence (arguments as `EntityConstraintProcessor`'s), shared through `cache`."""
+    eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+    cache = {} if cache is None else cache
+    template = None
+    automata = []
+    for sentence in sentences:
+        words = tuple(sentence_words(sentence))
+        # Each sentence is asked once per entity type, so duplicates within a batch are the rule.
+        key = (words, max_entity_words, eos_token_id, pad_token_id)
+        automaton = cache.get(key)
+        if automaton is None:
+            template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
+            automaton = cache[key] = EntityAutomaton.build(
+                tokenizer, words, template, max_entity_words, eos_token_id, pad_token_id
+            )
+        automata.append(automaton)
+    return automata
+
+
+def mask_to_allowed(scores: torch.Tensor, allowed: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`scores` (rows, vocabulary) with -inf outside each row's `allowed` token ids (a new tensor).
+
+    Vectorised: all rows' allowed ids become (row, column) index pairs, set in one indexed assignment.
+    """
+    counts = torch.tensor([ids.numel() for ids in allowed])
+    rows = torch.repeat_interleave(torch.arange(len(allowed)), counts).to(scores.device)
+    columns = torch.cat(list(allowed)).to(scores.device)
+    keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    keep[rows, columns] = True
+    return scores.masked_fill(~keep, float("-inf"))
 
 
 class EntityConstraintProcessor(LogitsProcessor):
@@ -471,23 +535,8 @@ class EntityConstraintProcessor(LogitsProcessor):
             raise ValueError(f"prompt_length must be non-negative, got {prompt_length}")
         if not sentences:
             raise ValueError("no sentences given")
-        eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-        pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
         self.prompt_length = prompt_length
-        cache = {} if cache is None else cache
-        template = None
-        self.automata: list[EntityAutomaton] = []
-        for sentence in sentences:
-            words = tuple(sentence_words(sentence))
-            # Each sentence is asked once per entity type, so duplicates within a batch are the rule.
-            key = (words, max_entity_words, eos_token_id, pad_token_id)
-            automaton = cache.get(key)
-            if automaton is None:
-                template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
-                automaton = cache[key] = EntityAutomaton.build(
-                    tokenizer, words, template, max_entity_words, eos_token_id, pad_token_id
-                )
-            self.automata.append(automaton)
+        self.automata = build_automata(tokenizer, sentences, max_entity_words, eos_token_id, pad_token_id, cache)
         self._states: list[State] = []
         self._seen: torch.Tensor | None = None  # generated ids at the previous call
 
@@ -548,10 +597,4 @@ class EntityConstraintProcessor(LogitsProcessor):
         vocab_size = scores.shape[-1]
         if max(automaton.max_token_id for automaton in automata) >= vocab_size:
             raise ValueError(f"the constraint allows token ids beyond the scores' vocabulary size {vocab_size}")
-        # Vectorised: all rows' allowed ids become (row, column) index pairs, set in one indexed assignment.
-        counts = torch.tensor([ids.numel() for ids in allowed])
-        rows = torch.repeat_interleave(torch.arange(len(allowed)), counts).to(scores.device)
-        columns = torch.cat(allowed).to(scores.device)
-        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        keep[rows, columns] = True
-        return scores.masked_fill(~keep, float("-inf"))
+        return mask_to_allowed(scores, allowed)

@@ -17,6 +17,10 @@ Speed levers used here, each of which leaves the generated tokens unchanged (up 
   step each; the constraint still starts at the answer's first token and the budget `max_new_tokens` still counts
   them.
 - Generation ends at EOS, which the constraint forces right after `<im_end>`.
+- Constrained greedy decoding runs in our own loop (`greedy.constrained_greedy`, `compact_decoding`): a finished
+  row leaves the batch at once instead of riding along until the batch's longest answer ends, and an answer that
+  has started its forced ` <im_end>` ending is completed without the model. Sampling, beams and other
+  `generate` options go through `generate`.
 
 The computed values are the same as without these levers, but not bit for bit: a prefix computed alone, or answer
 tokens computed in one pass, go through matrix products of other shapes, whose float sums may round differently. A
@@ -41,7 +45,8 @@ from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import IM_END, PROMPT_FORMAT, build_prompt, check_prompt_format
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
-from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
+from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
+from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 
@@ -80,6 +85,8 @@ class EntityExtractor:
             above 1, and for models whose cache is not a plain key/value cache (sliding windows, linear attention).
         prefill_answer: With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
         prompt_format: The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
+        compact_decoding: With `constrained` and plain greedy decoding, decode in our own loop, which drops finished
+            rows from the batch and skips model calls for forced endings (same tokens as `generate`).
         generation_kwargs: Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
 
@@ -97,6 +104,7 @@ class EntityExtractor:
         reuse_prefix: bool = True,
         prefill_answer: bool = True,
         prompt_format: int = PROMPT_FORMAT,
+        compact_decoding: bool = True,
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -111,6 +119,7 @@ class EntityExtractor:
         self.reuse_prefix = reuse_prefix
         self.prefill_answer = prefill_answer
         self.prompt_format = check_prompt_format(prompt_format)
+        self.compact_decoding = compact_decoding
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.stats = ParseStats()
         self._automata: dict = {}  # one constraint automaton per sentence, shared by its types' prompts
@@ -237,6 +246,7 @@ class EntityExtractor:
 
             batches = tqdm(batches, desc="extracting", unit="batch")
         device = next(self.model.parameters()).device
+        own_loop = self.compact_decoding and is_plain_greedy(self.generation_kwargs, self.model)
         outputs: list[str] = [""] * len(jobs)
         for batch in batches:
             # Row layout: [group prefix | masked gap up to shared.width | padding | rest]; the cache holds the first
@@ -252,6 +262,14 @@ class EntityExtractor:
                 mask[row, width - len(rests[k]) :] = 1
             answer_start = width - len(answer)  # the column of the answer's first token, fed or generated
             extra: dict[str, Any] = shared.generate_kwargs([groups[k] for k in batch])
+            if self.constrained and own_loop:
+                automata = build_automata(tokenizer, [jobs[k].words for k in batch], cache=self._automata)
+                answers = constrained_greedy(self.model, ids.to(device), mask.to(device), automata,
+                                             self.max_new_tokens - len(answer), cache=next(iter(extra.values()), None),
+                                             written=answer)
+                for k, tokens in zip(batch, answers):
+                    outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
+                continue
             if self.constrained:
                 processor = EntityConstraintProcessor(tokenizer, [jobs[k].words for k in batch],
                                                       prompt_length=answer_start, cache=self._automata)

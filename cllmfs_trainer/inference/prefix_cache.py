@@ -53,7 +53,8 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]], keep: int = 1) -> i
     return max(length, 0)
 
 
-def _forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
+def forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of `model`'s forward (of the base model for a PEFT model)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel's forward is *args
     return inspect.signature(base.forward).parameters
 
@@ -61,7 +62,7 @@ def _forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
 def cache_argument(model: Any) -> str:
     """The keyword under which `model`'s forward takes a cache: `cache` in recent transformers 5 releases, or the
     older `past_key_values` (which `generate` still accepts, deprecated)."""
-    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 class SharedPrefixes:
@@ -104,7 +105,7 @@ class SharedPrefixes:
             mask[row, : self.lengths[row]] = 1
         cache = DynamicCache(config=self.model.config)
         # Only the cache is wanted: skip the vocabulary-wide logits of every prefix token where the model allows.
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(self.model) else {}
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(self.model) else {}
         self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
                    **{self._argument: cache}, **extra)
         # Zeros after a shorter prefix (`where`, not a product: a group without prefix is a fully masked row, which
