@@ -69,7 +69,7 @@ for part in $PARTS; do
                    recipes/train.py "${COMMON[@]}" --output_dir "$WORK/fsdp" ;;  # opt-in: PARTS="fsdp ..."
         infer) run_part infer python3 bench/inference.py --model "$MODEL" --device "$DEVICE" --dtype bfloat16 \
                    --sentences "$INFER_SENTENCES" --rounds 1 --batch 256 --naive-batch 8 --max-new-tokens 24 \
-                   --variants naive,sorted_b32,full --check "" --out "$RESULTS/inference.json" ;;
+                   --variants naive,sorted_b32,prefill,full --check "" --out "$RESULTS/inference.json" ;;
         *) echo "unknown part $part"; exit 2 ;;
     esac
 done
