@@ -19,6 +19,8 @@ threads that wait for a busy core make everything many times slower. Variants:
 - `prefill`: + the forced answer prefix fed with the prompt.
 - `full`: + our own greedy loop, which drops finished rows and writes forced endings without the model (the
   extractor's default).
+- `full_bf16` (opt-in: add it to `--variants`): `full` on a bfloat16 copy of the merged model (`cllmfs predict
+  --dtype bfloat16`). Other numbers, so its answers are compared with `full`'s, not required to equal them.
 - `full_unconstrained` (a `--check` variant): `full` without the constraint (so without answer prefill or our loop):
   the same decoding problem as `naive`, whose greedy outputs it should reproduce.
 
@@ -33,6 +35,7 @@ under bench/results/.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -49,7 +52,7 @@ EXTRACTOR_VARIANTS = {
     "full_unconstrained": dict(constrained=False, reuse_prefix=True, prefill_answer=True),
 }
 AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
-             ("full", "sorted_b32"), ("full", "naive")]
+             ("full", "sorted_b32"), ("full", "naive"), ("full_bf16", "full")]
 
 
 def load_models(run: str | None, seed: int, model_ref: str = "default", device: str = "cpu",
@@ -133,6 +136,11 @@ def main() -> None:
                                         max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
                                         **options)
                   for name, options in EXTRACTOR_VARIANTS.items()}
+    models = [peft.get_base_model(), merged]  # the modules `generate` and the extractors call
+    if "full_bf16" in args.variants.split(",") + args.check.split(","):
+        models.append(copy.deepcopy(merged).to(torch.bfloat16))
+        extractors["full_bf16"] = EntityExtractor(models[-1], tokenizer, types, batch_size=args.batch,
+                                                  max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
 
     # Where the time goes, per variant (first round): forward passes over prompts vs one-token decoding steps.
     work = {"prompt_s": 0.0, "decode_s": 0.0, "decode_calls": 0, "decode_rows": 0}
@@ -150,7 +158,7 @@ def main() -> None:
         else:
             work["prompt_s"] += seconds
 
-    for model in (peft.get_base_model(), merged):  # the modules `generate` calls
+    for model in models:
         model.register_forward_pre_hook(before_forward, with_kwargs=True)
         model.register_forward_hook(after_forward, with_kwargs=True)
     forward_work: dict[str, dict] = {}

@@ -136,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{run_dir} is not a cllmfs run folder (no cllmfs_run.json)")
     extractor = EntityExtractor.from_run(
         run_dir, types=_predict_types(run_dir, args.types, args.types_file), batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained,
+        max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained, dtype=args.dtype,
     )
     texts = _read_texts(args)
     predictions = extractor.predict([Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)],
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--max-new-tokens", type=int, default=64)
     pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
+    pred.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                      help="cast the merged model (default: float32 on CPU, bfloat16 on GPUs that support it)")
     pred.set_defaults(func=cmd_predict)
     return parser
 

@@ -363,3 +363,15 @@ def test_own_greedy_loop_keeps_the_token_budget(tiny_llama, sp_left):
     sampled = EntityExtractor(model, sp_left, [PERSON], do_sample=True, temperature=0.5)
     assert not is_plain_greedy(sampled.generation_kwargs, model)  # sampling goes through `generate`
     assert is_plain_greedy({"do_sample": False}, model) and not is_plain_greedy({"num_beams": 2}, model)
+
+
+def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
+    extractor = EntityExtractor.from_run(run_dir, dtype="bfloat16", max_new_tokens=40)
+    assert next(extractor.model.parameters()).dtype == torch.bfloat16
+    assert len(extractor.predict(SENTENCES)) == len(SENTENCES)
+    with pytest.raises(ValueError, match="unknown dtype 'float33'"):
+        EntityExtractor.from_run(run_dir, dtype="float33")
+    out = tmp_path / "o.jsonl"
+    assert cli_main(["predict", "--run", str(run_dir), "--text", "Bo met Al", "--dtype", "bfloat16", "--output",
+                     str(out), "--max-new-tokens", "40"]) == 0
+    assert set(json.loads(out.read_text())) == {"text", "entities"}

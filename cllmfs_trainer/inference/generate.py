@@ -126,8 +126,18 @@ class EntityExtractor:
         self._template: CompletionTemplate | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, types: Sequence[EntityType] | None = None, **kwargs: Any):
-        """Load a training run folder (adapter + tokenizer + `cllmfs_run.json`), merging the LoRA weights."""
+    def from_run(cls, run_dir: str | Path, types: Sequence[EntityType] | None = None,
+                 dtype: str | torch.dtype | None = None, **kwargs: Any):
+        """Load a training run folder (adapter + tokenizer + `cllmfs_run.json`), merging the LoRA weights.
+
+        Args:
+            run_dir: The run folder `recipes/train.py` wrote.
+            types: Types to extract (default: the run's test types).
+            dtype: Cast the merged model to this dtype (e.g. `"bfloat16"` to halve its memory). The scores change
+                slightly, so answers can differ from float32 ones. The LoRA weights are merged before the cast, in
+                the precision the base model loads in.
+            kwargs: `EntityExtractor` arguments.
+        """
         from peft import PeftModel
 
         from cllmfs_trainer.modeling import load_model, load_tokenizer
@@ -141,6 +151,11 @@ class EntityExtractor:
         model = load_model(meta["base_model"])
         if (run_dir / "adapter_config.json").is_file():
             model = PeftModel.from_pretrained(model, run_dir).merge_and_unload()
+        if dtype is not None:
+            cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+            if not isinstance(cast, torch.dtype):
+                raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'")
+            model = model.to(cast)
         if types is None:
             types = [EntityType(**t) for t in meta["test_types"]]
         kwargs.setdefault("prompt_format", meta.get("prompt_format", 1))  # runs before format 2 have no choice
