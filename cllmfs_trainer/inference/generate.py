@@ -276,15 +276,16 @@ class EntityExtractor:
                 mask[row, :length] = 1
                 mask[row, width - len(rests[k]) :] = 1
             answer_start = width - len(answer)  # the column of the answer's first token, fed or generated
-            extra: dict[str, Any] = shared.generate_kwargs([groups[k] for k in batch])
+            batch_groups = [groups[k] for k in batch]
             if self.constrained and own_loop:
                 automata = build_automata(tokenizer, [jobs[k].words for k in batch], cache=self._automata)
                 answers = constrained_greedy(self.model, ids.to(device), mask.to(device), automata,
-                                             self.max_new_tokens - len(answer), cache=next(iter(extra.values()), None),
+                                             self.max_new_tokens - len(answer), cache=shared.cache_for(batch_groups),
                                              written=answer)
                 for k, tokens in zip(batch, answers):
                     outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
                 continue
+            extra: dict[str, Any] = shared.generate_kwargs(batch_groups)
             if self.constrained:
                 processor = EntityConstraintProcessor(tokenizer, [jobs[k].words for k in batch],
                                                       prompt_length=answer_start, cache=self._automata)

@@ -11,7 +11,7 @@ only spell the rest of ` <im_end>` and then EOS), greedy decoding under the cons
 tokens: every other token's score is -inf. So the loop appends them and finishes the row without further steps.
 
 The tokens chosen are the ones `generate` with `EntityConstraintProcessor` chooses (greedy argmax over the same
-masked scores), up to the floating-point noise of batches of other shapes that `generation.py` describes;
+masked scores), up to the floating-point noise of batches of other shapes that `generate.py` describes;
 `tests/test_generate.py` checks equality with per-prompt `generate`.
 """
 
@@ -27,7 +27,9 @@ from cllmfs_trainer.inference.prefix_cache import cache_argument, forward_parame
 
 _GREEDY_DEFAULTS = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                     "encoder_repetition_penalty": 1.0, "min_new_tokens": None, "min_length": 0, "bad_words_ids": None,
-                    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None}
+                    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+                    "forced_bos_token_id": None, "forced_eos_token_id": None, "guidance_scale": None,
+                    "exponential_decay_length_penalty": None, "watermarking_config": None}
 
 
 def is_plain_greedy(generation_kwargs: dict[str, Any], model: Any) -> bool:
@@ -56,7 +58,7 @@ def constrained_greedy(
     """Greedy decoding under per-row answer automata; returns each row's generated token ids (EOS included).
 
     Args:
-        input_ids: `(rows, width)` left-padded prompts; a given `cache` holds their first `cache` columns.
+        input_ids: `(rows, width)` left-padded prompts; a given `cache` already holds their first columns.
         attention_mask: `(rows, width)`, 0 on padding and gaps; positions follow its cumulative sum, as in `generate`.
         automata: One per row: the answers each row may write.
         max_new_tokens: Bound on generated tokens per row (forced endings included), as `generate`'s.
