@@ -375,3 +375,26 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
     assert cli_main(["predict", "--run", str(run_dir), "--text", "Bo met Al", "--dtype", "bfloat16", "--output",
                      str(out), "--max-new-tokens", "40"]) == 0
     assert set(json.loads(out.read_text())) == {"text", "entities"}
+
+
+def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path, monkeypatch):
+    # The script a GPU session spends its scarce minutes on: it must run, time every variant and check agreement.
+    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "bench" / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "inference.json"
+    monkeypatch.setattr(sys, "argv", ["inference.py", "--run", str(run_dir), "--sentences", "2", "--rounds", "2",
+                                      "--max-new-tokens", "40", "--variants",
+                                      "naive,sorted_b32,prefix,prefill,full,full_bf16", "--out", str(out)])
+    module.main()
+    result = json.loads(out.read_text())
+    variants = [row["variant"] for row in result["summary"]]
+    assert variants == ["naive", "sorted_b32", "prefix", "prefill", "full", "full_bf16", "full_unconstrained"]
+    assert all(row["prompts_per_s"] > 0 for row in result["summary"])
+    agreement = {tuple(row["pair"]): row for row in result["agreement"]}
+    for pair in [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
+                 ("full", "sorted_b32")]:  # the same decoding problem, with and without the levers
+        assert agreement[pair]["same_text"] == agreement[pair]["prompts"], pair
+    work = result["forward_work_first_round"]
+    assert work["full"]["decode_rows"] <= work["prefill"]["decode_rows"]  # our loop never decodes more rows
+    assert work["naive"]["decode_calls"] > 0 and work["full"]["prompt_s"] > 0
