@@ -282,7 +282,7 @@ def test_shipped_benchmark_configs_parse(bench_script, path):
 
 
 def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
-    """The K-shot curve reuses the main benchmark's K=5 WNUT'17 units: same output_dir, same fingerprint."""
+    """The K-shot curve reuses the main benchmark's K=5 CoNLL'03 units: same output_dir, same fingerprint."""
     main, main_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark.yaml")])
     kshot, kshot_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
