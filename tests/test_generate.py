@@ -383,15 +383,18 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path, monk
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "inference.json"
-    monkeypatch.setattr(sys, "argv", ["inference.py", "--run", str(run_dir), "--sentences", "2", "--rounds", "2",
-                                      "--max-new-tokens", "40", "--variants",
+    monkeypatch.setattr(sys, "argv", ["inference.py", "--run", str(run_dir), "--sentences", "3", "--rounds", "2",
+                                      "--naive-sentences", "2", "--max-new-tokens", "40", "--variants",
                                       "naive,sorted_b32,prefix,prefill,full,full_bf16", "--out", str(out)])
     module.main()
     result = json.loads(out.read_text())
     variants = [row["variant"] for row in result["summary"]]
     assert variants == ["naive", "sorted_b32", "prefix", "prefill", "full", "full_bf16", "full_unconstrained"]
     assert all(row["prompts_per_s"] > 0 for row in result["summary"])
+    prompts = {row["variant"]: row["prompts"] for row in result["summary"]}
+    assert prompts["naive"] * 3 == prompts["full"] * 2 == result["prompts"] * 2  # naive timed on 2 of 3 sentences
     agreement = {tuple(row["pair"]): row for row in result["agreement"]}
+    assert agreement[("full_unconstrained", "naive")]["prompts"] == prompts["naive"]  # compared where both ran
     for pair in [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
                  ("full", "sorted_b32")]:  # the same decoding problem, with and without the levers
         assert agreement[pair]["same_text"] == agreement[pair]["prompts"], pair
