@@ -245,8 +245,27 @@ def test_report_tables_and_chart(bench_script, tmp_path):
     from cllmfs_trainer.benchmark import write_report
 
     out = write_report(records, tmp_path / "report", "tiny", "20 sentences")
-    assert {p.name for p in out.iterdir()} == {"results.json", "table1.md", "details.md", "f1_k5.png"}
+    assert {p.name for p in out.iterdir()} == {"results.json", "table1.md", "details.md", "paired.md", "f1_k5.png"}
     assert (out / "f1_k5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_report_compares_methods_seed_by_seed():
+    from cllmfs_trainer.benchmark.report import paired_markdown
+
+    def record(method, seed, f1, boundary, correct, setting="intra"):
+        errors = {"correct": correct, "boundary": boundary, "type": 1, "boundary_type": 1, "spurious": 0, "missed": 0}
+        return {"setting": setting, "dataset": "conll2003", "k": 5, "seed": seed, "method": method,
+                "span": {"f1": f1}, "errors": errors}
+
+    records = [record("cllmfs", 0, 0.30, 0, 8), record("cllmfs", 1, 0.20, 2, 6), record("cllmfs", 2, 0.25, 0, 4),
+               record("lora", 0, 0.10, 3, 5), record("lora", 1, 0.30, 3, 5),  # seed 2 unfinished: not paired
+               record("lora", 0, 0.5, 0, 1, setting="inter")]  # no CLLMFS unit to pair with
+    table = paired_markdown(records)
+    rows = [line for line in table.splitlines() if line.startswith("| INTRA")]
+    # Seeds 0-1: F1 differences +0.20 and -0.10. Boundary errors (boundary + boundary_type) over predictions that
+    # overlap gold (those + correct + type): CLLMFS (1 + 3) / (10 + 10), LoRA (4 + 4) / (10 + 10).
+    assert rows == ["| INTRA | CoNLL'03 | 5 | LoRA only | 2 | +0.0500 ± 0.2121 | 1/2 | 4/20 (0.20) | 8/20 (0.40) |"]
+    assert "| INTER" not in table and paired_markdown(records[3:]) == ""
 
 
 def test_report_kshot_curve(tmp_path):

@@ -129,6 +129,58 @@ def details_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
+def _boundary_rate(records: Sequence[dict[str, Any]]) -> str:
+    # Boundary errors among the predictions that overlap a gold span: the paper's "boundary awareness", counted so
+    # that a method making fewer predictions does not look better for it.
+    errors = [r["errors"] for r in records]
+    wrong = sum(e["boundary"] + e["boundary_type"] for e in errors)
+    overlapping = wrong + sum(e["correct"] + e["type"] for e in errors)
+    return f"{wrong}/{overlapping} ({wrong / overlapping:.2f})" if overlapping else "0/0"
+
+
+def paired_markdown(records: Sequence[dict[str, Any]], reference: str = "cllmfs") -> str:
+    """The reference method against every other method on the same support sets (seed by seed).
+
+    Seeds vary the support set, and that spread is often larger than the gap between methods, so the table gives the
+    paired difference of span F1 per seed (mean ± std), how many seeds the reference is ahead on, and each method's
+    boundary errors among its predictions that overlap a gold span.
+
+    Args:
+        records: Unit scores as written by `Benchmark.run_unit`.
+        reference: The method every other one is compared with.
+
+    Returns:
+        Markdown, or an empty string when no other method shares a seed with the reference.
+    """
+    units: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        units[(record["setting"], record["dataset"], record["k"])][record["method"]][record["seed"]] = record
+    lines = []
+    intra_first = sorted(units.items(), key=lambda item: (item[0][0] != "intra", *item[0][1:]))
+    for (setting, dataset, k), by_method in intra_first:
+        ours = by_method.get(reference, {})
+        for method in sorted(set(by_method) - {reference}, key=list(METHOD_TITLES).index):
+            seeds = sorted(set(ours) & set(by_method[method]))
+            if not seeds:
+                continue
+            gaps = [ours[s]["span"]["f1"] - by_method[method][s]["span"]["f1"] for s in seeds]
+            gap = f"{statistics.fmean(gaps):+.4f}" + (f" ± {statistics.stdev(gaps):.4f}" if len(gaps) > 1 else "")
+            ahead = sum(g > 0 for g in gaps)
+            lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {k} | "
+                         f"{METHOD_TITLES[method]} | {len(seeds)} | {gap} | {ahead}/{len(seeds)} | "
+                         f"{_boundary_rate([ours[s] for s in seeds])} | "
+                         f"{_boundary_rate([by_method[method][s] for s in seeds])} |")
+    if not lines:
+        return ""
+    title = METHOD_TITLES[reference].split(" (")[0]  # "CLLMFS", not its long label
+    header = (f"| setting | dataset | K | {title} vs | seeds | F1 difference | {title} ahead | boundary errors, "
+              f"{title} | boundary errors, other |")
+    note = (f"F1 difference: {title}'s span F1 minus the other method's on the same support set, mean ± std over "
+            "seeds. Boundary errors: predictions with wrong boundaries (`boundary` + `boundary_type`) among all "
+            "predictions that overlap a gold span, summed over the paired seeds.")
+    return note + "\n\n" + "\n".join([header, "|" + "---|" * 9, *lines]) + "\n"
+
+
 def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
     """Grouped bar chart of span micro-F1 per (setting, dataset), one bar per method, std as error bars."""
     import matplotlib
@@ -201,8 +253,8 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
 
 def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str,
                  settings_note: str = "") -> Path:
-    """Write results.json, table1.md (per K), details.md and f1_k<K>.png into `out_dir`, and with several K the
-    K-shot curve (kshot.md, f1_by_k.png); returns the folder."""
+    """Write results.json, table1.md (per K), details.md, paired.md (CLLMFS against each other method, seed by seed)
+    and f1_k<K>.png into `out_dir`, and with several K the K-shot curve (kshot.md, f1_by_k.png); returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = aggregate(records)
@@ -215,6 +267,9 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: 
     tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note, settings_note) for k in ks]
     (out / "table1.md").write_text("\n".join(tables), encoding="utf-8")
     (out / "details.md").write_text(details_markdown(summaries), encoding="utf-8")
+    paired = paired_markdown(records)
+    if paired:
+        (out / "paired.md").write_text(paired, encoding="utf-8")
     for k in ks:
         plot_f1(summaries, k, out / f"f1_k{k}.png")
     if len(ks) > 1:
