@@ -12,7 +12,9 @@
 # after which no part starts and running ones are cut, default 560: a device call ends at 600), DEVICE (default
 # cuda), WHEELS (1: install .whl/ if present), INFER_SENTENCES (default 200; x 6 WNUT'17 types = prompts for our
 # path, enough to fill batches of 256), NAIVE_SENTENCES (default 40: the naive path, the slow one, is timed on these).
-# `fsdp` (ds_configs/fsdp.yaml, one process) is an extra part, not in the default list. A CPU plumbing check:
+# Opt-in parts, not in the default list: `fsdp` (ds_configs/fsdp.yaml, one process) and `overhead`
+# (bench/train_overhead.py: CLLMFS step time vs SFTTrainer on the 7B shape, each variant in its own process).
+# A CPU plumbing check:
 #   SHAPE=tiny PARTS="lora zero2 zero3 infer" DEVICE=cpu WHEELS=0 INFER_SENTENCES=5 NAIVE_SENTENCES=3 \
 #       bash bench/gpu_check.sh
 # Each part runs under `timeout`, so one failure costs at most its limit and the others still run. After every part
@@ -91,6 +93,9 @@ for part in $PARTS; do
                    --num_processes 1 recipes/train.py "${COMMON[@]}" --output_dir "$WORK/zero3" ;;
         fsdp)  run_part fsdp "$LIMIT" accelerate launch --config_file ds_configs/fsdp.yaml --num_processes 1 \
                    recipes/train.py "${COMMON[@]}" --output_dir "$WORK/fsdp" ;;  # opt-in: PARTS="fsdp ..."
+        overhead) run_part overhead "$INFER_LIMIT" python3 bench/train_overhead.py --model llama2-7b-random \
+                   --tokenizer "$TOKENIZER" --data synthetic --seq-len 256 --lora-r 8 --rounds 1 \
+                   --out "$RESULTS/train_overhead.json" ;;
         infer) run_part infer "$INFER_LIMIT" python3 bench/inference.py --model "$MODEL" --device "$DEVICE" \
                    --dtype bfloat16 --sentences "$INFER_SENTENCES" --naive-sentences "$NAIVE_SENTENCES" \
                    --rounds 1 --batch 256 --naive-batch 8 --max-new-tokens 24 \

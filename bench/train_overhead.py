@@ -30,13 +30,13 @@ VARIANTS = {
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build_model(name: str, device: str):
+def build_model(name: str, device: str, tokenizer_ref: str = "default"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cllmfs_trainer.modeling import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer("default")
+    tokenizer = load_tokenizer(tokenizer_ref)
     if name != "llama2-7b-random":
         return load_model(name, device_map=device), tokenizer
     # Throughput does not depend on weight values: a randomly initialised LLaMA-2-7B shape, in bf16.
@@ -87,7 +87,7 @@ def worker(args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model, tokenizer = build_model(args.model, device)
+    model, tokenizer = build_model(args.model, device, args.tokenizer)
     batches = build_batches(args, tokenizer, model.config.vocab_size)
     common = dict(output_dir="/tmp/cllmfs-bench", report_to=[], gradient_checkpointing=args.gradient_checkpointing,
                   per_device_train_batch_size=args.batch, dataset_kwargs={"skip_prepare_dataset": True},
@@ -134,6 +134,8 @@ def worker(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="'default' (SmolLM2), 'llama2-7b-random', or a path/id")
+    parser.add_argument("--tokenizer", default="default",
+                        help="tokenizer reference (a GPU image without the GGUF package: a saved tokenizer folder)")
     parser.add_argument("--data", default="wnut17", choices=["wnut17", "synthetic"])
     parser.add_argument("--seq-len", type=int, default=256, help="synthetic data only")
     parser.add_argument("--batch", type=int, default=8)
