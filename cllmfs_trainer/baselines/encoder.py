@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.modeling import (
+from cllmfs_trainer.embedded_model import (
     PROVENANCE_FILE,
     PROVENANCE_FORMAT,
     ChecksumMismatchError,
@@ -39,7 +39,7 @@ from cllmfs_trainer.modeling import (
     models_dir,
 )
 
-if TYPE_CHECKING:  # torch and transformers are imported lazily, as in modeling.py
+if TYPE_CHECKING:  # torch and transformers are imported lazily, as in embedded_model.py
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
