@@ -240,6 +240,9 @@ def test_report_tables_and_chart(bench_script, tmp_path):
     table = table1_markdown(summaries, 5, "tiny", "20 sentences")
     assert "0.3000 ± 0.1414" in table and "*0.5250*" in table and "paper" in table
     assert table.index("| INTRA |") < table.index("| INTER |") and "overrides" not in table
+    assert "in INTER they use the target's K-shot support set" not in table  # no INTER baseline rows here
+    inter_nnshot = aggregate([*records, record("nnshot", 0, 0.1, "conll2003", "inter")])
+    assert "in INTER they use the target's K-shot support set" in table1_markdown(inter_nnshot, 5, "tiny", "20")
     # A run whose trained methods changed the recipe says so in the caption.
     assert "recipe overrides: prompt_format=2." in table1_markdown(summaries, 5, "tiny", "20", "prompt_format=2")
     from cllmfs_trainer.benchmark import write_report

@@ -25,6 +25,7 @@ METHOD_TITLES = {"cllmfs": "CLLMFS (LoRA+CL+Noise)", "lora": "LoRA only", "lora_
                  "cllmfs_format2": "CLLMFS, prompt format 2", "zero_shot": "zero-shot prompting",
                  "protobert": "ProtoBERT", "nnshot": "NNShot"}
 ERROR_KINDS = ["correct", "boundary", "type", "boundary_type", "spurious", "missed"]
+PROTOTYPE_METHODS = ("protobert", "nnshot")  # token classifiers over a frozen encoder: no INTER transfer
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -109,6 +110,9 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
                f"query: {query_note}" + (f", recipe overrides: {settings_note}" if settings_note else "") +
                ". Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
                "LLaMA-2-7B, five runs), not ours.")
+    if any(s["setting"] == "inter" and s["method"] in PROTOTYPE_METHODS for s in rows):
+        caption += (" ProtoBERT and NNShot cannot label types they have no examples of, so in INTER they use the "
+                    "target's K-shot support set; their frozen encoder makes those rows equal to INTRA's.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
