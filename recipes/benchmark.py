@@ -1,11 +1,14 @@
 """Run the few-shot benchmark from a YAML and write its report:
 
     python recipes/benchmark.py recipes/smollm2/benchmark.yaml [--key value ...] [--report-only] [--overwrite]
+                                [--restore-from bench/results/<report>/results.json]
 
 Keys are those of `cllmfs_trainer.benchmark.BenchmarkConfig` plus `report_dir`; `--key value` flags override the
 YAML (lists as JSON, e.g. `--seeds [0,1]`). An interrupted run resumes where it stopped: finished units are kept in
 `output_dir` and skipped, and a training cut off mid-way resumes from its last checkpoint (`checkpoint_steps`).
-`--report-only` rewrites the report from the finished units without running anything.
+`--report-only` rewrites the report from the finished units without running anything. `--restore-from` first marks
+as done the units that a report's results.json holds (a committed report, on a fresh clone whose `output_dir` is
+empty), so only the missing units run; the report must come from a benchmark with the same settings.
 
 Trained methods train through `recipes/train.py`, so a benchmark model is trained exactly as a recipe run is.
 """
@@ -38,11 +41,13 @@ def train_run(recipe: str, overrides: dict[str, Any], output_dir: Path) -> None:
     gc.collect()  # the next unit loads a fresh model; do not keep two in memory
 
 
-def load_config(argv: list[str]) -> tuple[BenchmarkConfig, Path, bool, bool]:
+def load_config(argv: list[str]) -> tuple[BenchmarkConfig, Path, bool, bool, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML")
     parser.add_argument("--overwrite", action="store_true", help="discard a finished run with other settings")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from finished units")
+    parser.add_argument("--restore-from", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="first mark as done the units of a report's results.json (same settings only)")
     args, rest = parser.parse_known_args(argv)
     raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     if len(rest) % 2:
@@ -56,19 +61,21 @@ def load_config(argv: list[str]) -> tuple[BenchmarkConfig, Path, bool, bool]:
     unknown = sorted(set(raw) - known)
     if unknown:
         parser.error(f"{args.config}: unknown keys {unknown}; known: {sorted(known | {'report_dir'})}")
-    return BenchmarkConfig(**raw), report_dir, args.overwrite, args.report_only
+    return BenchmarkConfig(**raw), report_dir, args.overwrite, args.report_only, args.restore_from
 
 
-def main(config: BenchmarkConfig, report_dir: Path, overwrite: bool = False, report_only: bool = False) -> Path:
+def main(config: BenchmarkConfig, report_dir: Path, overwrite: bool = False, report_only: bool = False,
+         restore_from: Path | None = None) -> Path:
     benchmark = Benchmark(config, train_fn=train_run, overwrite=overwrite)
+    if restore_from is not None:
+        benchmark.restore_from(restore_from)
     if report_only:
         records = [json.loads(p.read_text()) for u in benchmark.units() if (p := benchmark.unit_path(u)).is_file()]
     else:
         records = benchmark.run()
-    query = (f"{config.query_size} random test sentences (query_seed {config.query_seed}) per dataset"
-             if config.query_size else "the full test split")
     overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
-    return write_report(records, report_dir, model=config.model, query_note=query, settings_note=overrides)
+    return write_report(records, report_dir, model=config.model, query_note=config.query_note(),
+                        settings_note=overrides, fingerprint=config.fingerprint())
 
 
 if __name__ == "__main__":

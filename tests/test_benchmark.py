@@ -216,6 +216,57 @@ def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path)
         Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
 
 
+def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(bench_script, tiny_run_inputs, tmp_path,
+                                                                         caplog):
+    from cllmfs_trainer.benchmark import write_report
+    from cllmfs_trainer.benchmark.protocol import Unit
+
+    def record(method, seed, f1):
+        errors = dict.fromkeys(["correct", "boundary", "type", "boundary_type", "spurious", "missed"], 0)
+        return {"setting": "intra", "dataset": "wnut17", "k": 1, "seed": seed, "method": method, "query_size": 20,
+                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+
+    old = tiny_config(tiny_run_inputs, tmp_path / "old", methods=["cllmfs", "zero_shot", "nnshot"], seeds=[0, 1])
+    records = [record("cllmfs", 0, 0.2), record("zero_shot", 0, 0.0), record("cllmfs", 1, 0.4),
+               record("zero_shot", 1, 0.0), record("nnshot", 0, 0.1)]
+    report = write_report(records, tmp_path / "report", old.model, old.query_note(),
+                          fingerprint=old.fingerprint()) / "results.json"
+
+    fresh = tiny_config(tiny_run_inputs, tmp_path / "fresh", methods=["cllmfs", "zero_shot"], seeds=[0, 1, 2])
+    bench = Benchmark(fresh)
+    finished = bench.unit_path(Unit("intra", "wnut17", 1, 1, "cllmfs"))
+    finished.parent.mkdir(parents=True)
+    finished.write_text(json.dumps(record("cllmfs", 1, 0.9)))  # measured here: a restore must not replace it
+    assert bench.restore_from(report) == 3  # cllmfs seed 0, zero_shot seeds 0-1; nnshot is not in this benchmark
+    assert json.loads(finished.read_text())["span"]["f1"] == 0.9
+    restored = json.loads(bench.unit_path(Unit("intra", "wnut17", 1, 0, "cllmfs")).read_text())
+    assert restored["span"]["f1"] == 0.2 and restored["restored_from"] == str(report)
+    assert not bench.unit_path(Unit("intra", "wnut17", 1, 0, "nnshot")).exists()
+    # Restored units have no predictions, so zero-shot prompting of seed 2 cannot reuse them.
+    assert bench._zero_shot_done(Unit("intra", "wnut17", 1, 2, "zero_shot")) is None
+    assert bench.restore_from(report) == 0  # idempotent
+
+    # A report of other settings is refused, naming what differs.
+    with pytest.raises(ValueError, match="query"):
+        Benchmark(tiny_config(tiny_run_inputs, tmp_path / "q", query_size=10)).restore_from(report)
+    with pytest.raises(ValueError, match="train_overrides"):
+        Benchmark(tiny_config(tiny_run_inputs, tmp_path / "o", train_overrides={"max_steps": 2})).restore_from(report)
+    # An older report without a fingerprint restores, with a warning that says what was not checked.
+    legacy = json.loads(report.read_text())
+    del legacy["fingerprint"]
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    with caplog.at_level("WARNING"):
+        assert Benchmark(tiny_config(tiny_run_inputs, tmp_path / "l")).restore_from(tmp_path / "legacy.json") == 2
+    assert "no fingerprint" in caplog.text
+
+    # Through the script: everything restored, nothing to train, and the new report carries the fingerprint.
+    config = tiny_config(tiny_run_inputs, tmp_path / "cli", methods=["cllmfs", "zero_shot"], seeds=[0, 1])
+    out = bench_script.main(config, tmp_path / "cli_report", restore_from=report)
+    written = json.loads((out / "results.json").read_text())
+    assert written["fingerprint"] == json.loads(json.dumps(config.fingerprint()))
+    assert len(written["units"]) == 4 and all("restored_from" in u for u in written["units"])
+
+
 def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
         tiny_config(tiny_run_inputs, tmp_path, methods=["bert"])
@@ -290,7 +341,7 @@ def test_report_kshot_curve(tmp_path):
 def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
     yaml_file = tmp_path / "b.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot]\n")
-    config, report_dir, _, _ = bench_script.load_config([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
+    config, report_dir, *_ = bench_script.load_config([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
     assert (config.seeds, config.query_size, report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
     with pytest.raises(SystemExit):
         bench_script.load_config([str(yaml_file), "--sedes", "[1]"])
@@ -298,15 +349,15 @@ def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*benchmark*.yaml")), ids=lambda p: p.name)
 def test_shipped_benchmark_configs_parse(bench_script, path):
-    config, report_dir, _, _ = bench_script.load_config([str(path)])
+    config, report_dir, *_ = bench_script.load_config([str(path)])
     assert path.read_text().startswith("#") and "Hardware target" in path.read_text().split("\n\n")[0]
     assert (REPO / config.recipe).is_file() and str(report_dir).startswith("bench/results/")
 
 
 def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
     """The K-shot curve reuses the main benchmark's K=5 CoNLL'03 units: same output_dir, same fingerprint."""
-    main, main_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark.yaml")])
-    kshot, kshot_report, _, _ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
+    main, main_report, *_ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark.yaml")])
+    kshot, kshot_report, *_ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
     assert kshot.fingerprint() == main.fingerprint()
     assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,12 @@ class BenchmarkConfig:
             # The recipe's settings, not its text: editing a comment must not invalidate finished units.
             fields["recipe_settings"] = _recipe_settings(Path(self.recipe).read_text(encoding="utf-8"))
         return fields
+
+    def query_note(self) -> str:
+        """How the query was drawn, in words: written into reports and checked when units are restored from one."""
+        if self.query_size:
+            return f"{self.query_size} random test sentences (query_seed {self.query_seed}) per dataset"
+        return "the full test split"
 
 
 def _recipe_settings(text: str) -> dict[str, Any]:
@@ -212,6 +218,50 @@ class Benchmark:
             bar.set_postfix_str(f"{unit.task} k{unit.k} seed{unit.seed} {unit.method}")
             self.run_unit(unit)
         return [json.loads(self.unit_path(u).read_text(encoding="utf-8")) for u in units]
+
+    def restore_from(self, results: str | Path) -> int:
+        """Mark units done from a report's `results.json`, e.g. a committed report on a fresh clone; returns how many.
+
+        Only units of this config that are not done yet are written, each with `restored_from` naming the report.
+        A report holds scores, not predictions, so a restored unit has no predictions file. The report must come from
+        a benchmark with the same settings: its fingerprint is compared where it has one (reports written before the
+        fingerprint was saved are checked on model and query only, with a warning).
+
+        Args:
+            results: Path of a `results.json` written by `write_report`.
+        """
+        path = Path(results)
+        report = json.loads(path.read_text(encoding="utf-8"))
+        cfg = self.config
+        for key, ours in (("model", cfg.model), ("query", cfg.query_note())):
+            if report.get(key) != ours:
+                raise ValueError(f"{path}: its {key} is {report.get(key)!r}, this benchmark's is {ours!r}")
+        if "fingerprint" in report:
+            theirs, ours = _upgrade_fingerprint(report["fingerprint"]), cfg.fingerprint()
+            changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+            if changed:
+                raise ValueError(f"{path} comes from a benchmark with different settings ({', '.join(changed)})")
+        else:
+            logger.warning("%s has no fingerprint (an older report): only its model and query were checked, not the "
+                           "recipe, overrides or encoder", path)
+        wanted = {astuple(u) for u in self.units()}
+        restored = 0
+        for record in report.get("units", []):
+            try:
+                unit = Unit(*(record[f] for f in ("setting", "dataset", "k", "seed", "method")))
+            except KeyError as missing:
+                raise ValueError(f"{path}: a unit record lacks the field {missing}") from None
+            if astuple(unit) not in wanted or self.unit_path(unit).is_file():
+                continue
+            target = self.unit_path(unit)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({**record, "restored_from": str(path)}, indent=2, ensure_ascii=False) + "\n",
+                           encoding="utf-8")
+            os.replace(tmp, target)
+            restored += 1
+        logger.info("benchmark: restored %d units from %s", restored, path)
+        return restored
 
     # --- data -------------------------------------------------------------------------------------------------------
 
@@ -366,7 +416,9 @@ class Benchmark:
         for other in self.units():
             if (other.method, other.task) == ("zero_shot", unit.task) and other != unit:
                 path = self.unit_path(other)
-                if path.is_file() and "reused_from" not in json.loads(path.read_text(encoding="utf-8")):
+                # Reuse only a unit that predicted for itself: a reused or restored one may lack its predictions.
+                if path.is_file() and path.with_suffix(".predictions.jsonl").is_file() \
+                        and "reused_from" not in json.loads(path.read_text(encoding="utf-8")):
                     return path
         return None
 

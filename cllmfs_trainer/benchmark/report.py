@@ -256,9 +256,12 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str,
-                 settings_note: str = "") -> Path:
+                 settings_note: str = "", fingerprint: dict[str, Any] | None = None) -> Path:
     """Write results.json, table1.md (per K), details.md, paired.md (CLLMFS against each other method, seed by seed)
-    and f1_k<K>.png into `out_dir`, and with several K the K-shot curve (kshot.md, f1_by_k.png); returns the folder."""
+    and f1_k<K>.png into `out_dir`, and with several K the K-shot curve (kshot.md, f1_by_k.png); returns the folder.
+
+    `fingerprint` (`BenchmarkConfig.fingerprint()`) goes into results.json, so that `Benchmark.restore_from` can
+    check that a report belongs to the benchmark it restores into."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = aggregate(records)
@@ -266,6 +269,8 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: 
     units = [{key: value for key, value in r.items()} for r in records]
     report = {"model": model, "query": query_note, "recipe_overrides": settings_note, "summary": summaries,
               "units": units}
+    if fingerprint is not None:
+        report["fingerprint"] = fingerprint
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     ks = sorted({s["k"] for s in summaries})
     tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note, settings_note) for k in ks]
