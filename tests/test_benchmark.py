@@ -335,6 +335,10 @@ def test_report_kshot_curve(tmp_path):
     assert {"kshot.md", "f1_by_k.png", "f1_k10.png"} <= {p.name for p in out.iterdir()}
     row = next(line for line in (out / "kshot.md").read_text().splitlines() if "CLLMFS" in line)
     assert row.split(" | ")[3:] == ["0.2000 ± 0.1414", "0.4000 (1 seed)", "0.5000 (1 seed) |"]
+    # With K=5 on 3 seeds and K=10 on 2, the unfinished cell says so instead of passing for a 3-seed mean.
+    out = write_report([*records, record(5, 2, 0.2), record(10, 1, 0.6)], tmp_path / "report3", "tiny", "20")
+    row = next(line for line in (out / "kshot.md").read_text().splitlines() if "CLLMFS" in line)
+    assert row.split(" | ")[3:5] == ["0.2000 ± 0.1000", "0.5000 ± 0.1414 (2 seeds)"]
     assert (out / "f1_by_k.png").read_bytes()[:4] == b"\x89PNG"
 
 

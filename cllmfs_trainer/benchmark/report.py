@@ -68,12 +68,15 @@ def _find(rows: Sequence[dict[str, Any]], setting: str, dataset: str, method: st
     return next((s for s in rows if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method)), None)
 
 
-def _cell(stat: dict[str, float] | None) -> str:
+def _cell(stat: dict[str, float] | None, full_n: int = 0) -> str:
+    """`mean ± std`; with fewer runs than `full_n` (a table's other cells, e.g. a benchmark still running), says how
+    many, so that an unfinished cell cannot pass for a finished one."""
     if stat is None:
         return "-"
     if stat["n"] == 1:  # one run has no spread; "± 0" would claim one
         return f"{stat['mean']:.4f} (1 seed)"
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+    count = f" ({stat['n']} seeds)" if stat["n"] < full_n else ""
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}{count}"
 
 
 def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str,
@@ -92,6 +95,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
     columns += sorted({s["dataset"] for s in rows} - set(columns))
     header = "| setting | method | " + " | ".join(COLUMN_TITLES.get(c, c) for c in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
+    full_n = max(len(s["seeds"]) for s in rows)
     for setting in ("intra", "inter"):
         methods = sorted({s["method"] for s in rows if s["setting"] == setting}, key=list(METHOD_TITLES).index)
         if not methods:
@@ -100,7 +104,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
             cells = []
             for column in columns:
                 match = _find(rows, setting, column, method)
-                cells.append(_cell(match["span_f1"] if match else None))
+                cells.append(_cell(match["span_f1"] if match else None, full_n))
             lines.append(f"| {setting.upper()} | {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
         paper = PAPER_TABLE1[setting]
         cells = [f"*{paper[c]:.4f}*" if c in paper else "-" for c in columns]
@@ -221,14 +225,16 @@ def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     curves = sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries},
                     key=lambda c: (c[0], c[1], list(METHOD_TITLES).index(c[2])))
     lines = ["| setting | dataset | method | " + " | ".join(f"K={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 3)]
+    full_n = max(len(s["seeds"]) for s in summaries)
     for setting, dataset, method in curves:
         cells = []
         for k in ks:
             match = _find([s for s in summaries if s["k"] == k], setting, dataset, method)
-            cells.append(_cell(match["span_f1"] if match else None))
+            cells.append(_cell(match["span_f1"] if match else None, full_n))
         lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {METHOD_TITLES[method]} | "
                      + " | ".join(cells) + " |")
-    return "Span micro-F1 by shots per type (K), mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
+    return ("Span micro-F1 by shots per type (K), mean ± std over seeds; a cell with fewer seeds than the others says "
+            "how many.\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
