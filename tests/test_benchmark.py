@@ -1,8 +1,6 @@
 """The benchmark runner end to end on a tiny random model: units, resume after an interruption, the report."""
 
-import importlib.util
 import json
-import sys
 
 import pytest
 from helpers import REPO, shared_dataset
@@ -13,11 +11,9 @@ from cllmfs_trainer.benchmark.report import table1_markdown
 
 @pytest.fixture(scope="module")
 def bench_script():
-    spec = importlib.util.spec_from_file_location("recipe_benchmark", REPO / "recipes" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from cllmfs_trainer.scripts import benchmark
+
+    return benchmark
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,7 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, 
     import torch
     from safetensors.torch import load_file
 
-    from cllmfs_trainer.trainer import ContrastiveSFTTrainer
+    from cllmfs_trainer.training.trainer import ContrastiveSFTTrainer
 
     overrides = {"max_steps": 4, "lora_target_modules": ["q_proj", "v_proj"], "cl_layer": 2, "cl_weight": 0.5}
     config = tiny_config(tiny_run_inputs, tmp_path / "cut", methods=["cllmfs"], checkpoint_steps=2,
@@ -191,10 +187,14 @@ def test_format2_method_trains_and_predicts_with_the_sentence_first(bench_script
 
 
 def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
-    Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"]))
-    Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1]))  # more seeds: fine
+    benchmark = Benchmark(tiny_config(tiny_run_inputs, tmp_path / "b", methods=["zero_shot"]))
+    assert not (tmp_path / "b").exists()  # constructing a benchmark writes nothing; prepare() claims the folder
+    benchmark.prepare()
+    assert (tmp_path / "b" / "benchmark.json").is_file()
+    tmp_path = tmp_path / "b"
+    Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1])).prepare()  # more seeds: fine
     with pytest.raises(ValueError, match="query_size"):
-        Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10))
+        Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10)).prepare()
 
 
 def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path):
@@ -202,18 +202,18 @@ def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path)
     original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")
     recipe.write_text(original, encoding="utf-8")
     out = tmp_path / "bench"
-    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()
     recipe.write_text("# a new comment\n" + original, encoding="utf-8")
-    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))  # same settings: resumes
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()  # same settings: resumes
     # A run folder from before settings were compared (it stored the raw text) resumes too.
     saved = json.loads((out / "benchmark.json").read_text())
     saved["fingerprint"]["recipe_text"] = original
     del saved["fingerprint"]["recipe_settings"]
     (out / "benchmark.json").write_text(json.dumps(saved))
-    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()
     recipe.write_text(original.replace("learning_rate: 1.0e-3", "learning_rate: 5.0e-4"), encoding="utf-8")
     with pytest.raises(ValueError, match="recipe_settings"):
-        Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe)))
+        Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()
 
 
 def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(bench_script, tiny_run_inputs, tmp_path,
@@ -261,14 +261,14 @@ def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(bench_
 
     # Through the script: everything restored, nothing to train, and the new report carries the fingerprint.
     config = tiny_config(tiny_run_inputs, tmp_path / "cli", methods=["cllmfs", "zero_shot"], seeds=[0, 1])
-    out = bench_script.main(config, tmp_path / "cli_report", restore_from=report)
+    out = bench_script.main(bench_script.BenchmarkArguments(config, tmp_path / "cli_report", restore_from=report))
     written = json.loads((out / "results.json").read_text())
     assert written["fingerprint"] == json.loads(json.dumps(config.fingerprint()))
     assert len(written["units"]) == 4 and all("restored_from" in u for u in written["units"])
 
 
 def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ValueError, match="unknown method"):
         tiny_config(tiny_run_inputs, tmp_path, methods=["bert"])
     with pytest.raises(ValueError, match="intra:<dataset>"):
         tiny_config(tiny_run_inputs, tmp_path, tasks=["wnut17"])
@@ -345,23 +345,26 @@ def test_report_kshot_curve(tmp_path):
 def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
     yaml_file = tmp_path / "b.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot]\n")
-    config, report_dir, *_ = bench_script.load_config([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
-    assert (config.seeds, config.query_size, report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
+    args = bench_script.parse_args([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
+    assert (args.config.seeds, args.config.query_size, args.report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
     with pytest.raises(SystemExit):
-        bench_script.load_config([str(yaml_file), "--sedes", "[1]"])
+        bench_script.parse_args([str(yaml_file), "--sedes", "[1]"])
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*benchmark*.yaml")), ids=lambda p: p.name)
 def test_shipped_benchmark_configs_parse(bench_script, path):
-    config, report_dir, *_ = bench_script.load_config([str(path)])
+    args = bench_script.parse_args([str(path)])
+    config, report_dir = args.config, args.report_dir
     assert path.read_text().startswith("#") and "Hardware target" in path.read_text().split("\n\n")[0]
     assert (REPO / config.recipe).is_file() and str(report_dir).startswith("bench/results/")
 
 
 def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
     """The K-shot curve reuses the main benchmark's K=5 CoNLL'03 units: same output_dir, same fingerprint."""
-    main, main_report, *_ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark.yaml")])
-    kshot, kshot_report, *_ = bench_script.load_config([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
+    main_args = bench_script.parse_args([str(REPO / "recipes/smollm2/benchmark.yaml")])
+    kshot_args = bench_script.parse_args([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
+    main, main_report = main_args.config, main_args.report_dir
+    kshot, kshot_report = kshot_args.config, kshot_args.report_dir
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
     assert kshot.fingerprint() == main.fingerprint()
     assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}

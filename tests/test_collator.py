@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cllmfs_trainer.data.collator import ContrastiveDataCollator
+from cllmfs_trainer.training.collator import ContrastiveDataCollator
 
 ROWS = [
     {"input_ids": [5, 6, 7, 8], "attention_mask": [1] * 4, "labels": [-100, -100, 7, 8],

@@ -22,7 +22,7 @@ from cllmfs_trainer.inference.constraints import (
     sentence_words,
 )
 from cllmfs_trainer.inference.parse import NO_END, NO_PREFIX, UNBALANCED, parse_output
-from cllmfs_trainer.modeling import ensure_pad_token
+from cllmfs_trainer.models import ensure_pad_token
 
 TOKENIZERS = ["smollm2_tokenizer", "sp_tokenizer"]
 

@@ -3,8 +3,8 @@ path (sorted mixed-type batches, prefix reuse, answer prefill) against plain per
 
 import copy
 import functools
-import importlib.util
 import json
+import subprocess
 import sys
 
 import pytest
@@ -21,7 +21,7 @@ from cllmfs_trainer.inference.generate import EntityExtractor, Job
 from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.parse import parse_output
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
-from cllmfs_trainer.modeling import ensure_pad_token
+from cllmfs_trainer.models import ensure_pad_token
 
 PERSON = EntityType("person", "person", "names of people")
 PLACE = EntityType("location", "location", "names of places")
@@ -41,16 +41,14 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def run_dir(tiny_run_inputs, tmp_path_factory):
     """A real run folder: recipes/train.py for 2 steps on the tiny random model."""
-    spec = importlib.util.spec_from_file_location("recipe_train_gen", REPO / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from cllmfs_trainer.scripts import train
+
     out = tmp_path_factory.mktemp("run")
     args = [str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"), "--model_name_or_path",
             str(tiny_run_inputs / "model"), "--support_set", str(tiny_run_inputs / "support.txt"), "--n_types",
             "person", "--k", "1", "--max_steps", "2", "--lora_target_modules", "q_proj", "v_proj", "--cl_layer", "2",
             "--per_device_train_batch_size", "2", "--output_dir", str(out), "--report_to", "none"]
-    module.main(*module.parse(args))
+    train.main(*train.parse_args(args))
     return out
 
 
@@ -290,7 +288,7 @@ def test_predict_spans_do_not_depend_on_the_speed_levers(extractor):
 @pytest.mark.slow
 def test_fast_path_equals_plain_generate_on_the_default_model(smollm2_path):
     from cllmfs_trainer.data import get_dataset
-    from cllmfs_trainer.modeling import load_model, load_tokenizer
+    from cllmfs_trainer.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(smollm2_path, padding_side="left")
     wnut = get_dataset("wnut17")
@@ -377,16 +375,13 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
     assert set(json.loads(out.read_text())) == {"text", "entities"}
 
 
-def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path, monkeypatch):
+def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     # The script a GPU session spends its scarce minutes on: it must run, time every variant and check agreement.
-    spec = importlib.util.spec_from_file_location("bench_inference", REPO / "bench" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "inference.json"
-    monkeypatch.setattr(sys, "argv", ["inference.py", "--run", str(run_dir), "--sentences", "3", "--rounds", "2",
-                                      "--naive-sentences", "2", "--max-new-tokens", "40", "--variants",
-                                      "naive,sorted_b32,prefix,prefill,full,full_bf16", "--out", str(out)])
-    module.main()
+    subprocess.run([sys.executable, str(REPO / "bench" / "inference.py"), "--run", str(run_dir), "--sentences", "3",
+                    "--rounds", "2", "--naive-sentences", "2", "--max-new-tokens", "40", "--threads", "1",
+                    "--variants", "naive,sorted_b32,prefix,prefill,full,full_bf16", "--out", str(out)],
+                   check=True, capture_output=True)
     result = json.loads(out.read_text())
     variants = [row["variant"] for row in result["summary"]]
     assert variants == ["naive", "sorted_b32", "prefix", "prefill", "full", "full_bf16", "full_unconstrained"]

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cllmfs_trainer.losses import add_noise, neftune_scale, select_tokens, supervised_contrastive_loss
+from cllmfs_trainer.training.losses import add_noise, neftune_scale, select_tokens, supervised_contrastive_loss
 
 
 def naive_loss(features, labels, noised, temperature, anchor_outside):

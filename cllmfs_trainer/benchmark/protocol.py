@@ -12,7 +12,7 @@ Layout of `output_dir` (nothing here is meant for git: it holds dataset sentence
 
     benchmark.json                              the config; a resumed run must match it
     support/<source>/k5/seed0.txt (+ .json)     support sets (source = the dataset, or `ontonotes5` for INTER)
-    runs/<source>/k5/seed0/<method>/            trained run folders (adapter + cllmfs_run.json)
+    runs/<source>/k5/seed0/<method>/            trained run folders (`cllmfs_trainer.run_folder`)
     units/<setting>-<dataset>/k5/seed0/<method>.json   scores of one unit; its presence marks the unit done
     units/.../<method>.predictions.jsonl        predicted spans per query sentence (ids and offsets, no text)
 """
@@ -29,24 +29,16 @@ from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.benchmark.methods import get_method
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType, get_dataset
 from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, sample_support_set
+from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
-# LLM methods are the training recipe plus these overrides (the paper's Table 2 ablations).
-TRAINED_METHODS: dict[str, dict[str, Any]] = {
-    "cllmfs": {},  # LoRA + CL on noised embeddings: the recipe as written
-    "lora": {"cl_weight": 0.0},  # LoRA SFT only
-    "lora_cl": {"cl_noise_site": "none"},  # LoRA + CL without noised positives
-    "cllmfs_format2": {"prompt_format": 2},  # CLLMFS with the sentence before the instruction (not in the paper)
-}
-OTHER_METHODS = ("zero_shot", "protobert", "nnshot")
-METHODS = (*TRAINED_METHODS, *OTHER_METHODS)
-
 # Trains one run folder: (recipe, overrides for the recipe's keys, output_dir) -> None. `recipes/benchmark.py` passes
-# `recipes/train.py`'s parser and main, so the benchmark trains exactly as a user's `accelerate launch` does.
+# the training script's parser and main, so the benchmark trains exactly as a user's `accelerate launch` does.
 TrainFn = Callable[[str, dict[str, Any], Path], None]
 
 
@@ -57,7 +49,8 @@ class BenchmarkConfig:
     Args:
         output_dir: Where units, run folders and support sets go (see the module docstring).
         tasks: `intra:<dataset>` or `inter:<dataset>` registry keys, e.g. `intra:wnut17`, `inter:conll2003`.
-        methods: Any of `cllmfs`, `lora`, `lora_cl`, `cllmfs_format2`, `zero_shot`, `protobert`, `nnshot`.
+        methods: Names registered in `cllmfs_trainer.benchmark.methods` (`cllmfs`, `lora`, `lora_cl`,
+            `cllmfs_format2`, `zero_shot`, `protobert`, `nnshot`, ...).
         seeds: Support-set seeds (the paper averages 5 runs).
         ks: Shots per type; several values give a K-shot curve.
         query_size: Predict this many test sentences (a fixed random subset); `None` for the whole split.
@@ -93,15 +86,14 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.checkpoint_steps < 0:
             raise ValueError(f"checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        for method in self.methods:
+            get_method(method)  # raises with the known names
         for task in self.tasks:
             setting, _, dataset = task.partition(":")
             if setting not in ("intra", "inter") or not dataset:
                 raise ValueError(f"task {task!r} must be 'intra:<dataset>' or 'inter:<dataset>'")
             get_dataset(dataset)  # raises with the known keys
-        if any(m in TRAINED_METHODS for m in self.methods) and not self.recipe:
+        if any(get_method(m).kind == "trained" for m in self.methods) and not self.recipe:
             raise ValueError("trained methods need `recipe`, a training YAML such as recipes/smollm2/wnut17_intra.yaml")
         if not self.seeds or not self.ks:
             raise ValueError("seeds and ks must not be empty")
@@ -154,7 +146,7 @@ class Unit:
         target's K-shot support set, as in the domain-transfer protocol of the literature. Its encoder is frozen and
         never sees the source, so its INTER figures equal its INTRA ones by construction.
         """
-        if self.setting == "intra" or self.method in ("protobert", "nnshot"):
+        if self.setting == "intra" or get_method(self.method).uses_target_support:
             return self.dataset
         return INTER_SOURCE
 
@@ -175,10 +167,25 @@ class Benchmark:
     def __init__(self, config: BenchmarkConfig, train_fn: TrainFn | None = None, overwrite: bool = False) -> None:
         self.config = config
         self.train_fn = train_fn
+        self.overwrite = overwrite
         self.root = Path(config.output_dir)
-        self._check_resume(overwrite)
+        self._prepared = False
         self._queries: dict[str, list[Sentence]] = {}
         self._encoder = None
+
+    def prepare(self) -> None:
+        """Check `output_dir` against this config and claim it; the first thing `run` and `restore_from` do.
+
+        A folder holding a run with other settings is an error, unless `overwrite` was given: then it is emptied.
+        """
+        if self._prepared:
+            return
+        self._check_resume(self.overwrite)
+        self._prepared = True
+
+    def finished_records(self) -> list[dict[str, Any]]:
+        """Scores of the units that are done, without running or writing anything (for `--report-only`)."""
+        return [json.loads(p.read_text(encoding="utf-8")) for u in self.units() if (p := self.unit_path(u)).is_file()]
 
     def _check_resume(self, overwrite: bool) -> None:
         saved = self.root / "benchmark.json"
@@ -210,6 +217,7 @@ class Benchmark:
         """Run every unit not done yet; returns the scores of all units (done before or now)."""
         from tqdm.auto import tqdm
 
+        self.prepare()
         units = self.units()
         todo = [u for u in units if not self.unit_path(u).is_file()]
         logger.info("benchmark: %d units, %d done, %d to run", len(units), len(units) - len(todo), len(todo))
@@ -230,6 +238,7 @@ class Benchmark:
         Args:
             results: Path of a `results.json` written by `write_report`.
         """
+        self.prepare()
         path = Path(results)
         report = json.loads(path.read_text(encoding="utf-8"))
         cfg = self.config
@@ -268,7 +277,7 @@ class Benchmark:
     def query(self, dataset: str) -> list[Sentence]:
         """The query sentences of a dataset's test split: all, or the fixed `query_size` subset."""
         if dataset not in self._queries:
-            from cllmfs_trainer.benchmark.scoring import query_subset
+            from cllmfs_trainer.evaluation.query import query_subset
 
             full = get_dataset(dataset).load("test", self.config.data_dir).sentences
             self._queries[dataset] = query_subset(full, self.config.query_size, self.config.query_seed)
@@ -305,38 +314,35 @@ class Benchmark:
 
     def run_unit(self, unit: Unit) -> dict[str, Any]:
         """Predict a unit's query (training first if needed) and save its scores."""
-        from cllmfs_trainer.benchmark.scoring import score_unit
+        from cllmfs_trainer.evaluation.scoring import score_unit
 
         support = self.support(unit)
         query = self.query(unit.dataset)
         train_types, test_types = self.types(unit)
+        method = get_method(unit.method)
         start = time.perf_counter()
         extra: dict[str, Any] = {}
-        if unit.method in TRAINED_METHODS:
+        if method.kind == "trained":
             run_dir = self.train(unit, support)
             extractor = self._extractor(run_dir=run_dir, types=test_types)
             predicted = [p.spans for p in extractor.predict(query)]
             extra["parse_stats"] = extractor.stats.as_dict()
-            extra["train_seconds"] = json.loads((run_dir / "cllmfs_run.json").read_text()).get("train_seconds")
+            extra["train_seconds"] = RunFolder.load(run_dir).extra.get("train_seconds")
             if (self.config.fit_on_support and unit.setting == "intra") or self._first_target(unit):
                 extra["support_fit"] = self._support_fit(run_dir, support, train_types)
-        elif unit.method == "zero_shot" and (done := self._zero_shot_done(unit)) is not None:
+        elif method.kind == "zero_shot" and (done := self._zero_shot_done(unit)) is not None:
             # Zero-shot prompting never sees the support set: every seed and K gives the same predictions.
             record = {**json.loads(done.read_text(encoding="utf-8")), "seed": unit.seed, "k": unit.k,
                       "reused_from": str(done.relative_to(self.root))}
             predictions = done.with_suffix(".predictions.jsonl").read_text(encoding="utf-8")
             self._write(unit, record, predictions)
             return record
-        elif unit.method == "zero_shot":
+        elif method.kind == "zero_shot":
             extractor = self._extractor(run_dir=None, types=test_types)
             predicted = [p.spans for p in extractor.predict(query)]
             extra["parse_stats"] = extractor.stats.as_dict()
         else:
-            from cllmfs_trainer.baselines import TokenPrototypeNER
-
-            method = "proto" if unit.method == "protobert" else "nnshot"
-            ner = TokenPrototypeNER(self.encoder(), [t.label for t in test_types], method=method)
-            predicted = ner.fit(support.sentences).predict(query)
+            predicted, extra = method.fit_predict(self, unit, support.sentences, query, test_types)
         seconds = time.perf_counter() - start
         record = {**asdict(unit), "query_size": len(query), "support_sentences": len(support.sentences),
                   "seconds": round(seconds, 1), **score_unit(query, predicted), **extra}
@@ -352,12 +358,12 @@ class Benchmark:
     def train(self, unit: Unit, support: SupportSet) -> Path:
         """The unit's trained run folder, trained now unless a finished one exists (shared by INTER targets)."""
         run_dir = self.root / "runs" / unit.source / f"k{unit.k}" / f"seed{unit.seed}" / unit.method
-        if (run_dir / "cllmfs_run.json").is_file():
+        if RunFolder.exists(run_dir):
             return run_dir
         if self.train_fn is None:
             raise ValueError(f"method {unit.method!r} needs training, but the benchmark was given no train_fn")
         support_path = self.root / "support" / unit.source / f"k{unit.k}" / f"seed{unit.seed}.txt"
-        overrides = {**self.config.train_overrides, **TRAINED_METHODS[unit.method],
+        overrides = {**self.config.train_overrides, **get_method(unit.method).overrides,
                      "dataset": unit.source, "setting": "intra", "k": unit.k, "support_set": str(support_path),
                      "support_seed": unit.seed, "seed": unit.seed, "model_name_or_path": self.config.model}
         if self.config.data_dir:
@@ -375,12 +381,9 @@ class Benchmark:
         self.train_fn(self.config.recipe, overrides, partial)
         for stale in partial.glob("checkpoint-*"):  # only an unfinished training needs them
             shutil.rmtree(stale)
-        run_file = partial / "cllmfs_run.json"
-        run = json.loads(run_file.read_text(encoding="utf-8"))
         # Seconds of the last attempt only; it trained the steps after `resumed_from_step`.
-        run["train_seconds"] = round(time.perf_counter() - start, 1)
-        run["resumed_from_step"] = int(checkpoint.name.split("-")[1]) if checkpoint is not None else 0
-        run_file.write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        RunFolder.load(partial).update(train_seconds=round(time.perf_counter() - start, 1),
+                                       resumed_from_step=int(checkpoint.name.split("-")[1]) if checkpoint else 0)
         os.replace(partial, run_dir)  # a run folder exists only once complete
         return run_dir
 
@@ -395,7 +398,7 @@ class Benchmark:
 
     def _extractor(self, run_dir: Path | None, types: Sequence[EntityType]):
         from cllmfs_trainer.inference.generate import EntityExtractor
-        from cllmfs_trainer.modeling import ensure_pad_token, load_model, load_tokenizer
+        from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
 
         if run_dir is not None:
             return EntityExtractor.from_run(run_dir, types=types, batch_size=self.config.batch_size)
@@ -404,7 +407,7 @@ class Benchmark:
 
     def _support_fit(self, run_dir: Path, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
         """Span scores of the trained model on its own support set: did it at least learn what it was shown?"""
-        from cllmfs_trainer.metrics import span_scores
+        from cllmfs_trainer.evaluation.metrics import span_scores
 
         extractor = self._extractor(run_dir=run_dir, types=train_types)
         predicted = [p.spans for p in extractor.predict(support.sentences)]
@@ -414,7 +417,7 @@ class Benchmark:
     def _zero_shot_done(self, unit: Unit) -> Path | None:
         """A finished zero-shot unit of the same task under another seed or K, if any."""
         for other in self.units():
-            if (other.method, other.task) == ("zero_shot", unit.task) and other != unit:
+            if other.method == unit.method and other.task == unit.task and other != unit:
                 path = self.unit_path(other)
                 # Reuse only a unit that predicted for itself: a reused or restored one may lack its predictions.
                 if path.is_file() and path.with_suffix(".predictions.jsonl").is_file() \

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.benchmark.methods import METHODS, get_method, method_order, method_title
+
 # Paper Table 1 (Zhang et al., ECAI 2024), CLLMFS with LLaMA-2-7B, micro-F1 averaged over five runs.
 PAPER_TABLE1 = {
     "intra": {"wnut17": 0.5250, "gum": 0.3840, "i2b2_2014": 0.5800, "ontonotes5": 0.5765, "conll2003": 0.5750},
@@ -21,11 +23,7 @@ PAPER_TABLE1 = {
 TABLE1_COLUMNS = ["wnut17", "gum", "i2b2_2014", "ontonotes5", "conll2003"]
 COLUMN_TITLES = {"wnut17": "WNUT'17", "gum": "GUM", "i2b2_2014": "I2B2", "ontonotes5": "OntoNotes",
                  "conll2003": "CoNLL'03"}
-METHOD_TITLES = {"cllmfs": "CLLMFS (LoRA+CL+Noise)", "lora": "LoRA only", "lora_cl": "LoRA+CL (no noise)",
-                 "cllmfs_format2": "CLLMFS, prompt format 2", "zero_shot": "zero-shot prompting",
-                 "protobert": "ProtoBERT", "nnshot": "NNShot"}
 ERROR_KINDS = ["correct", "boundary", "type", "boundary_type", "spurious", "missed"]
-PROTOTYPE_METHODS = ("protobert", "nnshot")  # token classifiers over a frozen encoder: no INTER transfer
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -97,7 +95,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
     lines = [header, "|" + "---|" * (len(columns) + 2)]
     full_n = max(len(s["seeds"]) for s in rows)
     for setting in ("intra", "inter"):
-        methods = sorted({s["method"] for s in rows if s["setting"] == setting}, key=list(METHOD_TITLES).index)
+        methods = sorted({s["method"] for s in rows if s["setting"] == setting}, key=method_order)
         if not methods:
             continue
         for method in methods:
@@ -105,7 +103,7 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
             for column in columns:
                 match = _find(rows, setting, column, method)
                 cells.append(_cell(match["span_f1"] if match else None, full_n))
-            lines.append(f"| {setting.upper()} | {METHOD_TITLES[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {setting.upper()} | {method_title(method)} | " + " | ".join(cells) + " |")
         paper = PAPER_TABLE1[setting]
         cells = [f"*{paper[c]:.4f}*" if c in paper else "-" for c in columns]
         lines.append(f"| {setting.upper()} | *paper: CLLMFS, LLaMA-2-7B* | " + " | ".join(cells) + " |")
@@ -114,9 +112,12 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
                f"query: {query_note}" + (f", recipe overrides: {settings_note}" if settings_note else "") +
                ". Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
                "LLaMA-2-7B, five runs), not ours.")
-    if any(s["setting"] == "inter" and s["method"] in PROTOTYPE_METHODS for s in rows):
-        caption += (" ProtoBERT and NNShot cannot label types they have no examples of, so in INTER they use the "
-                    "target's K-shot support set; their frozen encoder makes those rows equal to INTRA's.")
+    target_support = sorted({s["method"] for s in rows if s["setting"] == "inter" and s["method"] in METHODS
+                             and get_method(s["method"]).uses_target_support}, key=method_order)
+    if target_support:
+        names = " and ".join(method_title(m) for m in target_support)
+        caption += (f" {names} cannot label types they have no examples of, so in INTER they use the target's K-shot "
+                    "support set.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -133,7 +134,8 @@ def details_markdown(summaries: Sequence[dict[str, Any]]) -> str:
             f"{_cell(s['string_f1'])} | {fit} | " + " | ".join(str(s["errors"][kind]) for kind in ERROR_KINDS) + " |")
     note = ("Error counts are summed over seeds. `boundary`: a prediction overlapping a gold span of its type without "
             "matching it; `type`: exact boundaries, wrong type; `boundary_type`: both wrong; `spurious`: overlaps no "
-            "gold span; `missed`: gold spans no prediction overlaps (see `cllmfs_trainer.metrics.error_breakdown`).")
+            "gold span; `missed`: gold spans no prediction overlaps (see "
+            "`cllmfs_trainer.evaluation.metrics.error_breakdown`).")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -167,7 +169,7 @@ def paired_markdown(records: Sequence[dict[str, Any]], reference: str = "cllmfs"
     intra_first = sorted(units.items(), key=lambda item: (item[0][0] != "intra", *item[0][1:]))
     for (setting, dataset, k), by_method in intra_first:
         ours = by_method.get(reference, {})
-        for method in sorted(set(by_method) - {reference}, key=list(METHOD_TITLES).index):
+        for method in sorted(set(by_method) - {reference}, key=method_order):
             seeds = sorted(set(ours) & set(by_method[method]))
             if not seeds:
                 continue
@@ -175,12 +177,12 @@ def paired_markdown(records: Sequence[dict[str, Any]], reference: str = "cllmfs"
             gap = f"{statistics.fmean(gaps):+.4f}" + (f" ± {statistics.stdev(gaps):.4f}" if len(gaps) > 1 else "")
             ahead = sum(g > 0 for g in gaps)
             lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {k} | "
-                         f"{METHOD_TITLES[method]} | {len(seeds)} | {gap} | {ahead}/{len(seeds)} | "
+                         f"{method_title(method)} | {len(seeds)} | {gap} | {ahead}/{len(seeds)} | "
                          f"{_boundary_rate([ours[s] for s in seeds])} | "
                          f"{_boundary_rate([by_method[method][s] for s in seeds])} |")
     if not lines:
         return ""
-    title = METHOD_TITLES[reference].split(" (")[0]  # "CLLMFS", not its long label
+    title = method_title(reference).split(" (")[0]  # "CLLMFS", not its long label
     header = (f"| setting | dataset | K | {title} vs | seeds | F1 difference | {title} ahead | boundary errors, "
               f"{title} | boundary errors, other |")
     note = (f"F1 difference: {title}'s span F1 minus the other method's on the same support set, mean ± std over "
@@ -198,7 +200,7 @@ def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
 
     rows = [s for s in summaries if s["k"] == k]
     groups = sorted({(s["setting"], s["dataset"]) for s in rows})
-    methods = sorted({s["method"] for s in rows}, key=list(METHOD_TITLES).index)
+    methods = sorted({s["method"] for s in rows}, key=method_order)
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 4.0))
     for m, method in enumerate(methods):
@@ -208,7 +210,7 @@ def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
             means.append(match["span_f1"]["mean"] if match else 0.0)
             stds.append(match["span_f1"]["std"] if match else 0.0)
         positions = [g + (m - (len(methods) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(positions, means, width, yerr=stds, capsize=2, label=METHOD_TITLES[method])
+        ax.bar(positions, means, width, yerr=stds, capsize=2, label=method_title(method))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{setting.upper()}\n{COLUMN_TITLES.get(d, d)}" for setting, d in groups])
     ax.set_ylabel("span micro-F1")
@@ -223,7 +225,7 @@ def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     """Span micro-F1 against K: one row per (setting, dataset, method), one column per K (the K-shot curve)."""
     ks = sorted({s["k"] for s in summaries})
     curves = sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries},
-                    key=lambda c: (c[0], c[1], list(METHOD_TITLES).index(c[2])))
+                    key=lambda c: (c[0], c[1], method_order(c[2])))
     lines = ["| setting | dataset | method | " + " | ".join(f"K={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 3)]
     full_n = max(len(s["seeds"]) for s in summaries)
     for setting, dataset, method in curves:
@@ -231,7 +233,7 @@ def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
         for k in ks:
             match = _find([s for s in summaries if s["k"] == k], setting, dataset, method)
             cells.append(_cell(match["span_f1"] if match else None, full_n))
-        lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {METHOD_TITLES[method]} | "
+        lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {method_title(method)} | "
                      + " | ".join(cells) + " |")
     return ("Span micro-F1 by shots per type (K), mean ± std over seeds; a cell with fewer seeds than the others says "
             "how many.\n\n" + "\n".join(lines) + "\n")
@@ -250,7 +252,7 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
                         if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method))
         ks, means, stds = zip(*points)
         ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
-                    label=f"{setting.upper()} {COLUMN_TITLES.get(dataset, dataset)}: {METHOD_TITLES[method]}")
+                    label=f"{setting.upper()} {COLUMN_TITLES.get(dataset, dataset)}: {method_title(method)}")
     ax.set_xticks(sorted({s["k"] for s in summaries}))
     ax.set_xlabel("K (shots per type)")
     ax.set_ylabel("span micro-F1")

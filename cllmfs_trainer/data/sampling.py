@@ -162,6 +162,7 @@ def make_task(
     query_size: int | None = None,
     max_2k: bool = False,
     support_set: str | Path | None = None,
+    query_seed: int = 0,
 ) -> FewShotTask:
     """Build an INTRA or INTER episode.
 
@@ -173,24 +174,24 @@ def make_task(
         setting: `intra` or `inter`.
         dataset: Registry key or `DatasetInfo` of the (target) dataset.
         k: Shots per type.
-        seed: Sampling seed (support set and query subsample).
+        seed: Seed of the support-set sample.
         n_types: Restrict the support set to these type labels (N-way); all types by default.
         data_dir: Data folder for datasets that are not shipped (see `DatasetInfo.split_path`).
         query_split: Split to predict.
-        query_size: Predict a random subset of this many query sentences (the size is recorded in `notes`).
+        query_size: Predict a random subset of this many query sentences (the size is recorded in `notes`), drawn by
+            `cllmfs_trainer.evaluation.query_subset`, the same function the benchmark uses.
         max_2k: Few-NERD's at-most-2K sampling rule.
         support_set: Use this BIO file (ours or a published one) instead of sampling; its types become the N.
+        query_seed: Seed of the query subset; it does not depend on `seed`, so every support seed meets one query.
     """
+    from cllmfs_trainer.evaluation.query import query_subset
     setting = setting.lower()
     if setting not in ("intra", "inter"):
         raise ValueError(f"setting must be 'intra' or 'inter', got {setting!r}")
     target = get_dataset(dataset) if isinstance(dataset, str) else dataset
     source = target if setting == "intra" else get_dataset(INTER_SOURCE)
     full_query = target.load(query_split, data_dir).sentences
-    query = full_query
-    if query_size is not None and query_size < len(full_query):
-        keep = sorted(random.Random(seed).sample(range(len(full_query)), query_size))
-        query = [full_query[i] for i in keep]
+    query = query_subset(full_query, query_size, query_seed)
     types = list(n_types) if n_types else [t.label for t in source.types]
     if support_set is not None:
         support = SupportSet.load(support_set, k=k, types=n_types)

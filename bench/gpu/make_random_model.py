@@ -1,7 +1,7 @@
 """Write a randomly initialised causal LM of a named shape as a model folder that `recipes/train.py` can load.
 
-    python bench/make_random_model.py --shape llama2-7b --out /tmp/llama2-7b-random      # on a GPU machine
-    python bench/make_random_model.py --shape tiny --out /tmp/tiny-random                # CPU plumbing checks
+    python bench/gpu/make_random_model.py --shape llama2-7b --out /tmp/llama2-7b-random      # on a GPU machine
+    python bench/gpu/make_random_model.py --shape tiny --out /tmp/tiny-random                # CPU plumbing checks
 
 Speed and memory do not depend on the weight values, so a random LLaMA-2-7B shape measures what the real model
 would cost, without the gated download. The tokenizer is copied from `--tokenizer` (default: the embedded
@@ -20,7 +20,7 @@ SHAPES = {
     # LLaMA-2-7B (meta-llama/Llama-2-7b-hf config.json), apart from the vocabulary.
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    # Small enough to write and train on a CPU in seconds: checks the plumbing of bench/gpu_check.sh.
+    # Small enough to write and train on a CPU in seconds: checks the plumbing of bench/gpu/gpu_check.sh.
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024),
 }
@@ -37,7 +37,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cllmfs_trainer.modeling import load_tokenizer
+    from cllmfs_trainer.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
     config = LlamaConfig(

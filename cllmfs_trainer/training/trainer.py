@@ -6,7 +6,8 @@ The only override that matters is `compute_loss`:
    metrics, its memory-saving fused loss path). During that forward a hook on decoder block L keeps the block's output.
 2. The noised view of the same tokens comes from a second forward with noised input embeddings that is stopped right
    after block L (`cl_noise_site="embeddings"`), or from noise added to the kept states (`"hidden"`), or is absent.
-3. The supervised contrastive loss of `cllmfs_trainer.losses` runs on the input-sentence tokens (`cl_labels >= 0`).
+3. The supervised contrastive loss of `cllmfs_trainer.training.losses` runs on the input-sentence tokens
+   (`cl_labels >= 0`).
 
 With `cl_weight=0` or batches without `cl_labels`, step 1 is all that happens: the trainer is `SFTTrainer`.
 """
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 from trl import SFTTrainer
 
-from cllmfs_trainer.config import ContrastiveSFTConfig
-from cllmfs_trainer.data.collator import ContrastiveDataCollator
-from cllmfs_trainer.losses import add_noise, select_tokens, supervised_contrastive_loss
+from cllmfs_trainer.training.collator import ContrastiveDataCollator
+from cllmfs_trainer.training.config import ContrastiveSFTConfig
+from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
 
 
 class _StopForward(Exception):
@@ -80,7 +81,7 @@ class LayerCapture:
 
 
 class ContrastiveSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose loss is `CE + cl_weight * CL` (see `ContrastiveSFTConfig` and `cllmfs_trainer.losses`).
+    """`SFTTrainer` whose loss is `CE + cl_weight * CL` (see `ContrastiveSFTConfig` and `training.losses`).
 
     Args:
         model: As for `SFTTrainer` (a model id, a `PreTrainedModel` or a `PeftModel`).

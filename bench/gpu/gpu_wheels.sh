@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Fill .whl/ (git-ignored) with what bench/gpu_check.sh needs on a GPU machine that cannot reach a package index:
+# Fill .whl/ (git-ignored) with what bench/gpu/gpu_check.sh needs on a GPU machine that cannot reach a package index:
 # the wheels its image lacks (trl, datasets, deepspeed, bitsandbytes and their own missing needs, peft pinned to
 # ours) and the embedded model's tokenizer. Run here, where pip works:
-#   bash bench/gpu_wheels.sh
-# Versions are this project's (.venv); wheels are for the GPU image's Python 3.12 on x86-64. About 50 MB: the
-# device tool carries at most 64 MiB with the working tree, so transformers is NOT carried (the image has 5.17).
+#   bash bench/gpu/gpu_wheels.sh
+# Versions are this project's (.venv); wheels are for the GPU image's Python 3.12 on x86-64. About 50 MB, to stay
+# small enough to copy along with the working tree, so transformers is NOT included (the image has 5.17).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 mkdir -p .whl
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
@@ -21,7 +21,7 @@ done
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl "deepspeed==$(version deepspeed)"
 # The tokenizer of the embedded model (the GPU machine has no GGUF package to materialise it from).
 "$PY" - <<'EOF'
-from cllmfs_trainer.modeling import load_tokenizer
+from cllmfs_trainer.models import load_tokenizer
 
 load_tokenizer("default").save_pretrained(".whl/tokenizer")
 EOF

@@ -1,9 +1,9 @@
 """Does the contrastive term move? Eval CE and CL on a fixed set before and after a short run, per cl_weight.
 
-    python bench/cl_effect.py --weights 0.001 1.0 --steps 12
+    python experiments/cl_effect.py --weights 0.001 1.0 --steps 12
 
 Trains the default model (SmolLM2-135M) on the 5-shot WNUT'17 support set (seed 0), evaluating on the support
-samples that contain entities, with the same noise draw before and after. Writes bench/results/cl_effect.json.
+samples that contain entities, with the same noise draw before and after. Writes experiments/results/cl_effect.json.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from peft import LoraConfig
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, sample_support_set
-from cllmfs_trainer.modeling import load_model, load_tokenizer
+from cllmfs_trainer.models import load_model, load_tokenizer
 
 KEYS = ["eval_ce_loss", "eval_cl_loss", "eval_cl_pos_sim", "eval_cl_neg_sim"]
 
@@ -70,7 +70,8 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "cl_effect.json"
     flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                      for k, v in vars(args).items())
-    out.write_text(json.dumps({"command": f"python bench/cl_effect.py {flags}", "results": results}, indent=2) + "\n")
+    record = {"command": f"python experiments/cl_effect.py {flags}", "results": results}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
 
 

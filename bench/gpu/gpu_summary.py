@@ -1,9 +1,9 @@
-"""Collect bench/gpu_check.sh's training parts into one JSON file and print them as a table.
+"""Collect bench/gpu/gpu_check.sh's training parts into one JSON file and print them as a table.
 
-    python bench/gpu_summary.py WORK RESULTS SHAPE STEPS OUT_JSON
+    python bench/gpu/gpu_summary.py WORK RESULTS SHAPE STEPS OUT_JSON
 
 WORK holds `<part>.status.json` (exit code, wall time) and each part's run folder; a run folder's
-`train_results.json` gives train time, steps/s, samples/s and peak GPU memory, and its `cllmfs_run.json` the
+`train_results.json` gives train time, steps/s, samples/s and peak GPU memory, and its run record the
 distributed type that really ran (DEEPSPEED, FSDP, or a silent fallback to NO).
 """
 
@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from cllmfs_trainer.run_folder import RunFolder
+
 
 def main() -> None:
     work, results, shape, steps, out = sys.argv[1:6]
@@ -21,9 +23,8 @@ def main() -> None:
     for status in sorted(work.glob("*.status.json")):
         row = json.loads(status.read_text())
         metrics = work / row["part"] / "train_results.json"
-        run = work / row["part"] / "cllmfs_run.json"
-        if run.is_file():
-            row["distributed_type"] = json.loads(run.read_text()).get("distributed_type")
+        if RunFolder.exists(work / row["part"]):
+            row["distributed_type"] = RunFolder.load(work / row["part"], check_weights=False).distributed_type
         if metrics.is_file():
             m = json.loads(metrics.read_text())
             row.update(train_s=m.get("train_runtime"), steps_per_s=m.get("train_steps_per_second"),

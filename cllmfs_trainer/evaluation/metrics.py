@@ -17,7 +17,7 @@ in both its default mode and `mode="strict", scheme=IOB2` (tested on real data t
 that continue no entity, decode with `tags_to_spans` (which reads such a tag as a start, like seqeval's default mode)
 and the scores still equal seqeval's default mode; strict mode drops those entities instead, so it can differ.
 
-`evaluate_metrics/span_f1/span_f1.py` wraps `span_scores` as a local Hugging Face `evaluate` metric; this module does
+`evaluation/span_f1/span_f1.py` wraps `span_scores` as a local Hugging Face `evaluate` metric; this module does
 not import `evaluate`.
 """
 

@@ -1,12 +1,12 @@
 """Does the model decide "entities follow" correctly? Teacher-forced accuracy of the one token after the answer prefix.
 
-    python bench/decision_probe.py --steps 24 --lr 5e-4 [--mask-prefix]
+    python experiments/decision_probe.py --steps 24 --lr 5e-4 [--mask-prefix]
 
 After "... the extracted entities are" the model writes ` <<` (an entity group follows) or ` <` (of `<im_end>`, no
 entity). Everything else in a completion is template or copying, so the averaged CE can be tiny while this decision
 is wrong. Trains the default model on the 5-shot WNUT'17 support set (seed 0) and reports, separately for samples
 with and without entities, how often the argmax at that position is the gold token. `--mask-prefix` leaves the
-fixed answer prefix out of the loss. Writes bench/results/decision_probe.json (appending runs).
+fixed answer prefix out of the loss. Writes experiments/results/decision_probe.json (appending runs).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_samples, get_dataset, sample_support_set, tokenize_samples
 from cllmfs_trainer.data.sft import ANSWER_PREFIX, IGNORE_INDEX, OPEN
-from cllmfs_trainer.modeling import load_model, load_tokenizer
+from cllmfs_trainer.models import load_model, load_tokenizer
 
 
 def decision_positions(rows: list[dict], prefix_len: int) -> list[int]:

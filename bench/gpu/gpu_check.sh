@@ -4,25 +4,25 @@
 # as single-GPU LoRA, QLoRA (4-bit), DeepSpeed ZeRO-2 and ZeRO-3 (one process each), then prompts/s of entity
 # extraction (bench/inference.py). Records steps/s, samples/s and peak GPU memory per variant.
 #
-#   bash bench/gpu_wheels.sh                       # here, once: wheels + tokenizer into .whl/
-#   device run: bash bench/gpu_check.sh            # carry [".whl"]; results land in $OUT (or bench/results/gpu_check)
+#   bash bench/gpu/gpu_wheels.sh     # where pip works, once: wheels + tokenizer into .whl/
+#   bash bench/gpu/gpu_check.sh      # on the GPU machine, with .whl/ beside it; results in $OUT (or bench/results/gpu_check)
 #
 # Knobs (environment): SHAPE (llama2-7b | tiny), STEPS (default 8), PARTS (default "lora infer qlora zero2 zero3",
 # most wanted first), LIMIT (seconds per training part, default 110), INFER_LIMIT (default 240), DEADLINE (seconds
-# after which no part starts and running ones are cut, default 560: a device call ends at 600), DEVICE (default
+# after which no part starts and running ones are cut, default 560, for a 10-minute slot), DEVICE (default
 # cuda), WHEELS (1: install .whl/ if present), INFER_SENTENCES (default 200; x 6 WNUT'17 types = prompts for our
 # path, enough to fill batches of 256), NAIVE_SENTENCES (default 40: the naive path, the slow one, is timed on these).
 # Opt-in parts, not in the default list: `fsdp` (ds_configs/fsdp.yaml, one process) and `overhead`
 # (bench/train_overhead.py: CLLMFS step time vs SFTTrainer on the 7B shape, each variant in its own process).
 # A CPU plumbing check:
 #   SHAPE=tiny PARTS="lora zero2 zero3 infer" DEVICE=cpu WHEELS=0 INFER_SENTENCES=5 NAIVE_SENTENCES=3 \
-#       bash bench/gpu_check.sh
+#       bash bench/gpu/gpu_check.sh
 # Each part runs under `timeout`, so one failure costs at most its limit and the others still run. After every part
-# the summary (gpu_check.json) and all logs (gpu_check_logs.tgz) are rewritten into the output folder, so a call cut
-# off at its limit still returns what had finished (the device tool returns at most 8 files, hence the archive).
+# the summary (gpu_check.json) and all logs (gpu_check_logs.tgz) are rewritten into the output folder, so a run cut
+# off at its limit still leaves what had finished, in three files.
 # Budget: about 1 min to write the random model, about 1 min per training part, 3 min for inference.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUTPUT=${OUT:-bench/results/gpu_check}
 RESULTS=${RESULTS:-/tmp/gpu_check_results}  # every log; packed into $OUTPUT after each part
 mkdir -p "$OUTPUT" "$RESULTS"
@@ -51,11 +51,11 @@ TOKENIZER=default
 [ -d .whl/tokenizer ] && TOKENIZER=.whl/tokenizer
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1
 # What the image really has: a version mismatch is the likeliest reason for a part to fail there.
-python3 bench/versions.py > "$RESULTS/versions.txt" 2>&1
+python3 bench/gpu/versions.py > "$RESULTS/versions.txt" 2>&1
 cat "$RESULTS/gpu.txt" "$RESULTS/versions.txt"
 
 MODEL=$WORK/$SHAPE-random
-[ -f "$MODEL/random_model.json" ] || python3 bench/make_random_model.py --shape "$SHAPE" --out "$MODEL" \
+[ -f "$MODEL/random_model.json" ] || python3 bench/gpu/make_random_model.py --shape "$SHAPE" --out "$MODEL" \
     --tokenizer "$TOKENIZER" > "$RESULTS/make_model.log" 2>&1 || { tail -20 "$RESULTS/make_model.log"; exit 1; }
 echo "random model ready at ${SECONDS}s"
 
@@ -77,7 +77,7 @@ run_part() {  # name, limit in seconds, then the launcher and its arguments
 }
 
 summarise() {  # one table: steps/s, samples/s and peak memory per training part; then pack the logs
-    python3 bench/gpu_summary.py "$WORK" "$RESULTS" "$SHAPE" "$STEPS" "$OUTPUT/gpu_check.json"
+    python3 bench/gpu/gpu_summary.py "$WORK" "$RESULTS" "$SHAPE" "$STEPS" "$OUTPUT/gpu_check.json"
     [ -f "$RESULTS/inference.json" ] && cp "$RESULTS/inference.json" "$OUTPUT/inference.json"
     tar czf "$OUTPUT/gpu_check_logs.tgz" -C "$RESULTS" .
 }

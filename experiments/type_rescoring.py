@@ -1,6 +1,6 @@
 """Are type errors fixable by letting the model compare types? Re-type a benchmark unit's predicted spans.
 
-    CLLMFS_DATA_DIR=../shared/data python bench/type_rescoring.py \
+    CLLMFS_DATA_DIR=../shared/data python experiments/type_rescoring.py \
         --run runs/benchmark-smollm2/runs/conll2003/k5/seed0/cllmfs \
         --predictions runs/benchmark-smollm2/units/intra-conll2003/k5/seed0/cllmfs.predictions.jsonl \
         --dataset conll2003
@@ -9,7 +9,7 @@ Extraction asks one type at a time, so one span can come back under several type
 CoNLL'03 have exact boundaries but the wrong type. This probe keeps the predicted boundaries and gives each distinct
 span the single type whose prompt makes the answer `<<< span >>>` most likely (teacher-forced log-probability of the
 completion, scored exactly as training tokenises it). It prints span F1 before and after, and the oracle that keeps,
-per span, the gold type when any prediction had it. Appends to bench/results/type_rescoring.json.
+per span, the gold type when any prediction had it. Appends to experiments/results/type_rescoring.json.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from cllmfs_trainer.benchmark.scoring import query_subset
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.io import Span
 from cllmfs_trainer.data.sft import IGNORE_INDEX, SFTSample, build_completion, build_prompt, tokenize_sample
+from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores
+from cllmfs_trainer.evaluation.query import query_subset
 from cllmfs_trainer.inference.generate import EntityExtractor
-from cllmfs_trainer.metrics import error_breakdown, span_scores
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="registry key of the query's dataset")
     parser.add_argument("--query-size", type=int, default=100)
     parser.add_argument("--query-seed", type=int, default=0)
-    parser.add_argument("--out", default="bench/results/type_rescoring.json")
+    parser.add_argument("--out", default="experiments/results/type_rescoring.json")
     args = parser.parse_args()
 
     dataset = get_dataset(args.dataset)

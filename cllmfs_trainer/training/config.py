@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from cllmfs_trainer.training.losses import NOISE_DISTRIBUTIONS
+
 NOISE_SITES = ("embeddings", "hidden", "none")
-NOISE_DISTRIBUTIONS = ("uniform", "gaussian")
 
 
 def _cuda_available() -> bool:
@@ -34,7 +35,8 @@ class ContrastiveSFTConfig(SFTConfig):
     """Configuration for `ContrastiveSFTTrainer`: every `SFTConfig` field, plus the contrastive term.
 
     The loss is `CE + cl_weight * CL`, where CL is a supervised contrastive loss over the layer-`cl_layer` hidden
-    states of the input-sentence tokens (see `cllmfs_trainer.losses`). Ablations of the paper's Table 2 map onto it:
+    states of the input-sentence tokens (see `cllmfs_trainer.training.losses`). Ablations of the paper's Table 2 map
+    onto it:
     `cl_weight=0` is LoRA only, `cl_noise_site="none"` is LoRA+CL, and the defaults are LoRA+CL+Noise.
 
     Defaults that differ from `SFTConfig`:

@@ -1,4 +1,4 @@
-"""Print the versions of the packages bench/gpu_check.sh relies on, and whether each imports.
+"""Print the versions of the packages bench/gpu/gpu_check.sh relies on, and whether each imports.
 
 A GPU image runs its own torch and transformers, not this project's pins: a version mismatch is the likeliest reason
 for a part of the check to fail there, so the check records them first.

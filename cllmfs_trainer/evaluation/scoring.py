@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.io import Sentence, Span
-from cllmfs_trainer.metrics import error_breakdown, span_scores, string_scores
+from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores, string_scores
+from cllmfs_trainer.evaluation.query import query_subset
 
 
 def score_unit(query: Sequence[Sentence], predicted: Sequence[Sequence[Span]]) -> dict[str, Any]:
@@ -30,14 +30,6 @@ def score_unit(query: Sequence[Sentence], predicted: Sequence[Sequence[Span]]) -
     }
 
 
-def query_subset(sentences: Sequence[Sentence], size: int | None, seed: int = 0) -> list[Sentence]:
-    """A fixed random subset of `size` sentences in their original order (all of them when `size` is None)."""
-    if size is None or size >= len(sentences):
-        return list(sentences)
-    keep = sorted(random.Random(seed).sample(range(len(sentences)), size))
-    return [sentences[i] for i in keep]
-
-
 def evaluate_run(
     run_dir: str | Path,
     datasets: Sequence[str],
@@ -51,7 +43,7 @@ def evaluate_run(
     Each dataset is asked with its own types (for an INTER run: the target's types, not the source's).
 
     Args:
-        run_dir: A training run folder (`recipes/train.py` output).
+        run_dir: A training run folder (`cllmfs_trainer.run_folder`).
         datasets: Registry keys of the datasets whose test splits to predict.
         query_size: Predict a fixed random subset of this many sentences per dataset; `None` for all.
         query_seed: Seed of that subset.
@@ -72,6 +64,8 @@ def evaluate_run(
         predicted = [p.spans for p in extractor.predict(query, progress=True)]
         results[name] = {"query_size": len(query), **score_unit(query, predicted),
                          "parse_stats": extractor.stats.as_dict()}
-    path = Path(run_dir) / "metrics.json"
+    from cllmfs_trainer.run_folder import RunFolder
+
+    path = RunFolder.load(run_dir).metrics_file
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results

@@ -1,0 +1,192 @@
+"""The run folder: what a training writes and what prediction, scoring and the benchmark read.
+
+This module is the only place that knows the folder's file names. A run folder holds:
+
+    cllmfs_run.json     `RunFolder` below: base model, weights kind, prompt format, types, training facts
+    support.txt (+ .json)   the support set it was trained on (BIO, with its sampling sidecar)
+    adapter_config.json, adapter_model.safetensors   the LoRA adapter (weights="adapter")
+    config.json, model.safetensors (or shards)       the whole model (weights="full", e.g. `use_peft: false`)
+    tokenizer files, train_results.json, metrics.json (after `--evaluate_on`)
+
+`RunFolder.load` refuses a folder whose record is missing, corrupt or incomplete, or whose weights are not there,
+naming the file and field, so prediction never silently falls back to an untrained base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cllmfs_trainer.data.registry import EntityType
+
+RUN_FILE = "cllmfs_run.json"
+SUPPORT_FILE = "support.txt"
+METRICS_FILE = "metrics.json"
+# Bump when a field's meaning changes; `load` reads every older version it knows how to upgrade.
+FORMAT_VERSION = 1
+# The files each kind of weights needs (any one of a tuple's alternatives).
+WEIGHT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "adapter": (("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")),
+    "full": (("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")),
+}
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used, with the file and field at fault in the message."""
+
+
+@dataclass
+class RunFolder:
+    """The record of a trained run (`cllmfs_run.json`) and the folder it lives in.
+
+    Args:
+        path (`Path`): The run folder.
+        base_model (`str`): Model reference the weights apply to (`default`, a folder, a `.gguf` or a hub id).
+        weights (`str`): `adapter` (a LoRA adapter over `base_model`) or `full` (the whole model is in the folder).
+        prompt_format (`int`): The SFT prompt format (1: instruction first, 2: sentence first).
+        setting (`str`): `intra` or `inter`.
+        dataset (`str`): Registry key of the dataset the support set came from.
+        k (`int`): Shots per type of the support set.
+        train_types (`list[EntityType]`): Types the model was trained on.
+        test_types (`list[EntityType]`): Types prediction asks for by default (an INTER run: the target's).
+        cl_layer (`int` or `None`): Layer of the contrastive term, resolved for the model's depth.
+        world_size (`int`): Processes that trained it.
+        distributed_type (`str`): accelerate's distributed type that really ran (`NO`, `MULTI_CPU`, `DEEPSPEED`, ...).
+        extra (`dict`): Facts added after training (`train_seconds`, `resumed_from_step`, `support_fit`, ...).
+        format_version (`int`): Version of this record's format.
+    """
+
+    path: Path
+    base_model: str
+    weights: str
+    prompt_format: int
+    setting: str
+    dataset: str
+    k: int
+    train_types: list[EntityType]
+    test_types: list[EntityType]
+    cl_layer: int | None = None
+    world_size: int = 1
+    distributed_type: str = "NO"
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.weights not in WEIGHT_FILES:
+            raise RunFolderError(
+                f"{self.run_file}: weights must be one of {sorted(WEIGHT_FILES)}, got {self.weights!r}"
+            )
+
+    # --- file names -------------------------------------------------------------------------------------------------
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def support_file(self) -> Path:
+        return self.path / SUPPORT_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether `path` holds a run record (complete or not: `load` checks the rest)."""
+        return (Path(path) / RUN_FILE).is_file()
+
+    # --- reading and writing ----------------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write `cllmfs_run.json` atomically (a temporary file, then a rename); returns its path."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("path", "extra")}
+        record["train_types"] = [asdict(t) for t in self.train_types]
+        record["test_types"] = [asdict(t) for t in self.test_types]
+        record.update(self.extra)
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_file.with_name(RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_file)
+        return self.run_file
+
+    def update(self, **extra: Any) -> None:
+        """Add facts to `extra` and save."""
+        self.extra.update(extra)
+        self.save()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, check_weights: bool = True) -> RunFolder:
+        """Read and validate a run folder.
+
+        Args:
+            path (`str` or `os.PathLike`): The run folder.
+            check_weights (`bool`, *optional*, defaults to `True`): Also check that the weights files are there.
+
+        Raises:
+            `RunFolderError` naming the folder, file or field: not a run folder, unreadable or corrupt JSON, a missing
+            or mistyped field, or missing weights.
+        """
+        folder = Path(path)
+        run_file = folder / RUN_FILE
+        if not folder.is_dir():
+            raise RunFolderError(f"{folder}: no such run folder")
+        if not run_file.is_file():
+            raise RunFolderError(f"{folder} is not a cllmfs run folder: {RUN_FILE} is missing")
+        try:
+            record = json.loads(run_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise RunFolderError(f"{run_file}: not UTF-8 text") from None
+        except json.JSONDecodeError as err:
+            raise RunFolderError(f"{run_file}: corrupt JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(record, dict):
+            raise RunFolderError(f"{run_file}: expected a JSON object, got {type(record).__name__}")
+        record.setdefault("format_version", 0)
+        if record["format_version"] > FORMAT_VERSION:
+            raise RunFolderError(f"{run_file}: format_version {record['format_version']} is newer than this "
+                                 f"cllmfs-trainer reads ({FORMAT_VERSION}); upgrade cllmfs-trainer")
+        if "weights" not in record:  # records before format 1 did not say; the files do
+            record["weights"] = "adapter" if (folder / "adapter_config.json").is_file() else "full"
+        record.setdefault("prompt_format", 1)  # runs before prompt format 2 had no choice
+        record["format_version"] = FORMAT_VERSION
+        known = {f.name for f in fields(cls)} - {"path", "extra"}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - {"path"}
+        missing = sorted(required - set(record))
+        if missing:
+            raise RunFolderError(f"{run_file}: missing field(s) {missing}")
+        for name in ("train_types", "test_types"):
+            record[name] = _types(record[name], run_file, name)
+        for name, kind in (("prompt_format", int), ("k", int), ("base_model", str), ("dataset", str)):
+            if not isinstance(record[name], kind) or isinstance(record[name], bool):
+                raise RunFolderError(f"{run_file}: field {name!r} must be {kind.__name__}, got {record[name]!r}")
+        run = cls(path=folder, **{k: v for k, v in record.items() if k in known},
+                  extra={k: v for k, v in record.items() if k not in known})
+        if check_weights:
+            run.check_weights()
+        return run
+
+    def check_weights(self) -> None:
+        """Raise `RunFolderError` naming the first weights file that is missing."""
+        for alternatives in WEIGHT_FILES[self.weights]:
+            if not any((self.path / name).is_file() for name in alternatives):
+                raise RunFolderError(f"{self.path}: weights={self.weights!r} but {' / '.join(alternatives)} is "
+                                     "missing; the run folder is incomplete (was the training interrupted?)")
+
+
+
+def _types(value: Any, run_file: Path, name: str) -> list[EntityType]:
+    if not isinstance(value, list) or not value:
+        raise RunFolderError(f"{run_file}: field {name!r} must be a non-empty list of types")
+    types = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str):
+            raise RunFolderError(f"{run_file}: {name}[{i}] must be an object with a string 'label'")
+        try:
+            types.append(EntityType(**item))
+        except TypeError as err:
+            raise RunFolderError(f"{run_file}: {name}[{i}]: {err}") from None
+    return types
