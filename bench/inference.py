@@ -53,12 +53,17 @@ EXTRACTOR_VARIANTS = {
     "full": dict(constrained=True, reuse_prefix=True, prefill_answer=True, compact_decoding=True),
     "full_unconstrained": dict(constrained=False, reuse_prefix=True, prefill_answer=True),
 }
-AGREEMENT = [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
-             ("full", "sorted_b32"), ("full", "naive"), ("full_bf16", "full")]
+AGREEMENT = [
+    ("full_unconstrained", "naive"),
+    ("prefix", "sorted_b32"),
+    ("prefill", "sorted_b32"),
+    ("full", "sorted_b32"),
+    ("full", "naive"),
+    ("full_bf16", "full"),
+]
 
 
-def load_models(run: str | None, seed: int, model_ref: str = "default", device: str = "cpu",
-                dtype: str = "float32"):
+def load_models(run: str | None, seed: int, model_ref: str = "default", device: str = "cpu", dtype: str = "float32"):
     """The unmerged PEFT model (naive path) and a merged copy of the same weights (our path), and the tokenizer."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -74,8 +79,7 @@ def load_models(run: str | None, seed: int, model_ref: str = "default", device: 
         return peft, merged.to(device).eval(), tokenizer, meta.test_types
     tokenizer = load_tokenizer(model_ref, padding_side="left")
     # init_lora_weights=False: random A and B, so the adapter changes the outputs and merging has work to do.
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS, init_lora_weights=False, task_type="CAUSAL_LM")
     torch.manual_seed(seed)
     peft = get_peft_model(load_model(model_ref, dtype=dtype), config).to(device).eval()
     merged = get_peft_model(load_model(model_ref, dtype=dtype), config).to(device)
@@ -93,8 +97,14 @@ def naive_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             inputs = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=[IM_END],
-                                 tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_strings=[IM_END],
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return texts
 
@@ -109,8 +119,12 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--naive-batch", type=int, default=8)
-    parser.add_argument("--naive-sentences", type=int, default=None,
-                        help="time the naive path on the first N sentences only (default: all of --sentences)")
+    parser.add_argument(
+        "--naive-sentences",
+        type=int,
+        default=None,
+        help="time the naive path on the first N sentences only (default: all of --sentences)",
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--variants", default="naive,sorted_b32,prefix,prefill,full", help="timed in every round")
@@ -134,17 +148,34 @@ def main() -> None:
     types = types or wnut.types
     sentences = wnut.load("test").sentences[: args.sentences]
     # Format 1 prompts share their type's instruction, format 2 prompts their sentence: that is the prefix group.
-    jobs = [Job(build_prompt(s.text, t, args.prompt_format), s.tokens, t.label if args.prompt_format == 1 else n)
-            for n, s in enumerate(sentences) for t in types]
-    extractors = {name: EntityExtractor(merged, tokenizer, types, batch_size=args.batch,
-                                        max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format,
-                                        **options)
-                  for name, options in EXTRACTOR_VARIANTS.items()}
+    jobs = [
+        Job(build_prompt(s.text, t, args.prompt_format), s.tokens, t.label if args.prompt_format == 1 else n)
+        for n, s in enumerate(sentences)
+        for t in types
+    ]
+    extractors = {
+        name: EntityExtractor(
+            merged,
+            tokenizer,
+            types,
+            batch_size=args.batch,
+            max_new_tokens=args.max_new_tokens,
+            prompt_format=args.prompt_format,
+            **options,
+        )
+        for name, options in EXTRACTOR_VARIANTS.items()
+    }
     models = [peft.get_base_model(), merged]  # the modules `generate` and the extractors call
     if "full_bf16" in args.variants.split(",") + args.check.split(","):
         models.append(copy.deepcopy(merged).to(torch.bfloat16))
-        extractors["full_bf16"] = EntityExtractor(models[-1], tokenizer, types, batch_size=args.batch,
-                                                  max_new_tokens=args.max_new_tokens, prompt_format=args.prompt_format)
+        extractors["full_bf16"] = EntityExtractor(
+            models[-1],
+            tokenizer,
+            types,
+            batch_size=args.batch,
+            max_new_tokens=args.max_new_tokens,
+            prompt_format=args.prompt_format,
+        )
 
     # Where the time goes, per variant (first round): forward passes over prompts vs one-token decoding steps.
     work = {"prompt_s": 0.0, "decode_s": 0.0, "decode_calls": 0, "decode_rows": 0}
@@ -157,8 +188,11 @@ def main() -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         seconds = time.perf_counter() - started.pop()
         if ids is not None and ids.shape[1] == 1:
-            work.update(decode_s=work["decode_s"] + seconds, decode_calls=work["decode_calls"] + 1,
-                        decode_rows=work["decode_rows"] + ids.shape[0])
+            work.update(
+                decode_s=work["decode_s"] + seconds,
+                decode_calls=work["decode_calls"] + 1,
+                decode_rows=work["decode_rows"] + ids.shape[0],
+            )
         else:
             work["prompt_s"] += seconds
 
@@ -174,8 +208,9 @@ def main() -> None:
 
     def run(name: str, some_jobs: list[Job]) -> list[str]:
         if name == "naive":
-            return naive_generate(peft, tokenizer, [job.prompt for job in some_jobs], args.naive_batch,
-                                  args.max_new_tokens)
+            return naive_generate(
+                peft, tokenizer, [job.prompt for job in some_jobs], args.naive_batch, args.max_new_tokens
+            )
         extractor = extractors[name]
         extractor._automata = {}  # as `predict` does: the constraint's automata are part of every call's cost
         return extractor.generate(some_jobs)
@@ -186,7 +221,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in variants + checks}
     texts: dict[str, list[str]] = {}
     for round_index in range(args.rounds):
-        for name in (variants + checks if round_index == 0 else variants if round_index % 2 == 0 else variants[::-1]):
+        for name in variants + checks if round_index == 0 else variants if round_index % 2 == 0 else variants[::-1]:
             work.update(prompt_s=0.0, decode_s=0.0, decode_calls=0, decode_rows=0)
             start = time.perf_counter()
             outputs = run(name, jobs_of(name))
@@ -205,46 +240,86 @@ def main() -> None:
         if left in texts and right in texts:
             compared = min(len(texts[left]), len(texts[right]))  # zip stops at the shorter (naive) list
             same_text = sum(answer(a) == answer(b) for a, b in zip(texts[left], texts[right]))
-            same_entities = sum(parse_output(a).entities == parse_output(b).entities
-                                for a, b in zip(texts[left], texts[right]))
-            differ = [(job.prompt.split("Input: ")[1].split("\n")[0], job.group, answer(a), answer(b))
-                      for job, a, b in zip(jobs, texts[left], texts[right]) if answer(a) != answer(b)]
-            agreement.append({"pair": [left, right], "same_text": same_text, "same_entities": same_entities,
-                              "prompts": compared, "differences": differ[:5]})
+            same_entities = sum(
+                parse_output(a).entities == parse_output(b).entities for a, b in zip(texts[left], texts[right])
+            )
+            differ = [
+                (job.prompt.split("Input: ")[1].split("\n")[0], job.group, answer(a), answer(b))
+                for job, a, b in zip(jobs, texts[left], texts[right])
+                if answer(a) != answer(b)
+            ]
+            agreement.append(
+                {
+                    "pair": [left, right],
+                    "same_text": same_text,
+                    "same_entities": same_entities,
+                    "prompts": compared,
+                    "differences": differ[:5],
+                }
+            )
     base = len(naive_jobs) / statistics.median(times["naive"]) if "naive" in times else None  # prompts/s
     summary = []
     for name in variants + checks:
         seconds = statistics.median(times[name])
         rate = len(jobs_of(name)) / seconds
-        summary.append({"variant": name, "prompts": len(jobs_of(name)), "seconds": seconds, "prompts_per_s": rate,
-                        "speedup_vs_naive": rate / base if base else None})
+        summary.append(
+            {
+                "variant": name,
+                "prompts": len(jobs_of(name)),
+                "seconds": seconds,
+                "prompts_per_s": rate,
+                "speedup_vs_naive": rate / base if base else None,
+            }
+        )
     stats = {name: [len(tokenizer(text)["input_ids"]) for text in outputs] for name, outputs in texts.items()}
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
-        platform.processor() or platform.machine())
+    device = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else (platform.processor() or platform.machine())
+    )
     naive_note = f" (naive: the first {len(naive_jobs)})" if len(naive_jobs) < len(jobs) else ""
-    print(f"\n{len(jobs)} prompts{naive_note} ({len(sentences)} sentences x {len(types)} types), {device}, "
-          f"{torch.get_num_threads()} threads, {'run ' + args.run if args.run else 'random LoRA r=16'}")
-    print(f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s} "
-          f"{'prompt pass s':>14s} {'decode s':>9s} {'decode steps':>13s} {'decoded rows':>13s}")
+    print(
+        f"\n{len(jobs)} prompts{naive_note} ({len(sentences)} sentences x {len(types)} types), {device}, "
+        f"{torch.get_num_threads()} threads, {'run ' + args.run if args.run else 'random LoRA r=16'}"
+    )
+    print(
+        f"{'variant':20s} {'s':>7s} {'prompts/s':>10s} {'vs naive':>9s} {'answer tokens':>14s} "
+        f"{'prompt pass s':>14s} {'decode s':>9s} {'decode steps':>13s} {'decoded rows':>13s}"
+    )
     for row in summary:
         ratio = f"{row['speedup_vs_naive']:8.2f}x" if row["speedup_vs_naive"] else ""
         spent = forward_work[row["variant"]]
-        print(f"{row['variant']:20s} {row['seconds']:7.1f} {row['prompts_per_s']:10.2f} {ratio:>9s} "
-              f"{statistics.mean(stats[row['variant']]):14.1f} {spent['prompt_s']:14.1f} {spent['decode_s']:9.1f} "
-              f"{spent['decode_calls']:13d} {spent['decode_rows']:13d}")
+        print(
+            f"{row['variant']:20s} {row['seconds']:7.1f} {row['prompts_per_s']:10.2f} {ratio:>9s} "
+            f"{statistics.mean(stats[row['variant']]):14.1f} {spent['prompt_s']:14.1f} {spent['decode_s']:9.1f} "
+            f"{spent['decode_calls']:13d} {spent['decode_rows']:13d}"
+        )
     for row in agreement:
-        print(f"agreement {row['pair'][0]} vs {row['pair'][1]}: same answer text {row['same_text']}/{row['prompts']}, "
-              f"same entities {row['same_entities']}/{row['prompts']}")
+        print(
+            f"agreement {row['pair'][0]} vs {row['pair'][1]}: same answer text {row['same_text']}/{row['prompts']}, "
+            f"same entities {row['same_entities']}/{row['prompts']}"
+        )
     tag = Path(args.run).name if args.run else "random_lora"
     out = Path(args.out or Path(__file__).parent / "results" / f"inference_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "command": " ".join(["python", "bench/inference.py", *sys.argv[1:]]), "settings": vars(args),
-        "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__, "prompts": len(jobs),
-        "summary": summary, "agreement": agreement, "mean_answer_tokens": {k: statistics.mean(v) for k, v in
-                                                                          stats.items()},
-        "times_s": times, "forward_work_first_round": forward_work,
-    }, indent=2, ensure_ascii=False) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python", "bench/inference.py", *sys.argv[1:]]),
+                "settings": vars(args),
+                "device": device,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "prompts": len(jobs),
+                "summary": summary,
+                "agreement": agreement,
+                "mean_answer_tokens": {k: statistics.mean(v) for k, v in stats.items()},
+                "times_s": times,
+                "forward_work_first_round": forward_work,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

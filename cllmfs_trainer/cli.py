@@ -36,8 +36,15 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _task(args: argparse.Namespace) -> FewShotTask:
     dataset = get_dataset(args.dataset, types_file=args.types_file)
-    return make_task(args.setting, dataset, args.k, args.seed, data_dir=args.data_dir, query_size=args.query_size,
-                     support_set=args.support_set)
+    return make_task(
+        args.setting,
+        dataset,
+        args.k,
+        args.seed,
+        data_dir=args.data_dir,
+        query_size=args.query_size,
+        support_set=args.support_set,
+    )
 
 
 def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
@@ -50,16 +57,26 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     samples = build_samples(task.support.sentences, task.train_types, prompt_format)
     with (out / "sft_samples.jsonl").open("w", encoding="utf-8") as handle:
         for sample in samples:
-            record = {"prompt": sample.prompt, "completion": sample.completion, "type": sample.type_label,
-                      "sentence_id": sample.sentence_id}
+            record = {
+                "prompt": sample.prompt,
+                "completion": sample.completion,
+                "type": sample.type_label,
+                "sentence_id": sample.sentence_id,
+            }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     types = [{"label": t.label, "name": t.name, "description": t.description} for t in task.train_types]
     (out / "types.json").write_text(json.dumps(types, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     summary: dict[str, Any] = {
-        "setting": task.setting, "dataset": args.dataset, "k": args.k, "seed": args.seed,
-        "prompt_format": prompt_format, "support_sentences": len(task.support.sentences),
-        "support_mentions": task.support.mention_counts(), "sft_samples": len(samples),
-        "samples_with_entities": sum("<<<" in s.completion for s in samples), **task.notes,
+        "setting": task.setting,
+        "dataset": args.dataset,
+        "k": args.k,
+        "seed": args.seed,
+        "prompt_format": prompt_format,
+        "support_sentences": len(task.support.sentences),
+        "support_mentions": task.support.mention_counts(),
+        "sft_samples": len(samples),
+        "samples_with_entities": sum("<<<" in s.completion for s in samples),
+        **task.notes,
     }
     if tokenizer is not None:
         rows, stats = tokenize_samples(samples, tokenizer)
@@ -98,8 +115,10 @@ def _predict_types(run_dir: Path, labels: str | None, types_file: str | None) ->
         by_label = {t.label: t for t in types}
         missing = [label for label in labels.split(",") if label not in by_label]
         if missing:
-            raise ValueError(f"type(s) {missing} have no description in the run folder; add them to a --types-file "
-                             "(label, name, description) so the instruction can name and explain them")
+            raise ValueError(
+                f"type(s) {missing} have no description in the run folder; add them to a --types-file "
+                "(label, name, description) so the instruction can name and explain them"
+            )
         types = [by_label[label] for label in labels.split(",")]
     return types
 
@@ -133,20 +152,37 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run)
     extractor = EntityExtractor.from_run(
-        run_dir, types=_predict_types(run_dir, args.types, args.types_file), batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, constrained=not args.unconstrained, dtype=args.dtype,
+        run_dir,
+        types=_predict_types(run_dir, args.types, args.types_file),
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        constrained=not args.unconstrained,
+        dtype=args.dtype,
     )
     texts = _read_texts(args)
-    predictions = extractor.predict([Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)],
-                                    progress=True)
+    predictions = extractor.predict(
+        [Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)], progress=True
+    )
     with Path(args.output).open("w", encoding="utf-8") as out:
         for text, prediction in zip(texts, predictions):
             offsets = char_offsets(text, prediction.sentence.tokens)
-            entities = [{"start": offsets[s.start][0], "end": offsets[s.end - 1][1], "type": s.type,
-                         "text": text[offsets[s.start][0]:offsets[s.end - 1][1]]} for s in prediction.spans]
+            entities = [
+                {
+                    "start": offsets[s.start][0],
+                    "end": offsets[s.end - 1][1],
+                    "type": s.type,
+                    "text": text[offsets[s.start][0] : offsets[s.end - 1][1]],
+                }
+                for s in prediction.spans
+            ]
             out.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
-    print(json.dumps({"sentences": len(texts), "types": [t.label for t in extractor.types],
-                      **extractor.stats.as_dict()}, ensure_ascii=False), file=sys.stderr)
+    print(
+        json.dumps(
+            {"sentences": len(texts), "types": [t.label for t in extractor.types], **extractor.stats.as_dict()},
+            ensure_ascii=False,
+        ),
+        file=sys.stderr,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,8 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="sample a support set and build SFT samples")
     _add_task_arguments(prep)
-    prep.add_argument("--prompt-format", type=int, default=PROMPT_FORMAT, choices=sorted(PROMPT_FORMATS),
-                      help="1: instruction first (default); 2: sentence first")
+    prep.add_argument(
+        "--prompt-format",
+        type=int,
+        default=PROMPT_FORMAT,
+        choices=sorted(PROMPT_FORMATS),
+        help="1: instruction first (default); 2: sentence first",
+    )
     prep.add_argument("--model", help="also tokenise with this model's tokenizer and report lengths")
     prep.add_argument("--output", required=True)
     prep.set_defaults(func=cmd_prepare)
@@ -182,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32)
     pred.add_argument("--max-new-tokens", type=int, default=64)
     pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
-    pred.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                      help="cast the merged model (default: float32 on CPU, bfloat16 on GPUs that support it)")
+    pred.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="cast the merged model (default: float32 on CPU, bfloat16 on GPUs that support it)",
+    )
     pred.set_defaults(func=cmd_predict)
     return parser
 

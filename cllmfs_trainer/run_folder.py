@@ -147,8 +147,10 @@ class RunFolder:
             raise RunFolderError(f"{run_file}: expected a JSON object, got {type(record).__name__}")
         record.setdefault("format_version", 0)
         if record["format_version"] > FORMAT_VERSION:
-            raise RunFolderError(f"{run_file}: format_version {record['format_version']} is newer than this "
-                                 f"cllmfs-trainer reads ({FORMAT_VERSION}); upgrade cllmfs-trainer")
+            raise RunFolderError(
+                f"{run_file}: format_version {record['format_version']} is newer than this "
+                f"cllmfs-trainer reads ({FORMAT_VERSION}); upgrade cllmfs-trainer"
+            )
         if "weights" not in record:  # records before format 1 did not say; the files do
             record["weights"] = "adapter" if (folder / "adapter_config.json").is_file() else "full"
         record.setdefault("prompt_format", 1)  # runs before prompt format 2 had no choice
@@ -163,8 +165,11 @@ class RunFolder:
         for name, kind in (("prompt_format", int), ("k", int), ("base_model", str), ("dataset", str)):
             if not isinstance(record[name], kind) or isinstance(record[name], bool):
                 raise RunFolderError(f"{run_file}: field {name!r} must be {kind.__name__}, got {record[name]!r}")
-        run = cls(path=folder, **{k: v for k, v in record.items() if k in known},
-                  extra={k: v for k, v in record.items() if k not in known})
+        run = cls(
+            path=folder,
+            **{k: v for k, v in record.items() if k in known},
+            extra={k: v for k, v in record.items() if k not in known},
+        )
         if check_weights:
             run.check_weights()
         return run
@@ -173,9 +178,10 @@ class RunFolder:
         """Raise `RunFolderError` naming the first weights file that is missing."""
         for alternatives in WEIGHT_FILES[self.weights]:
             if not any((self.path / name).is_file() for name in alternatives):
-                raise RunFolderError(f"{self.path}: weights={self.weights!r} but {' / '.join(alternatives)} is "
-                                     "missing; the run folder is incomplete (was the training interrupted?)")
-
+                raise RunFolderError(
+                    f"{self.path}: weights={self.weights!r} but {' / '.join(alternatives)} is "
+                    "missing; the run folder is incomplete (was the training interrupted?)"
+                )
 
 
 def _types(value: Any, run_file: Path, name: str) -> list[EntityType]:

@@ -54,23 +54,44 @@ def main() -> None:
     rows, _ = tokenize_samples(samples, tokenizer)
     train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if OPEN in s.completion else 1)]
     prefix_len = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
-    entity_token = next(row["input_ids"][d] for row, d, s in zip(rows, decision_positions(rows, prefix_len), samples)
-                        if OPEN in s.completion)
+    entity_token = next(
+        row["input_ids"][d]
+        for row, d, s in zip(rows, decision_positions(rows, prefix_len), samples)
+        if OPEN in s.completion
+    )
     decisions = decision_positions(rows, prefix_len)
     for row, position in zip(rows, decisions):
         first = position - prefix_len
         if args.mask_prefix:
             row["labels"][first : first + prefix_len] = [IGNORE_INDEX] * prefix_len
     config = ContrastiveSFTConfig(
-        output_dir="/tmp/cllmfs-decision-probe", max_steps=args.steps, per_device_train_batch_size=8,
-        learning_rate=args.lr, lr_scheduler_type=args.scheduler, warmup_steps=args.warmup, gradient_checkpointing=False,
-        cl_weight=args.cl_weight, cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir="/tmp/cllmfs-decision-probe",
+        max_steps=args.steps,
+        per_device_train_batch_size=8,
+        learning_rate=args.lr,
+        lr_scheduler_type=args.scheduler,
+        warmup_steps=args.warmup,
+        gradient_checkpointing=False,
+        cl_weight=args.cl_weight,
+        cl_layer=0.8125,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = ContrastiveSFTTrainer(load_model("default", dtype=args.dtype), args=config,
-                                    train_dataset=datasets.Dataset.from_list(train_rows),
-                                    processing_class=tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    trainer = ContrastiveSFTTrainer(
+        load_model("default", dtype=args.dtype),
+        args=config,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     curve = []
 
     def probe(step: int) -> None:
@@ -89,8 +110,14 @@ def main() -> None:
                 counts[key][1] += 1
         model.train(was_training)
         mean = {key: round(p_entity[key] / counts[key][1], 3) for key in counts}
-        curve.append({"step": step, "decision_correct": counts, "mean_p_entity": mean,
-                      "separation": round(mean["with_entities"] - mean["empty"], 3)})
+        curve.append(
+            {
+                "step": step,
+                "decision_correct": counts,
+                "mean_p_entity": mean,
+                "separation": round(mean["with_entities"] - mean["empty"], 3),
+            }
+        )
         print(json.dumps(curve[-1]), flush=True)
 
     class ProbeCallback(TrainerCallback):

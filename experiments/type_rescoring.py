@@ -73,8 +73,11 @@ def main() -> None:
     for sentence, spans in zip(query, generated):
         candidates = sorted({(s.start, s.end) for s in spans})
         prompt_types = {t.label: build_prompt(sentence.text, t, extractor.prompt_format) for t in types}
-        samples = [SFTSample(prompt_types[t.label], build_completion([" ".join(sentence.tokens[a:b])]), t.label, 0)
-                   for a, b in candidates for t in types]
+        samples = [
+            SFTSample(prompt_types[t.label], build_completion([" ".join(sentence.tokens[a:b])]), t.label, 0)
+            for a, b in candidates
+            for t in types
+        ]
         scores = completion_logprobs(extractor.model, extractor.tokenizer, samples) if samples else []
         best = [max(range(len(types)), key=lambda i, n=n: scores[n * len(types) + i]) for n in range(len(candidates))]
         rescored.append([Span(a, b, types[i].label) for (a, b), i in zip(candidates, best)])
@@ -83,8 +86,12 @@ def main() -> None:
         for span in spans:
             predicted_types[span.start, span.end].append(span.type)
         gold = {(s.start, s.end): s.type for s in sentence.spans}
-        oracle.append([Span(a, b, gold[a, b] if gold.get((a, b)) in predicted_types[a, b] else predicted_types[a, b][0])
-                       for a, b in candidates])
+        oracle.append(
+            [
+                Span(a, b, gold[a, b] if gold.get((a, b)) in predicted_types[a, b] else predicted_types[a, b][0])
+                for a, b in candidates
+            ]
+        )
 
     gold_spans = [s.spans for s in query]
     record = {"run": args.run, "dataset": args.dataset, "query_size": len(query), "seconds": 0.0, "variants": {}}
@@ -95,8 +102,10 @@ def main() -> None:
             "per_type_f1": {t: v["f1"] for t, v in scores["per_type"].items()},
             "errors": error_breakdown(gold_spans, predicted),
         }
-        print(f"{name:14s} P {scores['precision']:.4f} R {scores['recall']:.4f} F1 {scores['f1']:.4f}",
-              {t: round(v["f1"], 3) for t, v in scores["per_type"].items()})
+        print(
+            f"{name:14s} P {scores['precision']:.4f} R {scores['recall']:.4f} F1 {scores['f1']:.4f}",
+            {t: round(v["f1"], 3) for t, v in scores["per_type"].items()},
+        )
     record["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     runs = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else []

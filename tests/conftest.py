@@ -223,14 +223,23 @@ def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
 
     root = tmp_path_factory.mktemp("tiny_run")
     tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     names = ["Ann Lee", "Bo", "Carl Dietz Jr", "Zoë"]
-    sentences = [Sentence(f"yesterday {n} met the team in Rome".split(), [Span(1, 1 + len(n.split()), "person")])
-                 for n in names]
+    sentences = [
+        Sentence(f"yesterday {n} met the team in Rome".split(), [Span(1, 1 + len(n.split()), "person")]) for n in names
+    ]
     write_bio(root / "support.txt", sentences)
     return root

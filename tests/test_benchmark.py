@@ -26,8 +26,14 @@ def tiny_bert_dir(tmp_path_factory):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "the", "##s", "@"]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(str(root / "vocab.txt")).save_pretrained(root)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(root)
     return root
@@ -35,11 +41,22 @@ def tiny_bert_dir(tmp_path_factory):
 
 def tiny_config(tiny_run_inputs, out, **overrides):
     params = dict(
-        output_dir=str(out), tasks=["intra:wnut17"], methods=["cllmfs", "lora", "zero_shot"], seeds=[0], ks=[1],
-        query_size=20, recipe=str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
-        model=str(tiny_run_inputs / "model"), batch_size=16,
-        train_overrides={"max_steps": 1, "per_device_train_batch_size": 8, "lora_target_modules": ["q_proj", "v_proj"],
-                         "cl_layer": 2, "logging_steps": 1},
+        output_dir=str(out),
+        tasks=["intra:wnut17"],
+        methods=["cllmfs", "lora", "zero_shot"],
+        seeds=[0],
+        ks=[1],
+        query_size=20,
+        recipe=str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        model=str(tiny_run_inputs / "model"),
+        batch_size=16,
+        train_overrides={
+            "max_steps": 1,
+            "per_device_train_batch_size": 8,
+            "lora_target_modules": ["q_proj", "v_proj"],
+            "cl_layer": 2,
+            "logging_steps": 1,
+        },
     )
     return BenchmarkConfig(**{**params, **overrides})
 
@@ -78,10 +95,12 @@ def test_benchmark_runs_resumes_after_interruption_and_reports(bench_script, tin
     assert [r["method"] for r in records] == ["cllmfs", "lora", "zero_shot"]
     for record in records:
         assert record["query_size"] == 20 and 0.0 <= record["span"]["f1"] <= 1.0
-        assert record["errors"]["n_pred"] == sum(record["errors"][k] for k in
-                                                 ("correct", "type", "boundary", "boundary_type", "spurious"))
-        predictions = tmp_path / "bench" / "units" / "intra-wnut17" / "k1" / "seed0" / f"{record['method']}" \
-            ".predictions.jsonl"
+        assert record["errors"]["n_pred"] == sum(
+            record["errors"][k] for k in ("correct", "type", "boundary", "boundary_type", "spurious")
+        )
+        predictions = (
+            tmp_path / "bench" / "units" / "intra-wnut17" / "k1" / "seed0" / f"{record['method']}.predictions.jsonl"
+        )
         lines = predictions.read_text().splitlines()
         assert len(lines) == 20 and "tokens" not in json.loads(lines[0])  # ids and spans only, no text
     assert "support_fit" in records[0] and "support_fit" not in records[2]
@@ -93,11 +112,18 @@ def test_benchmark_runs_resumes_after_interruption_and_reports(bench_script, tin
 
 
 def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
-        bench_script, tiny_run_inputs, tiny_bert_dir, tmp_path):
+    bench_script, tiny_run_inputs, tiny_bert_dir, tmp_path
+):
     shared_dataset("conll2003")
-    config = tiny_config(tiny_run_inputs, tmp_path, tasks=["inter:conll2003", "inter:wnut17"],
-                         methods=["lora", "nnshot", "protobert"], encoder=str(tiny_bert_dir), query_size=10,
-                         data_dir=str(shared_dataset("ontonotes5").parent))
+    config = tiny_config(
+        tiny_run_inputs,
+        tmp_path,
+        tasks=["inter:conll2003", "inter:wnut17"],
+        methods=["lora", "nnshot", "protobert"],
+        encoder=str(tiny_bert_dir),
+        query_size=10,
+        data_dir=str(shared_dataset("ontonotes5").parent),
+    )
     calls = []
 
     def counting(recipe, overrides, output_dir):
@@ -107,8 +133,13 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
     records = Benchmark(config, train_fn=counting).run(progress=False)
     assert len(calls) == 1 and calls[0]["dataset"] == "ontonotes5"  # one OntoNotes model for both targets
     assert [(r["dataset"], r["method"]) for r in records] == [
-        ("conll2003", "lora"), ("wnut17", "lora"), ("conll2003", "nnshot"), ("wnut17", "nnshot"),
-        ("conll2003", "protobert"), ("wnut17", "protobert")]
+        ("conll2003", "lora"),
+        ("wnut17", "lora"),
+        ("conll2003", "nnshot"),
+        ("wnut17", "nnshot"),
+        ("conll2003", "protobert"),
+        ("wnut17", "protobert"),
+    ]
     assert "support_fit" in records[0] and "support_fit" not in records[1]  # measured once per trained model
     supports = sorted(p.relative_to(tmp_path / "support").parts[0] for p in (tmp_path / "support").rglob("*.txt"))
     assert supports == ["conll2003", "ontonotes5", "wnut17"]
@@ -116,18 +147,19 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
         assert record["span"]["tp"] + record["span"]["fp"] == record["errors"]["n_pred"]
 
 
-def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, tiny_run_inputs, tmp_path,
-                                                                  monkeypatch):
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, tiny_run_inputs, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
     from cllmfs_trainer.training.trainer import ContrastiveSFTTrainer
 
     overrides = {"max_steps": 4, "lora_target_modules": ["q_proj", "v_proj"], "cl_layer": 2, "cl_weight": 0.5}
-    config = tiny_config(tiny_run_inputs, tmp_path / "cut", methods=["cllmfs"], checkpoint_steps=2,
-                         train_overrides=overrides)
-    uninterrupted = tiny_config(tiny_run_inputs, tmp_path / "whole", methods=["cllmfs"], checkpoint_steps=0,
-                                train_overrides=overrides)
+    config = tiny_config(
+        tiny_run_inputs, tmp_path / "cut", methods=["cllmfs"], checkpoint_steps=2, train_overrides=overrides
+    )
+    uninterrupted = tiny_config(
+        tiny_run_inputs, tmp_path / "whole", methods=["cllmfs"], checkpoint_steps=0, train_overrides=overrides
+    )
     Benchmark(uninterrupted, train_fn=bench_script.train_run).run(progress=False)
 
     step = ContrastiveSFTTrainer.training_step
@@ -167,8 +199,9 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, 
     assert record["span"] == baseline["span"]
 
 
-def test_format2_method_trains_and_predicts_with_the_sentence_first(bench_script, tiny_run_inputs, tmp_path,
-                                                                   monkeypatch):
+def test_format2_method_trains_and_predicts_with_the_sentence_first(
+    bench_script, tiny_run_inputs, tmp_path, monkeypatch
+):
     from cllmfs_trainer.inference import generate
 
     formats = []
@@ -216,21 +249,38 @@ def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path)
         Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()
 
 
-def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(bench_script, tiny_run_inputs, tmp_path,
-                                                                         caplog):
+def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(
+    bench_script, tiny_run_inputs, tmp_path, caplog
+):
     from cllmfs_trainer.benchmark import write_report
     from cllmfs_trainer.benchmark.protocol import Unit
 
     def record(method, seed, f1):
         errors = dict.fromkeys(["correct", "boundary", "type", "boundary_type", "spurious", "missed"], 0)
-        return {"setting": "intra", "dataset": "wnut17", "k": 1, "seed": seed, "method": method, "query_size": 20,
-                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+        return {
+            "setting": "intra",
+            "dataset": "wnut17",
+            "k": 1,
+            "seed": seed,
+            "method": method,
+            "query_size": 20,
+            "span": {"precision": f1, "recall": f1, "f1": f1},
+            "string": {"f1": f1},
+            "errors": errors,
+        }
 
     old = tiny_config(tiny_run_inputs, tmp_path / "old", methods=["cllmfs", "zero_shot", "nnshot"], seeds=[0, 1])
-    records = [record("cllmfs", 0, 0.2), record("zero_shot", 0, 0.0), record("cllmfs", 1, 0.4),
-               record("zero_shot", 1, 0.0), record("nnshot", 0, 0.1)]
-    report = write_report(records, tmp_path / "report", old.model, old.query_note(),
-                          fingerprint=old.fingerprint()) / "results.json"
+    records = [
+        record("cllmfs", 0, 0.2),
+        record("zero_shot", 0, 0.0),
+        record("cllmfs", 1, 0.4),
+        record("zero_shot", 1, 0.0),
+        record("nnshot", 0, 0.1),
+    ]
+    report = (
+        write_report(records, tmp_path / "report", old.model, old.query_note(), fingerprint=old.fingerprint())
+        / "results.json"
+    )
 
     fresh = tiny_config(tiny_run_inputs, tmp_path / "fresh", methods=["cllmfs", "zero_shot"], seeds=[0, 1, 2])
     bench = Benchmark(fresh)
@@ -279,11 +329,24 @@ def test_config_errors_name_the_field(tiny_run_inputs, tmp_path):
 def test_report_tables_and_chart(bench_script, tmp_path):
     def record(method, seed, f1, dataset="wnut17", setting="intra"):
         errors = {"correct": 1, "boundary": 2, "type": 0, "boundary_type": 0, "spurious": 3, "missed": 4}
-        return {"setting": setting, "dataset": dataset, "k": 5, "seed": seed, "method": method, "query_size": 20,
-                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+        return {
+            "setting": setting,
+            "dataset": dataset,
+            "k": 5,
+            "seed": seed,
+            "method": method,
+            "query_size": 20,
+            "span": {"precision": f1, "recall": f1, "f1": f1},
+            "string": {"f1": f1},
+            "errors": errors,
+        }
 
-    records = [record("cllmfs", 0, 0.2), record("cllmfs", 1, 0.4), record("nnshot", 0, 0.1),
-               record("lora", 0, 0.3, "conll2003", "inter")]
+    records = [
+        record("cllmfs", 0, 0.2),
+        record("cllmfs", 1, 0.4),
+        record("nnshot", 0, 0.1),
+        record("lora", 0, 0.3, "conll2003", "inter"),
+    ]
     summaries = aggregate(records)
     cllmfs = next(s for s in summaries if s["method"] == "cllmfs")
     assert cllmfs["span_f1"]["mean"] == pytest.approx(0.3) and cllmfs["span_f1"]["std"] == pytest.approx(0.1414, 1e-3)
@@ -308,12 +371,24 @@ def test_paired_report_compares_methods_seed_by_seed():
 
     def record(method, seed, f1, boundary, correct, setting="intra"):
         errors = {"correct": correct, "boundary": boundary, "type": 1, "boundary_type": 1, "spurious": 0, "missed": 0}
-        return {"setting": setting, "dataset": "conll2003", "k": 5, "seed": seed, "method": method,
-                "span": {"f1": f1}, "errors": errors}
+        return {
+            "setting": setting,
+            "dataset": "conll2003",
+            "k": 5,
+            "seed": seed,
+            "method": method,
+            "span": {"f1": f1},
+            "errors": errors,
+        }
 
-    records = [record("cllmfs", 0, 0.30, 0, 8), record("cllmfs", 1, 0.20, 2, 6), record("cllmfs", 2, 0.25, 0, 4),
-               record("lora", 0, 0.10, 3, 5), record("lora", 1, 0.30, 3, 5),  # seed 2 unfinished: not paired
-               record("lora", 0, 0.5, 0, 1, setting="inter")]  # no CLLMFS unit to pair with
+    records = [
+        record("cllmfs", 0, 0.30, 0, 8),
+        record("cllmfs", 1, 0.20, 2, 6),
+        record("cllmfs", 2, 0.25, 0, 4),
+        record("lora", 0, 0.10, 3, 5),
+        record("lora", 1, 0.30, 3, 5),  # seed 2 unfinished: not paired
+        record("lora", 0, 0.5, 0, 1, setting="inter"),
+    ]  # no CLLMFS unit to pair with
     table = paired_markdown(records)
     rows = [line for line in table.splitlines() if line.startswith("| INTRA")]
     # Seeds 0-1: F1 differences +0.20 and -0.10. Boundary errors (boundary + boundary_type) over predictions that
@@ -325,8 +400,17 @@ def test_paired_report_compares_methods_seed_by_seed():
 def test_report_kshot_curve(tmp_path):
     def record(k, seed, f1):
         errors = dict.fromkeys(["correct", "boundary", "type", "boundary_type", "spurious", "missed"], 0)
-        return {"setting": "intra", "dataset": "wnut17", "k": k, "seed": seed, "method": "cllmfs", "query_size": 20,
-                "span": {"precision": f1, "recall": f1, "f1": f1}, "string": {"f1": f1}, "errors": errors}
+        return {
+            "setting": "intra",
+            "dataset": "wnut17",
+            "k": k,
+            "seed": seed,
+            "method": "cllmfs",
+            "query_size": 20,
+            "span": {"precision": f1, "recall": f1, "f1": f1},
+            "string": {"f1": f1},
+            "errors": errors,
+        }
 
     from cllmfs_trainer.benchmark import write_report
 

@@ -4,8 +4,12 @@ import torch
 from cllmfs_trainer.training.collator import ContrastiveDataCollator
 
 ROWS = [
-    {"input_ids": [5, 6, 7, 8], "attention_mask": [1] * 4, "labels": [-100, -100, 7, 8],
-     "cl_labels": [0, 2, -100, -100]},
+    {
+        "input_ids": [5, 6, 7, 8],
+        "attention_mask": [1] * 4,
+        "labels": [-100, -100, 7, 8],
+        "cl_labels": [0, 2, -100, -100],
+    },
     {"input_ids": [9, 10], "attention_mask": [1] * 2, "labels": [-100, 10], "cl_labels": [1, -100]},
 ]
 

@@ -100,7 +100,10 @@ def teacher_force(tokenizer, sentences: Sequence[Sequence[str]], golds: Sequence
     processor = EntityConstraintProcessor(tokenizer, sentences, prompt_length=3)
     targets = [gold_ids(tokenizer, gold) for gold in golds]
     outputs = step_through(
-        processor, tokenizer, lambda step, _: [t[min(step, len(t) - 1)] for t in targets], len(sentences),
+        processor,
+        tokenizer,
+        lambda step, _: [t[min(step, len(t) - 1)] for t in targets],
+        len(sentences),
         max(map(len, targets)) + 1,
     )
     assert outputs == targets
@@ -167,10 +170,13 @@ def test_a_context_free_toy_tokenizer_works():
         assert all(t in automaton.allowed(automaton.walk(target[:k])) for k, t in enumerate(target))
 
 
-@pytest.mark.parametrize("merged, after, message", [
-    (" <<<", "are", "the marker ' <<<' differently depending on its context"),
-    (" Bo", "are <<<", "the run 'Bo' differently after ' >>>' than after the answer prefix"),
-])
+@pytest.mark.parametrize(
+    "merged, after, message",
+    [
+        (" <<<", "are", "the marker ' <<<' differently depending on its context"),
+        (" Bo", "are <<<", "the run 'Bo' differently after ' >>>' than after the answer prefix"),
+    ],
+)
 def test_pieces_that_depend_on_their_context_are_an_error(merged, after, message):
     with pytest.raises(TokenizerMismatchError, match=message):
         EntityAutomaton.build(CharTokenizer(merged, after), ["Al", "Bo"])
@@ -235,9 +241,48 @@ def test_wnut17_gold_answers_are_allowed(tok):
 
 # --- whatever the scores, only valid answers ----------------------------------------------------------------------
 
-VOCAB = ["the", "The", "New", "York", "York", "a", "a", "Zoë", "São", "Paulo", "東京", "😀", "☀️", "#tag", "@user",
-         "http://t.co/x1", "2024", "3.14", "$5", "12%", "-", ",", ".", "!", "?!", "'s", "(", ")", '"', "«", "»", "<",
-         ">", "->", "<3", "O'Brien", "U.S.", "e-mail", "Kraków", "Dubbz\ufeff"]
+VOCAB = [
+    "the",
+    "The",
+    "New",
+    "York",
+    "York",
+    "a",
+    "a",
+    "Zoë",
+    "São",
+    "Paulo",
+    "東京",
+    "😀",
+    "☀️",
+    "#tag",
+    "@user",
+    "http://t.co/x1",
+    "2024",
+    "3.14",
+    "$5",
+    "12%",
+    "-",
+    ",",
+    ".",
+    "!",
+    "?!",
+    "'s",
+    "(",
+    ")",
+    '"',
+    "«",
+    "»",
+    "<",
+    ">",
+    "->",
+    "<3",
+    "O'Brien",
+    "U.S.",
+    "e-mail",
+    "Kraków",
+    "Dubbz\ufeff",
+]
 sentences_strategy = st.lists(st.sampled_from(VOCAB), min_size=0, max_size=14)
 
 
@@ -355,8 +400,11 @@ def test_masking_keeps_allowed_scores_and_checks_shapes(tok):
 
 def test_generate_with_a_tiny_random_llama(tok, tiny_llama):
     entity_type = EntityType("person", "person", "names of people")
-    sentences = [["Andrew", "Little", "met", "Bo", "in", "Auckland", "."], ["Zoë", "😀", "2024", "Zoë"],
-                 ["@user", "http://t.co/x", "#1"]]
+    sentences = [
+        ["Andrew", "Little", "met", "Bo", "in", "Auckland", "."],
+        ["Zoë", "😀", "2024", "Zoë"],
+        ["@user", "http://t.co/x", "#1"],
+    ]
     prompts = [tok(build_prompt(" ".join(words), entity_type))["input_ids"] for words in sentences]
     width = max(map(len, prompts))
     # Left padding, by hand: the shared tokenizer must not be mutated (its padding side is right).
@@ -369,9 +417,13 @@ def test_generate_with_a_tiny_random_llama(tok, tiny_llama):
         torch.manual_seed(0)
         processor = EntityConstraintProcessor(tok, sentences, prompt_length=width)
         output = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=60,
-            logits_processor=LogitsProcessorList([processor]), pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, **kwargs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=60,
+            logits_processor=LogitsProcessorList([processor]),
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            **kwargs,
         )
         copies = len(output) // len(sentences)
         for row, generated in enumerate(output[:, width:].tolist()):

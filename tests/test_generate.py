@@ -44,10 +44,30 @@ def run_dir(tiny_run_inputs, tmp_path_factory):
     from cllmfs_trainer.scripts import train
 
     out = tmp_path_factory.mktemp("run")
-    args = [str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"), "--model_name_or_path",
-            str(tiny_run_inputs / "model"), "--support_set", str(tiny_run_inputs / "support.txt"), "--n_types",
-            "person", "--k", "1", "--max_steps", "2", "--lora_target_modules", "q_proj", "v_proj", "--cl_layer", "2",
-            "--per_device_train_batch_size", "2", "--output_dir", str(out), "--report_to", "none"]
+    args = [
+        str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        "--model_name_or_path",
+        str(tiny_run_inputs / "model"),
+        "--support_set",
+        str(tiny_run_inputs / "support.txt"),
+        "--n_types",
+        "person",
+        "--k",
+        "1",
+        "--max_steps",
+        "2",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--cl_layer",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+    ]
     train.main(*train.parse_args(args))
     return out
 
@@ -111,21 +131,43 @@ def test_cli_predict_on_a_run_folder(run_dir, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_text("Ann  Lee met Bo in Rome\nZoë visited Reykjavík\n\n", encoding="utf-8")
     out = tmp_path / "preds.jsonl"
-    assert cli_main(["predict", "--run", str(run_dir), "--input", str(source), "--output", str(out),
-                     "--max-new-tokens", "40"]) == 0
+    assert (
+        cli_main(
+            ["predict", "--run", str(run_dir), "--input", str(source), "--output", str(out), "--max-new-tokens", "40"]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [line["text"] for line in lines] == ["Ann  Lee met Bo in Rome", "Zoë visited Reykjavík", ""]
     for line in lines:
         for entity in line["entities"]:
-            assert line["text"][entity["start"]:entity["end"]] == entity["text"] and entity["type"] == "person"
+            assert line["text"][entity["start"] : entity["end"]] == entity["text"] and entity["type"] == "person"
     stats = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert stats["types"] == ["person"] and stats["sentences"] == 3
 
 
 def test_cli_predict_on_a_registry_split(run_dir, tmp_path):
     out = tmp_path / "p.jsonl"
-    assert cli_main(["predict", "--run", str(run_dir), "--dataset", "wnut17", "--split", "test", "--limit", "3",
-                     "--output", str(out), "--max-new-tokens", "40"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--run",
+                str(run_dir),
+                "--dataset",
+                "wnut17",
+                "--split",
+                "test",
+                "--limit",
+                "3",
+                "--output",
+                str(out),
+                "--max-new-tokens",
+                "40",
+            ]
+        )
+        == 0
+    )
     from cllmfs_trainer.data import get_dataset
 
     expected = [s.text for s in get_dataset("wnut17").load("test").sentences[:3]]
@@ -135,10 +177,38 @@ def test_cli_predict_on_a_registry_split(run_dir, tmp_path):
 def test_cli_predict_jsonl_and_text_inputs(run_dir, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"text": "Bo met Ann"}) + "\n", encoding="utf-8")
-    assert cli_main(["predict", "--run", str(run_dir), "--input", str(source), "--output", str(tmp_path / "a.jsonl"),
-                     "--max-new-tokens", "40"]) == 0
-    assert cli_main(["predict", "--run", str(run_dir), "--text", "Bo met Ann", "--output", str(tmp_path / "b.jsonl"),
-                     "--max-new-tokens", "40"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--run",
+                str(run_dir),
+                "--input",
+                str(source),
+                "--output",
+                str(tmp_path / "a.jsonl"),
+                "--max-new-tokens",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--run",
+                str(run_dir),
+                "--text",
+                "Bo met Ann",
+                "--output",
+                str(tmp_path / "b.jsonl"),
+                "--max-new-tokens",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
 
 
@@ -147,8 +217,10 @@ def test_cli_predict_errors_are_one_clear_line(run_dir, tmp_path, capsys):
     bad.write_text('{"text": "ok"}\n["no"]\n', encoding="utf-8")
     assert cli_main(["predict", "--run", str(run_dir), "--input", str(bad), "--output", str(tmp_path / "o")]) == 2
     assert f"{bad}:2: expected a JSON object" in capsys.readouterr().err
-    assert cli_main(["predict", "--run", str(run_dir), "--text", "x", "--types", "drug",
-                     "--output", str(tmp_path / "o")]) == 2
+    assert (
+        cli_main(["predict", "--run", str(run_dir), "--text", "x", "--types", "drug", "--output", str(tmp_path / "o")])
+        == 2
+    )
     assert "have no description" in capsys.readouterr().err
     assert cli_main(["predict", "--run", str(tmp_path), "--text", "x", "--output", str(tmp_path / "o")]) == 2
     assert "not a cllmfs run folder" in capsys.readouterr().err
@@ -157,8 +229,26 @@ def test_cli_predict_errors_are_one_clear_line(run_dir, tmp_path, capsys):
 def test_types_file_adds_a_type_at_prediction_time(run_dir, tmp_path):
     types = tmp_path / "types.yaml"
     types.write_text("types:\n  drug: names of medicines\n", encoding="utf-8")
-    assert cli_main(["predict", "--run", str(run_dir), "--text", "Bo took aspirin", "--types", "person,drug",
-                     "--types-file", str(types), "--output", str(tmp_path / "o.jsonl"), "--max-new-tokens", "40"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--run",
+                str(run_dir),
+                "--text",
+                "Bo took aspirin",
+                "--types",
+                "person,drug",
+                "--types-file",
+                str(types),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--max-new-tokens",
+                "40",
+            ]
+        )
+        == 0
+    )
     line = json.loads((tmp_path / "o.jsonl").read_text())
     assert {e["type"] for e in line["entities"]} <= {"person", "drug"}
 
@@ -178,36 +268,56 @@ def plain_generate(model, tokenizer, job: Job, constrained: bool, max_new_tokens
     """The reference: one prompt, no padding, no cache reuse, `generate` as a user calls it."""
     ids = tokenizer(job.prompt, return_tensors="pt")["input_ids"]
     if constrained:
-        extra = {"logits_processor": LogitsProcessorList(
-            [EntityConstraintProcessor(tokenizer, [job.words], prompt_length=ids.shape[1])])}
+        extra = {
+            "logits_processor": LogitsProcessorList(
+                [EntityConstraintProcessor(tokenizer, [job.words], prompt_length=ids.shape[1])]
+            )
+        }
     else:
         extra = {"stop_strings": [IM_END], "tokenizer": tokenizer}
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **extra)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def equality_jobs(types, sentences=EQUALITY_SENTENCES, prompt_format: int = 1) -> list[Job]:
     """Format 1 prompts share their type's instruction; format 2 prompts share their sentence."""
-    return [Job(build_prompt(" ".join(words), t, prompt_format), words, t.label if prompt_format == 1 else n)
-            for n, words in enumerate(sentences) for t in types]
+    return [
+        Job(build_prompt(" ".join(words), t, prompt_format), words, t.label if prompt_format == 1 else n)
+        for n, words in enumerate(sentences)
+        for t in types
+    ]
 
 
-def assert_fast_equals_plain(model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None,
-                             prompt_format: int = 1):
+def assert_fast_equals_plain(
+    model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None, prompt_format: int = 1
+):
     jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES, prompt_format)
     for constrained in (True, False):
         expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens) for job in jobs]
         # The last flag, our own greedy loop (`compact_decoding`), only applies to constrained decoding.
         levers = ((True, True, True), (True, True, False), (True, False, True), (False, False, True))
         for reuse_prefix, prefill_answer, compact in levers if constrained else levers[:1]:
-            extractor = EntityExtractor(model, tokenizer, types, constrained=constrained, batch_size=batch_size,
-                                        max_new_tokens=max_new_tokens, reuse_prefix=reuse_prefix,
-                                        prefill_answer=prefill_answer, compact_decoding=compact)
+            extractor = EntityExtractor(
+                model,
+                tokenizer,
+                types,
+                constrained=constrained,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                reuse_prefix=reuse_prefix,
+                prefill_answer=prefill_answer,
+                compact_decoding=compact,
+            )
             outputs = extractor.generate(jobs)
-            mismatches = [(job.prompt, want, got)
-                          for job, want, got in zip(jobs, expected, outputs) if want != got]
+            mismatches = [(job.prompt, want, got) for job, want, got in zip(jobs, expected, outputs) if want != got]
             assert not mismatches, (constrained, reuse_prefix, prefill_answer, compact, mismatches[:3])
 
 
@@ -225,14 +335,14 @@ def test_fast_path_equals_plain_generate_on_a_tiny_random_llama(tiny_llama, sp_l
 
 def test_sentence_first_fast_path_equals_plain_generate(tiny_llama, sp_left):
     # Groups are sentences here: prefixes of very different lengths (1 to 17 words) share batches.
-    assert_fast_equals_plain(tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4,
-                             prompt_format=2)
+    assert_fast_equals_plain(
+        tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4, prompt_format=2
+    )
 
 
 def test_sentence_first_predict_uses_the_format_and_blocks(tiny_llama, sp_left, monkeypatch):
     model = tiny_llama(sp_left)
-    reference = EntityExtractor(model, sp_left, [PERSON, PLACE], max_new_tokens=30, reuse_prefix=False,
-                                prompt_format=2)
+    reference = EntityExtractor(model, sp_left, [PERSON, PLACE], max_new_tokens=30, reuse_prefix=False, prompt_format=2)
     expected = [p.spans for p in reference.predict(SENTENCES)]
     fast = EntityExtractor(model, sp_left, [PERSON, PLACE], max_new_tokens=30, prompt_format=2)
     monkeypatch.setattr(fast, "SENTENCES_PER_BLOCK", 2)  # several blocks, each with its own cached prefixes
@@ -294,8 +404,9 @@ def test_fast_path_equals_plain_generate_on_the_default_model(smollm2_path):
     wnut = get_dataset("wnut17")
     types = [t for t in wnut.types if t.label in {"person", "location", "product"}]
     sentences = [s.tokens for s in wnut.load("test").sentences[:4]] + EQUALITY_SENTENCES[:2]
-    assert_fast_equals_plain(load_model(smollm2_path).eval(), tokenizer, types, max_new_tokens=32, batch_size=8,
-                             sentences=sentences)
+    assert_fast_equals_plain(
+        load_model(smollm2_path).eval(), tokenizer, types, max_new_tokens=32, batch_size=8, sentences=sentences
+    )
 
 
 def counted_forward(model) -> list[int]:
@@ -342,8 +453,11 @@ def test_own_greedy_loop_writes_forced_endings_without_the_model(tiny_llama, sp_
     assert all(parse_output(text).entities == [] and text.endswith(IM_END) for text in outputs)
     # The loop calls the model until the answer's tokens are forced (` <` may still open a group, ` <im` may not).
     automaton = build_automata(sp_left, [jobs[0].words])[0]
-    decided = next(n for n in range(1, len(template.end) + 1)
-                   if automaton.forced_ending(automaton.walk(template.prefix + template.end[:n])) is not None)
+    decided = next(
+        n
+        for n in range(1, len(template.end) + 1)
+        if automaton.forced_ending(automaton.walk(template.prefix + template.end[:n])) is not None
+    )
     assert len(rows_per_call) == decided < len(template.end)
     rows_per_call.clear()
     assert EntityExtractor(model, sp_left, [PERSON, WORK], compact_decoding=False, **options).generate(jobs) == outputs
@@ -354,8 +468,12 @@ def test_own_greedy_loop_keeps_the_token_budget(tiny_llama, sp_left):
     model = tiny_llama(sp_left)
     jobs = equality_jobs([PERSON, WORK])
     budget = len(EntityExtractor(model, sp_left, [PERSON])._answer_prefill()) + 3  # ends inside most answers
-    outputs = {compact: EntityExtractor(model, sp_left, [PERSON, WORK], batch_size=4, max_new_tokens=budget,
-                                        compact_decoding=compact).generate(jobs) for compact in (True, False)}
+    outputs = {
+        compact: EntityExtractor(
+            model, sp_left, [PERSON, WORK], batch_size=4, max_new_tokens=budget, compact_decoding=compact
+        ).generate(jobs)
+        for compact in (True, False)
+    }
     assert outputs[True] == outputs[False]
     assert any(IM_END not in text for text in outputs[True])  # the budget did cut answers
     sampled = EntityExtractor(model, sp_left, [PERSON], do_sample=True, temperature=0.5)
@@ -370,18 +488,54 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown dtype 'float33'"):
         EntityExtractor.from_run(run_dir, dtype="float33")
     out = tmp_path / "o.jsonl"
-    assert cli_main(["predict", "--run", str(run_dir), "--text", "Bo met Al", "--dtype", "bfloat16", "--output",
-                     str(out), "--max-new-tokens", "40"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--run",
+                str(run_dir),
+                "--text",
+                "Bo met Al",
+                "--dtype",
+                "bfloat16",
+                "--output",
+                str(out),
+                "--max-new-tokens",
+                "40",
+            ]
+        )
+        == 0
+    )
     assert set(json.loads(out.read_text())) == {"text", "entities"}
 
 
 def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     # The script a GPU session spends its scarce minutes on: it must run, time every variant and check agreement.
     out = tmp_path / "inference.json"
-    subprocess.run([sys.executable, str(REPO / "bench" / "inference.py"), "--run", str(run_dir), "--sentences", "3",
-                    "--rounds", "2", "--naive-sentences", "2", "--max-new-tokens", "40", "--threads", "1",
-                    "--variants", "naive,sorted_b32,prefix,prefill,full,full_bf16", "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "inference.py"),
+            "--run",
+            str(run_dir),
+            "--sentences",
+            "3",
+            "--rounds",
+            "2",
+            "--naive-sentences",
+            "2",
+            "--max-new-tokens",
+            "40",
+            "--threads",
+            "1",
+            "--variants",
+            "naive,sorted_b32,prefix,prefill,full,full_bf16",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     result = json.loads(out.read_text())
     variants = [row["variant"] for row in result["summary"]]
     assert variants == ["naive", "sorted_b32", "prefix", "prefill", "full", "full_bf16", "full_unconstrained"]
@@ -390,8 +544,12 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     assert prompts["naive"] * 3 == prompts["full"] * 2 == result["prompts"] * 2  # naive timed on 2 of 3 sentences
     agreement = {tuple(row["pair"]): row for row in result["agreement"]}
     assert agreement[("full_unconstrained", "naive")]["prompts"] == prompts["naive"]  # compared where both ran
-    for pair in [("full_unconstrained", "naive"), ("prefix", "sorted_b32"), ("prefill", "sorted_b32"),
-                 ("full", "sorted_b32")]:  # the same decoding problem, with and without the levers
+    for pair in [
+        ("full_unconstrained", "naive"),
+        ("prefix", "sorted_b32"),
+        ("prefill", "sorted_b32"),
+        ("full", "sorted_b32"),
+    ]:  # the same decoding problem, with and without the levers
         assert agreement[pair]["same_text"] == agreement[pair]["prompts"], pair
     work = result["forward_work_first_round"]
     assert work["full"]["decode_rows"] <= work["prefill"]["decode_rows"]  # our loop never decodes more rows

@@ -147,8 +147,10 @@ def test_real_files_match_their_published_counts(dataset):
 
 
 def test_jsonl_char_spans_split_tokens_at_entity_boundaries(tmp_path):
-    record = {"text": "Visit (Paris) now,Berlin!", "entities": [
-        {"start": 7, "end": 12, "type": "LOC"}, {"start": 18, "end": 24, "type": "LOC"}]}
+    record = {
+        "text": "Visit (Paris) now,Berlin!",
+        "entities": [{"start": 7, "end": 12, "type": "LOC"}, {"start": 18, "end": 24, "type": "LOC"}],
+    }
     corpus = read_jsonl(write(tmp_path, json.dumps(record) + "\n\n", "d.jsonl"))
     sentence = corpus[0]
     assert [sentence.span_text(s) for s in sentence.spans] == ["Paris", "Berlin"]
@@ -168,8 +170,15 @@ def test_jsonl_trims_whitespace_in_offsets(tmp_path):
         (json.dumps({"entities": []}), "field 'text' is missing"),
         (json.dumps({"text": "ab", "entities": [{"start": 0, "end": 5, "type": "X"}]}), r"'entities\[0\]' has offsets"),
         (json.dumps({"text": "ab", "entities": [{"start": 0, "type": "X"}]}), r"'entities\[0\]' needs"),
-        (json.dumps({"text": "a b c", "entities": [{"start": 0, "end": 3, "type": "X"},
-                                                   {"start": 2, "end": 5, "type": "Y"}]}), "overlap"),
+        (
+            json.dumps(
+                {
+                    "text": "a b c",
+                    "entities": [{"start": 0, "end": 3, "type": "X"}, {"start": 2, "end": 5, "type": "Y"}],
+                }
+            ),
+            "overlap",
+        ),
         (json.dumps({"text": "a  b", "entities": [{"start": 1, "end": 3, "type": "X"}]}), "only whitespace"),
     ],
 )
@@ -189,10 +198,12 @@ def test_jsonl_round_trip(tmp_path):
 def test_hf_dataset_with_classlabel_names():
     datasets = pytest.importorskip("datasets")
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    features = datasets.Features({
-        "tokens": datasets.Sequence(datasets.Value("string")),
-        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
-    })
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
     ds = datasets.Dataset.from_dict(
         {"tokens": [["Andrew", "Little", "in", "Paris"], ["x"]], "ner_tags": [[1, 2, 0, 3], [0]]}, features=features
     )

@@ -29,7 +29,13 @@ def test_perfect_prediction():
     assert (scores["precision"], scores["recall"], scores["f1"]) == (1.0, 1.0, 1.0)
     assert (scores["tp"], scores["fp"], scores["fn"], scores["support"]) == (3, 0, 0, 3)
     assert scores["per_type"]["PER"] == {
-        "precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 1, "fp": 0, "fn": 0, "support": 1
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "tp": 1,
+        "fp": 0,
+        "fn": 0,
+        "support": 1,
     }
     assert list(scores["per_type"]) == ["LOC", "ORG", "PER"]
 
@@ -250,18 +256,26 @@ def test_string_scores_match_per_sentence_and_check_inputs():
 
 def test_error_breakdown_assigns_each_span_one_category():
     gold = [[Span(0, 2, "PER"), Span(3, 4, "LOC"), Span(5, 7, "ORG"), Span(8, 10, "PER"), Span(12, 13, "LOC")]]
-    pred = [[
-        Span(0, 2, "PER"),  # correct
-        Span(3, 4, "ORG"),  # type: same boundaries
-        Span(5, 6, "ORG"),  # boundary: overlaps the ORG, too short
-        Span(9, 11, "LOC"),  # boundary_type: overlaps the PER, other type, other boundaries
-        Span(14, 15, "PER"),  # spurious
-        Span(14, 15, "PER"),  # duplicate: counted once
-    ]]  # the LOC at 12 is missed
+    pred = [
+        [
+            Span(0, 2, "PER"),  # correct
+            Span(3, 4, "ORG"),  # type: same boundaries
+            Span(5, 6, "ORG"),  # boundary: overlaps the ORG, too short
+            Span(9, 11, "LOC"),  # boundary_type: overlaps the PER, other type, other boundaries
+            Span(14, 15, "PER"),  # spurious
+            Span(14, 15, "PER"),  # duplicate: counted once
+        ]
+    ]  # the LOC at 12 is missed
     counts = error_breakdown(gold, pred)
     assert counts == {
-        "correct": 1, "type": 1, "boundary": 1, "boundary_type": 1, "spurious": 1, "missed": 1,
-        "n_pred": 5, "n_gold": 5,
+        "correct": 1,
+        "type": 1,
+        "boundary": 1,
+        "boundary_type": 1,
+        "spurious": 1,
+        "missed": 1,
+        "n_pred": 5,
+        "n_gold": 5,
     }
     scores = span_scores(gold, pred)
     assert counts["correct"] == scores["tp"] and counts["missed"] <= scores["fn"]
@@ -300,8 +314,9 @@ def test_error_breakdown_is_consistent_with_span_scores_on_real_data():
 
 def test_metrics_module_does_not_import_evaluate():
     tree = ast.parse(Path(metrics_module.__file__).read_text(encoding="utf-8"))
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "evaluate" not in imported and "cllmfs_trainer" in imported
 

@@ -246,8 +246,7 @@ def test_default_model_folder_is_complete(smollm2_path):
     assert provenance["gguf_file"] == DEFAULT_WHEEL.gguf_member
     assert embedded_model._looks_like_text(provenance["sanity_generation"])
     # No temp folders left behind (other cached models, such as the baselines' encoder, may sit beside it).
-    assert [name for name in leftovers(smollm2_path.parent) if smollm2_path.name in name] == [
-        smollm2_path.name]
+    assert [name for name in leftovers(smollm2_path.parent) if smollm2_path.name in name] == [smollm2_path.name]
 
 
 @pytest.mark.slow

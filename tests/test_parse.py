@@ -25,8 +25,32 @@ words = st.text(min_size=1, max_size=8).filter(
     lambda w: w.split() == [w] and not any(m in w for m in ("<<<", ">>>", "<im_end>"))
 )
 entity_strings = st.lists(words, min_size=1, max_size=4).map(" ".join)
-punctuated = st.sampled_from(["Andrew Little", "Bo", "O'Brien", "U.S.", "Zoë", "São Paulo", "7", "#1", "$ 9.99",
-                              "<", ">", "<<", ">>", "a>>", "<<b", "-", "«Paris»", "北京", "☀️", "e-mail", "(", ")"])
+punctuated = st.sampled_from(
+    [
+        "Andrew Little",
+        "Bo",
+        "O'Brien",
+        "U.S.",
+        "Zoë",
+        "São Paulo",
+        "7",
+        "#1",
+        "$ 9.99",
+        "<",
+        ">",
+        "<<",
+        ">>",
+        "a>>",
+        "<<b",
+        "-",
+        "«Paris»",
+        "北京",
+        "☀️",
+        "e-mail",
+        "(",
+        ")",
+    ]
+)
 
 
 @given(st.lists(st.one_of(entity_strings, punctuated), max_size=8))
@@ -129,17 +153,22 @@ def test_no_prefix_still_reads_groups():
         ("the the the the the", ParsedOutput([], ["no_prefix", "no_end", "text_outside_markers"])),
         ("<im_end>", ParsedOutput([], ["no_prefix"])),
         (">>> >>> <<<", ParsedOutput([], ["no_prefix", "no_end", "unbalanced"])),
-        ("\x00\ufffd<<<<<<>>>>>>", ParsedOutput([], ["no_prefix", "no_end", "unbalanced", "empty_entity",
-                                                    "text_outside_markers"])),
+        (
+            "\x00\ufffd<<<<<<>>>>>>",
+            ParsedOutput([], ["no_prefix", "no_end", "unbalanced", "empty_entity", "text_outside_markers"]),
+        ),
     ],
 )
 def test_garbage(text, expected):
     assert parse_output(text) == expected
 
 
-@given(st.lists(st.sampled_from(["<<<", ">>>", "<im_end>", "<im_start>", " ", "\n", "Bo", "<", ">", P]), max_size=20)
-       .map("".join)
-       | st.text(max_size=60))
+@given(
+    st.lists(st.sampled_from(["<<<", ">>>", "<im_end>", "<im_start>", " ", "\n", "Bo", "<", ">", P]), max_size=20).map(
+        "".join
+    )
+    | st.text(max_size=60)
+)
 @settings(max_examples=300, deadline=None)
 def test_never_raises_and_reports_known_kinds(text):
     parsed = parse_output(text)
@@ -267,7 +296,9 @@ def overlap(a: Span, b: Span) -> bool:
 span_lists = st.lists(
     st.builds(
         lambda start, length, label: Span(start, start + length, label),
-        st.integers(0, 12), st.integers(1, 5), st.sampled_from(ORDER + ["MISC"]),
+        st.integers(0, 12),
+        st.integers(1, 5),
+        st.sampled_from(ORDER + ["MISC"]),
     ),
     max_size=12,
 )
@@ -306,8 +337,13 @@ def test_parse_stats_counts():
         stats.update(parsed, entities_to_spans(["Bo", "met", "Cy"], parsed.entities, "PER"))
     stats.update(parse_output(EMPTY))  # no match given: only the parse is counted
     assert (stats.outputs, stats.clean, stats.entities, stats.not_found) == (6, 3, 3, 1)
-    assert stats.problems == {"no_end": 2, "unbalanced": 1, "no_prefix": 1, "text_outside_markers": 1,
-                              "empty_entity": 1}
+    assert stats.problems == {
+        "no_end": 2,
+        "unbalanced": 1,
+        "no_prefix": 1,
+        "text_outside_markers": 1,
+        "empty_entity": 1,
+    }
     assert stats.as_dict() == {
         "outputs": 6,
         "clean": 3,

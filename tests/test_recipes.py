@@ -40,19 +40,47 @@ def test_unknown_keys_are_rejected(train_script, tmp_path):
 
 
 def tiny_args(root, out):
-    return [str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"), "--model_name_or_path", str(root / "model"),
-            "--support_set", str(root / "support.txt"), "--n_types", "person", "--k", "1", "--max_steps", "2",
-            "--lora_target_modules", "q_proj", "v_proj", "--cl_layer", "2", "--cl_weight", "0.5",
-            "--per_device_train_batch_size", "2", "--output_dir", str(out), "--report_to", "none",
-            "--logging_steps", "1"]
+    return [
+        str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        "--model_name_or_path",
+        str(root / "model"),
+        "--support_set",
+        str(root / "support.txt"),
+        "--n_types",
+        "person",
+        "--k",
+        "1",
+        "--max_steps",
+        "2",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--cl_layer",
+        "2",
+        "--cl_weight",
+        "0.5",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+    ]
 
 
 def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inputs, tmp_path):
     trainer = train_script.main(*train_script.parse_args(tiny_args(tiny_run_inputs, tmp_path)))
     assert trainer.state.global_step == 2
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "support.txt",
-            "cllmfs_run.json"} <= files
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "support.txt",
+        "cllmfs_run.json",
+    } <= files
     run = json.loads((tmp_path / "cllmfs_run.json").read_text())
     assert run["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
     assert [t["label"] for t in run["train_types"]] == ["person"]

@@ -59,7 +59,9 @@ def test_short_types_form(tmp_path):
     path.write_text('types:\n  drug: "names of medicines"\n  dose: {name: dosage, description: "amounts taken"}\n')
     types = load_types_file(path)
     assert [(t.label, t.name, t.description) for t in types] == [
-        ("drug", "drug", "names of medicines"), ("dose", "dosage", "amounts taken")]
+        ("drug", "drug", "names of medicines"),
+        ("dose", "dosage", "amounts taken"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -109,8 +109,9 @@ def test_inter_task_samples_ontonotes_and_queries_target_types(monkeypatch):
     task = make_task("inter", "conll2003", k=5, seed=1, query_size=100)
     assert len(task.support.types) == 18
     assert_k_shot(task.support, 5)
-    assert [t.label for t in task.test_types] == ["PER", "LOC", "ORG", "MISC"] or \
-        sorted(t.label for t in task.test_types) == ["LOC", "MISC", "ORG", "PER"]
+    assert [t.label for t in task.test_types] == ["PER", "LOC", "ORG", "MISC"] or sorted(
+        t.label for t in task.test_types
+    ) == ["LOC", "MISC", "ORG", "PER"]
     assert len(task.query) == 100
     onto_train = {tuple(s.tokens) for s in read_conll(shared / "ontonotes5" / "train.txt")}
     assert all(tuple(s.tokens) in onto_train for s in task.support.sentences)

@@ -49,7 +49,7 @@ def test_entity_chars_point_into_the_prompt():
     for sample in build_samples(sentences, wnut.types):
         s, e = sample.sentence_chars
         assert sample.prompt[s:e] + "\n" in sample.prompt
-        for (a, b) in sample.entity_chars:
+        for a, b in sample.entity_chars:
             assert s <= a < b <= e
             assert f"<<< {sample.prompt[a:b]} >>>" in sample.completion
 
@@ -67,8 +67,10 @@ def test_markers_are_plain_text_that_round_trips(tokenizer):
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids).strip() == completion
     # The end marker always tokenises the same way at the end of a completion, whatever precedes it.
-    tails = {tuple(tokenizer(build_completion(e), add_special_tokens=False)["input_ids"][-4:])
-             for e in ([], ["x"], ["New York"], ["Zoë", "42"])}
+    tails = {
+        tuple(tokenizer(build_completion(e), add_special_tokens=False)["input_ids"][-4:])
+        for e in ([], ["x"], ["New York"], ["Zoë", "42"])
+    }
     assert len(tails) == 1
 
 
@@ -100,7 +102,7 @@ def check_cl_alignment(tokenizer, sentences, types, prompt_format=1):
             visible = sample.prompt[a:b].strip()
             if label == IGNORE_INDEX:
                 # Outside the sentence (or pure whitespace): no visible sentence character.
-                assert not visible or b <= s or a >= e or not sample.prompt[max(a, s):min(b, e)].strip()
+                assert not visible or b <= s or a >= e or not sample.prompt[max(a, s) : min(b, e)].strip()
                 continue
             assert visible and a < e and b > s
             inside = any(a < y and b > x for x, y in sample.entity_chars)
@@ -128,8 +130,10 @@ def test_cl_labels_alignment_on_real_wnut_support_set(tokenizer, prompt_format):
 
 def test_sentence_first_format_puts_the_type_right_before_the_answer():
     (first, second) = build_samples([ANDREW], [PERSON, LOCATION], prompt_format=2)
-    assert first.prompt.startswith(f"Input: {ANDREW.text}\nPlease extract the entity of person in the input "
-                                   "sentence given above, the entity of person refers to ")
+    assert first.prompt.startswith(
+        f"Input: {ANDREW.text}\nPlease extract the entity of person in the input "
+        "sentence given above, the entity of person refers to "
+    )
     assert first.prompt.endswith(".\nOutput:\n")
     s, e = first.sentence_chars
     assert (s, first.prompt[s:e]) == (len("Input: "), ANDREW.text)
@@ -138,7 +142,8 @@ def test_sentence_first_format_puts_the_type_right_before_the_answer():
     assert second.prompt.split("\n")[0] == first.prompt.split("\n")[0]
     assert first.completion == build_samples([ANDREW], [PERSON])[0].completion  # the output does not change
     assert "given below" in build_prompt(ANDREW.text, PERSON) and build_prompt(ANDREW.text, PERSON, 1).startswith(
-        "Please extract")
+        "Please extract"
+    )
     with pytest.raises(ValueError, match="unknown prompt_format 0"):
         build_samples([ANDREW], [PERSON], prompt_format=0)
 
@@ -175,7 +180,8 @@ def test_build_sft_dataset_on_shipped_wnut(sp_tokenizer):
     dataset = build_sft_dataset(support.sentences, wnut.types, sp_tokenizer, keep_text=True)
     assert len(dataset) == len(support.sentences) * 6
     assert {"input_ids", "attention_mask", "labels", "cl_labels", "prompt", "completion", "type"} <= set(
-        dataset.column_names)
+        dataset.column_names
+    )
     positive = sum(any(c > 0 for c in row) for row in dataset["cl_labels"])
     empty = sum(c.endswith("are <im_end>") for c in dataset["completion"])
     assert positive + empty == len(dataset)  # a sample marks entity tokens iff its completion names entities

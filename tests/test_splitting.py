@@ -33,6 +33,7 @@ def test_chunks_cover_sentence_and_never_cut_an_entity(sentence, budget, by_leng
             tokens, spans = chunk.sentence.tokens, chunk.sentence.spans
             assert len(tokens) == 1 or spans[0] == Span(0, len(tokens), spans[0].type)
 
+
 def test_short_sentence_is_one_chunk_with_its_id():
     sentence = Sentence(["a", "b"], [Span(0, 1, "X")], id="f.txt:3")
     (chunk,) = split_sentence(sentence, 10)

@@ -32,9 +32,18 @@ def dataset(tokenizer):
 
 def config(tmp_path, **overrides):
     params = dict(
-        output_dir=str(tmp_path), report_to=[], save_strategy="no", logging_steps=1, max_steps=3,
-        per_device_train_batch_size=4, gradient_checkpointing=False, learning_rate=1e-2, seed=0,
-        cl_layer=2, cl_weight=0.5, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        gradient_checkpointing=False,
+        learning_rate=1e-2,
+        seed=0,
+        cl_layer=2,
+        cl_weight=0.5,
+        disable_tqdm=True,
     )
     params.update(overrides)
     return ContrastiveSFTConfig(**params)
@@ -97,8 +106,9 @@ def test_cl_layer_fraction_and_depth_check(tmp_path):
 
 def test_trainer_names_the_depth_when_the_layer_is_out_of_range(tmp_path, tiny_llama, tokenizer, dataset):
     with pytest.raises(ValueError, match="model with 4 layers"):
-        ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path, cl_layer=26), train_dataset=dataset,
-                              processing_class=tokenizer)
+        ContrastiveSFTTrainer(
+            tiny_llama(tokenizer), args=config(tmp_path, cl_layer=26), train_dataset=dataset, processing_class=tokenizer
+        )
 
 
 # --- the hook -----------------------------------------------------------------------------------------------------
@@ -141,14 +151,26 @@ def test_stopped_forward_returns_the_same_layer_output(tiny_llama, tokenizer):
 
 
 def run_sft(tmp_path, model, tokenizer, dataset, **overrides):
-    params = dict(output_dir=str(tmp_path), report_to=[], save_strategy="no", logging_steps=1, max_steps=3,
-                  per_device_train_batch_size=4, gradient_checkpointing=False, learning_rate=1e-2, seed=0,
-                  bf16=False, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
-                  disable_tqdm=True)
+    params = dict(
+        output_dir=str(tmp_path),
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=3,
+        per_device_train_batch_size=4,
+        gradient_checkpointing=False,
+        learning_rate=1e-2,
+        seed=0,
+        bf16=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
     params.update(overrides)
     torch.manual_seed(0)
-    trainer = SFTTrainer(model, args=SFTConfig(**params), train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora())
+    trainer = SFTTrainer(
+        model, args=SFTConfig(**params), train_dataset=dataset, processing_class=tokenizer, peft_config=lora()
+    )
     trainer.train()
     return trainer
 
@@ -159,8 +181,13 @@ def test_without_the_contrastive_term_it_is_sft_trainer(tmp_path, tiny_llama, to
     data = dataset.remove_columns("cl_labels") if how == "no cl_labels" else dataset
     torch.manual_seed(0)
     weight = 0 if how == "cl_weight=0" else 0.5
-    ours = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path / "ours", cl_weight=weight),
-                                 train_dataset=data, processing_class=tokenizer, peft_config=lora())
+    ours = ContrastiveSFTTrainer(
+        tiny_llama(tokenizer),
+        args=config(tmp_path / "ours", cl_weight=weight),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
     ours.train()
     losses = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
     assert losses(ours) == losses(sft) and len(losses(sft)) == 3
@@ -177,8 +204,11 @@ def test_without_the_contrastive_term_it_is_sft_trainer(tmp_path, tiny_llama, to
 def test_every_trainable_parameter_moves_and_metrics_are_logged(tmp_path, tiny_llama, tokenizer, dataset, site):
     torch.manual_seed(0)
     trainer = ContrastiveSFTTrainer(
-        tiny_llama(tokenizer), args=config(tmp_path, cl_noise_site=site, cl_positive_grad=site == "embeddings"),
-        train_dataset=dataset, processing_class=tokenizer, peft_config=lora(ALL_PROJECTIONS),
+        tiny_llama(tokenizer),
+        args=config(tmp_path, cl_noise_site=site, cl_positive_grad=site == "embeddings"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(ALL_PROJECTIONS),
     )
     before = trainable(trainer.model)
     trainer.train()
@@ -194,15 +224,27 @@ def test_every_trainable_parameter_moves_and_metrics_are_logged(tmp_path, tiny_l
 
 
 # The paper's Table 3 grid: q, k, v, o, W_in (gate/up), W_out (down) and embed_tokens, one at a time.
-TABLE_3_TARGETS = [["q_proj"], ["k_proj"], ["v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"],
-                   ["embed_tokens"]]
+TABLE_3_TARGETS = [
+    ["q_proj"],
+    ["k_proj"],
+    ["v_proj"],
+    ["o_proj"],
+    ["gate_proj", "up_proj"],
+    ["down_proj"],
+    ["embed_tokens"],
+]
 
 
 @pytest.mark.parametrize("targets", TABLE_3_TARGETS, ids=["+".join(t) for t in TABLE_3_TARGETS])
 def test_every_lora_target_of_the_table_3_grid_trains(tmp_path, tiny_llama, tokenizer, dataset, targets):
     torch.manual_seed(0)
-    trainer = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path, max_steps=2), train_dataset=dataset,
-                                    processing_class=tokenizer, peft_config=lora(targets))
+    trainer = ContrastiveSFTTrainer(
+        tiny_llama(tokenizer),
+        args=config(tmp_path, max_steps=2),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(targets),
+    )
     before = trainable(trainer.model)
     trainer.train()
     after = trainable(trainer.model)
@@ -212,8 +254,11 @@ def test_every_lora_target_of_the_table_3_grid_trains(tmp_path, tiny_llama, toke
 def test_lora_on_embeddings_and_gradient_checkpointing_train(tmp_path, tiny_llama, tokenizer, dataset):
     torch.manual_seed(0)
     trainer = ContrastiveSFTTrainer(
-        tiny_llama(tokenizer), args=config(tmp_path, gradient_checkpointing=True, max_steps=2),
-        train_dataset=dataset, processing_class=tokenizer, peft_config=lora(["embed_tokens", "gate_proj", "down_proj"]),
+        tiny_llama(tokenizer),
+        args=config(tmp_path, gradient_checkpointing=True, max_steps=2),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(["embed_tokens", "gate_proj", "down_proj"]),
     )
     trainer.train()
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
@@ -239,7 +284,10 @@ def test_gradients_equal_with_and_without_checkpointing(tmp_path, tiny_llama, to
     for checkpointing in (False, True):
         torch.manual_seed(0)
         trainer = ContrastiveSFTTrainer(
-            tiny_llama(tokenizer), train_dataset=dataset, processing_class=tokenizer, peft_config=lora(ALL_PROJECTIONS),
+            tiny_llama(tokenizer),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora(ALL_PROJECTIONS),
             args=config(tmp_path, gradient_checkpointing=checkpointing, cl_noise_site=site, cl_positive_grad=True),
         )
         trainer.current_gradient_accumulation_steps = 1
@@ -258,10 +306,25 @@ def test_gradient_accumulation_matches_a_hand_computed_update(tmp_path, tiny_lla
     four = dataset.select(range(4))  # exactly one optimizer step: the update cannot depend on the sample order
     torch.manual_seed(0)
     trainer = ContrastiveSFTTrainer(
-        tiny_llama(tokenizer), train_dataset=four, processing_class=tokenizer, peft_config=lora(ALL_PROJECTIONS),
-        args=config(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=4, max_steps=1, optim="sgd",
-                    learning_rate=lr, lr_scheduler_type="constant", max_grad_norm=0, weight_decay=0.0,
-                    cl_noise_site="none", cl_max_tokens=None, cl_weight=weight, cl_layer=layer),
+        tiny_llama(tokenizer),
+        train_dataset=four,
+        processing_class=tokenizer,
+        peft_config=lora(ALL_PROJECTIONS),
+        args=config(
+            tmp_path,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=4,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            max_grad_norm=0,
+            weight_decay=0.0,
+            cl_noise_site="none",
+            cl_max_tokens=None,
+            cl_weight=weight,
+            cl_layer=layer,
+        ),
     )
     # A separate copy of the starting point (a deepcopy would share the forward that TRL patches onto the model).
     reference = get_peft_model(tiny_llama(tokenizer), lora(ALL_PROJECTIONS))
@@ -274,8 +337,9 @@ def test_gradient_accumulation_matches_a_hand_computed_update(tmp_path, tiny_lla
     for b in micro:
         out = reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
         logits, labels = out.logits[:, :-1], b["labels"][:, 1:]
-        ce_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="sum")
+        ce_sum = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         mask = b["cl_labels"] >= 0
         cl = supervised_contrastive_loss(out.hidden_states[layer][mask], b["cl_labels"][mask], temperature=0.07)
         objective = objective + ce_sum / total_tokens + weight * cl.loss / 4
@@ -296,9 +360,20 @@ def test_pdb_times_gas_invariance_of_the_ce_term(tmp_path, tiny_llama, tokenizer
     for pdb, gas in ((8, 1), (1, 8)):
         torch.manual_seed(0)
         trainer = ContrastiveSFTTrainer(
-            tiny_llama(tokenizer), train_dataset=dataset, processing_class=tokenizer, peft_config=lora(),
-            args=config(tmp_path, per_device_train_batch_size=pdb, gradient_accumulation_steps=gas, max_steps=1,
-                        optim="sgd", learning_rate=0.5, max_grad_norm=0, cl_weight=0),
+            tiny_llama(tokenizer),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora(),
+            args=config(
+                tmp_path,
+                per_device_train_batch_size=pdb,
+                gradient_accumulation_steps=gas,
+                max_steps=1,
+                optim="sgd",
+                learning_rate=0.5,
+                max_grad_norm=0,
+                cl_weight=0,
+            ),
         )
         trainer.train()
         finals.append(trainable(trainer.model))
@@ -310,8 +385,13 @@ def test_batch_without_entities_gives_zero_cl_and_finite_loss(tmp_path, tiny_lla
     empty = dataset.filter(lambda row: all(c <= 0 for c in row["cl_labels"]))
     assert len(empty) >= 4
     torch.manual_seed(0)
-    trainer = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path, max_steps=2), train_dataset=empty,
-                                    processing_class=tokenizer, peft_config=lora())
+    trainer = ContrastiveSFTTrainer(
+        tiny_llama(tokenizer),
+        args=config(tmp_path, max_steps=2),
+        train_dataset=empty,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
     trainer.train()
     for entry in (h for h in trainer.state.log_history if "loss" in h):
         assert entry["cl_loss"] == 0.0 and entry["loss"] == pytest.approx(entry["ce_loss"])
@@ -320,9 +400,14 @@ def test_batch_without_entities_gives_zero_cl_and_finite_loss(tmp_path, tiny_lla
 
 def test_evaluate_logs_the_contrastive_metrics(tmp_path, tiny_llama, tokenizer, dataset):
     torch.manual_seed(0)
-    trainer = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path, per_device_eval_batch_size=4),
-                                    train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
-                                    peft_config=lora())
+    trainer = ContrastiveSFTTrainer(
+        tiny_llama(tokenizer),
+        args=config(tmp_path, per_device_eval_batch_size=4),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
     metrics = trainer.evaluate()
     assert {"eval_loss", "eval_ce_loss", "eval_cl_loss"} <= set(metrics)
     assert metrics["eval_loss"] > 0 and metrics["eval_cl_loss"] > 0
@@ -331,9 +416,14 @@ def test_evaluate_logs_the_contrastive_metrics(tmp_path, tiny_llama, tokenizer, 
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_llama, tokenizer, dataset):
     def make(out, **kw):
         torch.manual_seed(0)
-        return ContrastiveSFTTrainer(tiny_llama(tokenizer), train_dataset=dataset, processing_class=tokenizer,
-                                     peft_config=lora(), args=config(out, max_steps=4, per_device_train_batch_size=2,
-                                                                     save_strategy="steps", save_steps=2, **kw))
+        return ContrastiveSFTTrainer(
+            tiny_llama(tokenizer),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora(),
+            args=config(out, max_steps=4, per_device_train_batch_size=2, save_strategy="steps", save_steps=2, **kw),
+        )
+
     full = make(tmp_path / "full")
     full.train()
     resumed = make(tmp_path / "resumed")
@@ -347,8 +437,13 @@ def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_
 
 def test_saved_adapter_reloads_to_the_same_outputs(tmp_path, tiny_llama, tokenizer, dataset):
     torch.manual_seed(0)
-    trainer = ContrastiveSFTTrainer(tiny_llama(tokenizer), args=config(tmp_path), train_dataset=dataset,
-                                    processing_class=tokenizer, peft_config=lora())
+    trainer = ContrastiveSFTTrainer(
+        tiny_llama(tokenizer),
+        args=config(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora(),
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "adapter"))
     reloaded = PeftModel.from_pretrained(tiny_llama(tokenizer), str(tmp_path / "adapter")).eval()

@@ -20,14 +20,34 @@ def test_a_dozen_steps_lower_both_ce_and_cl_on_a_fixed_eval_set(smollm2_path, sm
     with_entities = train.filter(lambda row: any(c > 0 for c in row["cl_labels"]))
     # cl_weight=1: at the paper's 0.001 the CL term barely moves in a dozen steps on this model (README).
     args = ContrastiveSFTConfig(
-        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=8, per_device_eval_batch_size=32,
-        learning_rate=5e-4, lr_scheduler_type="constant", gradient_checkpointing=False, cl_weight=1.0,
-        cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=32,
+        learning_rate=5e-4,
+        lr_scheduler_type="constant",
+        gradient_checkpointing=False,
+        cl_weight=1.0,
+        cl_layer=0.8125,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    lora = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = ContrastiveSFTTrainer(load_model(smollm2_path), args=args, train_dataset=train,
-                                    eval_dataset=with_entities, processing_class=smollm2_tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    trainer = ContrastiveSFTTrainer(
+        load_model(smollm2_path),
+        args=args,
+        train_dataset=train,
+        eval_dataset=with_entities,
+        processing_class=smollm2_tokenizer,
+        peft_config=lora,
+    )
     assert trainer.cl_layer == 24  # 0.8125 of 30 blocks
     torch.manual_seed(1)  # the same noise draw for both evaluations
     before = trainer.evaluate()
@@ -62,14 +82,28 @@ def test_after_overfitting_a_few_support_sentences_prediction_reproduces_their_g
     types = [t for t in wnut.types if t.label in seen] + [next(t for t in wnut.types if t.label not in seen)]
     train = build_sft_dataset(chosen, types, smollm2_tokenizer)
     args = ContrastiveSFTConfig(
-        output_dir=str(tmp_path), max_steps=OVERFIT_STEPS, per_device_train_batch_size=len(train),
-        learning_rate=1e-3, lr_scheduler_type="constant", gradient_checkpointing=False, cl_weight=0.001,
-        cl_layer=0.8125, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        max_steps=OVERFIT_STEPS,
+        per_device_train_batch_size=len(train),
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        gradient_checkpointing=False,
+        cl_weight=0.001,
+        cl_layer=0.8125,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
-    lora = LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    trainer = ContrastiveSFTTrainer(load_model(smollm2_path), args=args, train_dataset=train,
-                                    processing_class=smollm2_tokenizer, peft_config=lora)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    trainer = ContrastiveSFTTrainer(
+        load_model(smollm2_path), args=args, train_dataset=train, processing_class=smollm2_tokenizer, peft_config=lora
+    )
     trainer.train()
     model = trainer.model.merge_and_unload().eval()
     extractor = EntityExtractor(model, load_tokenizer(smollm2_path, padding_side="left"), types)

@@ -27,16 +27,25 @@ def main() -> None:
             row["distributed_type"] = RunFolder.load(work / row["part"], check_weights=False).distributed_type
         if metrics.is_file():
             m = json.loads(metrics.read_text())
-            row.update(train_s=m.get("train_runtime"), steps_per_s=m.get("train_steps_per_second"),
-                       samples_per_s=m.get("train_samples_per_second"),
-                       peak_gpu_memory_gib=m.get("peak_gpu_memory_gib"))
+            row.update(
+                train_s=m.get("train_runtime"),
+                steps_per_s=m.get("train_steps_per_second"),
+                samples_per_s=m.get("train_samples_per_second"),
+                peak_gpu_memory_gib=m.get("peak_gpu_memory_gib"),
+            )
         rows.append(row)
     gpu = results / "gpu.txt"
-    summary = {"shape": shape, "steps": int(steps), "gpu": gpu.read_text().strip() if gpu.is_file() else None,
-               "parts": rows}
+    summary = {
+        "shape": shape,
+        "steps": int(steps),
+        "gpu": gpu.read_text().strip() if gpu.is_file() else None,
+        "parts": rows,
+    }
     Path(out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{'part':8s} {'rc':>3s} {'wall s':>7s} {'train s':>8s} {'steps/s':>8s} {'samples/s':>9s} {'peak GiB':>8s}"
-          "  launcher")
+    print(
+        f"{'part':8s} {'rc':>3s} {'wall s':>7s} {'train s':>8s} {'steps/s':>8s} {'samples/s':>9s} {'peak GiB':>8s}"
+        "  launcher"
+    )
     for r in rows:
         cells = [r.get(k) for k in ("train_s", "steps_per_s", "samples_per_s", "peak_gpu_memory_gib")]
         text = " ".join(f"{c:>8}" if c is not None else f"{'-':>8}" for c in cells)

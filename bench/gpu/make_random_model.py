@@ -18,11 +18,24 @@ from pathlib import Path
 
 SHAPES = {
     # LLaMA-2-7B (meta-llama/Llama-2-7b-hf config.json), apart from the vocabulary.
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+    ),
     # Small enough to write and train on a CPU in seconds: checks the plumbing of bench/gpu/gpu_check.sh.
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    ),
 }
 
 
@@ -41,8 +54,12 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.tokenizer)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **SHAPES[args.shape],
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[args.shape],
     )
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,8 +70,13 @@ def main() -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     parameters = sum(p.numel() for p in model.parameters())
-    summary = {"shape": args.shape, "parameters": parameters, "dtype": args.dtype, "device": device,
-               "seconds": round(time.perf_counter() - start, 1)}
+    summary = {
+        "shape": args.shape,
+        "parameters": parameters,
+        "dtype": args.dtype,
+        "device": device,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     (out / "random_model.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
 

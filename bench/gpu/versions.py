@@ -10,8 +10,20 @@ import importlib
 import importlib.metadata
 import sys
 
-PACKAGES = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes", "pyarrow",
-            "fsspec", "huggingface_hub", "tokenizers"]
+PACKAGES = [
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "bitsandbytes",
+    "pyarrow",
+    "fsspec",
+    "huggingface_hub",
+    "tokenizers",
+]
 
 
 def main() -> None:

@@ -17,6 +17,15 @@ from cllmfs_trainer.baselines.token_baselines import (
 )
 
 __all__ = [
-    "MINILM_WHEEL", "Encoder", "TokenPrototypeNER", "classify_words", "labels_to_spans",
-    "load_encoder", "materialize_minilm", "nnshot_predict", "protobert_predict", "resolve_encoder", "token_labels",
+    "MINILM_WHEEL",
+    "Encoder",
+    "TokenPrototypeNER",
+    "classify_words",
+    "labels_to_spans",
+    "load_encoder",
+    "materialize_minilm",
+    "nnshot_predict",
+    "protobert_predict",
+    "resolve_encoder",
+    "token_labels",
 ]

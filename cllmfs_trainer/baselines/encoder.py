@@ -212,8 +212,10 @@ class Encoder:
                 counts[word_id] += 1
         unk = self.tokenizer.unk_token
         if any(c == 0 for c in counts) and unk is None:
-            raise ValueError(f"{type(self.tokenizer).__name__} encodes some word of {words} as nothing and has no "
-                             "unk token to stand in for it")
+            raise ValueError(
+                f"{type(self.tokenizer).__name__} encodes some word of {words} as nothing and has no "
+                "unk token to stand in for it"
+            )
         words = [w if c else unk for w, c in zip(words, counts)]
         chunks, current, used = [], [], 0
         for word, count in zip(words, counts):
@@ -241,7 +243,7 @@ class Encoder:
         pieces: list[tuple[int, int, list[str]]] = []  # (sentence index, first word index, words)
         for index, words in enumerate(sentences):
             start = 0
-            for chunk in (self._chunks(list(words)) if words else []):
+            for chunk in self._chunks(list(words)) if words else []:
                 pieces.append((index, start, chunk))
                 start += len(chunk)
         out = [torch.zeros(len(words), self.hidden_size) for words in sentences]

@@ -192,8 +192,9 @@ class TokenPrototypeNER:
             return [[] for _ in query]
         import torch
 
-        flat = classify_words(torch.cat(embedded), self.support_embeddings, self.support_labels, self.method,
-                              self.metric)
+        flat = classify_words(
+            torch.cat(embedded), self.support_embeddings, self.support_labels, self.method, self.metric
+        )
         out, start = [], 0
         for e in embedded:
             out.append(flat[start : start + len(e)])

@@ -5,6 +5,13 @@ from cllmfs_trainer.benchmark.protocol import Benchmark, BenchmarkConfig, Unit
 from cllmfs_trainer.benchmark.report import aggregate, write_report
 
 __all__ = [
-    "METHODS", "Benchmark", "BenchmarkConfig", "Method", "Unit", "aggregate", "get_method", "register_method",
+    "METHODS",
+    "Benchmark",
+    "BenchmarkConfig",
+    "Method",
+    "Unit",
+    "aggregate",
+    "get_method",
+    "register_method",
     "write_report",
 ]

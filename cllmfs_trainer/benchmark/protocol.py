@@ -195,10 +195,15 @@ class Benchmark:
             previous["fingerprint"] = _upgrade_fingerprint(previous.get("fingerprint", {}))
             if previous["fingerprint"] != current["fingerprint"]:
                 if not overwrite:
-                    changed = sorted(k for k in current["fingerprint"]
-                                     if previous.get("fingerprint", {}).get(k) != current["fingerprint"][k])
-                    raise ValueError(f"{self.root} holds a benchmark run with different settings ({', '.join(changed)})"
-                                     "; resume with the same ones, pick another output_dir, or pass --overwrite")
+                    changed = sorted(
+                        k
+                        for k in current["fingerprint"]
+                        if previous.get("fingerprint", {}).get(k) != current["fingerprint"][k]
+                    )
+                    raise ValueError(
+                        f"{self.root} holds a benchmark run with different settings ({', '.join(changed)})"
+                        "; resume with the same ones, pick another output_dir, or pass --overwrite"
+                    )
                 shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
@@ -207,8 +212,13 @@ class Benchmark:
         """All units, grouped so that one trained model serves all its targets before the next is trained."""
         cfg = self.config
         tasks = [t.split(":", 1) for t in cfg.tasks]
-        return [Unit(setting, dataset, k, seed, method)
-                for seed in cfg.seeds for k in cfg.ks for method in cfg.methods for setting, dataset in tasks]
+        return [
+            Unit(setting, dataset, k, seed, method)
+            for seed in cfg.seeds
+            for k in cfg.ks
+            for method in cfg.methods
+            for setting, dataset in tasks
+        ]
 
     def unit_path(self, unit: Unit) -> Path:
         return self.root / "units" / unit.task / f"k{unit.k}" / f"seed{unit.seed}" / f"{unit.method}.json"
@@ -251,8 +261,11 @@ class Benchmark:
             if changed:
                 raise ValueError(f"{path} comes from a benchmark with different settings ({', '.join(changed)})")
         else:
-            logger.warning("%s has no fingerprint (an older report): only its model and query were checked, not the "
-                           "recipe, overrides or encoder", path)
+            logger.warning(
+                "%s has no fingerprint (an older report): only its model and query were checked, not the "
+                "recipe, overrides or encoder",
+                path,
+            )
         wanted = {astuple(u) for u in self.units()}
         restored = 0
         for record in report.get("units", []):
@@ -265,8 +278,10 @@ class Benchmark:
             target = self.unit_path(unit)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({**record, "restored_from": str(path)}, indent=2, ensure_ascii=False) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(
+                json.dumps({**record, "restored_from": str(path)}, indent=2, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+            )
             os.replace(tmp, target)
             restored += 1
         logger.info("benchmark: restored %d units from %s", restored, path)
@@ -292,8 +307,9 @@ class Benchmark:
         pool = source.load("train", self.config.data_dir)
         # Exclude every query of the run, so an INTER support set is the same whichever targets come first.
         exclude = [s for task in self.config.tasks for s in self.query(task.split(":", 1)[1])]
-        support = sample_support_set(pool.sentences, unit.k, [t.label for t in source.types], unit.seed,
-                                     exclude=exclude, source=pool.source)
+        support = sample_support_set(
+            pool.sentences, unit.k, [t.label for t in source.types], unit.seed, exclude=exclude, source=pool.source
+        )
         support.save(path)
         return support
 
@@ -332,8 +348,12 @@ class Benchmark:
                 extra["support_fit"] = self._support_fit(run_dir, support, train_types)
         elif method.kind == "zero_shot" and (done := self._zero_shot_done(unit)) is not None:
             # Zero-shot prompting never sees the support set: every seed and K gives the same predictions.
-            record = {**json.loads(done.read_text(encoding="utf-8")), "seed": unit.seed, "k": unit.k,
-                      "reused_from": str(done.relative_to(self.root))}
+            record = {
+                **json.loads(done.read_text(encoding="utf-8")),
+                "seed": unit.seed,
+                "k": unit.k,
+                "reused_from": str(done.relative_to(self.root)),
+            }
             predictions = done.with_suffix(".predictions.jsonl").read_text(encoding="utf-8")
             self._write(unit, record, predictions)
             return record
@@ -344,8 +364,14 @@ class Benchmark:
         else:
             predicted, extra = method.fit_predict(self, unit, support.sentences, query, test_types)
         seconds = time.perf_counter() - start
-        record = {**asdict(unit), "query_size": len(query), "support_sentences": len(support.sentences),
-                  "seconds": round(seconds, 1), **score_unit(query, predicted), **extra}
+        record = {
+            **asdict(unit),
+            "query_size": len(query),
+            "support_sentences": len(support.sentences),
+            "seconds": round(seconds, 1),
+            **score_unit(query, predicted),
+            **extra,
+        }
         self._save(unit, record, query, predicted)
         return record
 
@@ -363,9 +389,17 @@ class Benchmark:
         if self.train_fn is None:
             raise ValueError(f"method {unit.method!r} needs training, but the benchmark was given no train_fn")
         support_path = self.root / "support" / unit.source / f"k{unit.k}" / f"seed{unit.seed}.txt"
-        overrides = {**self.config.train_overrides, **get_method(unit.method).overrides,
-                     "dataset": unit.source, "setting": "intra", "k": unit.k, "support_set": str(support_path),
-                     "support_seed": unit.seed, "seed": unit.seed, "model_name_or_path": self.config.model}
+        overrides = {
+            **self.config.train_overrides,
+            **get_method(unit.method).overrides,
+            "dataset": unit.source,
+            "setting": "intra",
+            "k": unit.k,
+            "support_set": str(support_path),
+            "support_seed": unit.seed,
+            "seed": unit.seed,
+            "model_name_or_path": self.config.model,
+        }
         if self.config.data_dir:
             overrides["data_dir"] = self.config.data_dir
         partial = run_dir.with_name(run_dir.name + ".partial")
@@ -382,8 +416,10 @@ class Benchmark:
         for stale in partial.glob("checkpoint-*"):  # only an unfinished training needs them
             shutil.rmtree(stale)
         # Seconds of the last attempt only; it trained the steps after `resumed_from_step`.
-        RunFolder.load(partial).update(train_seconds=round(time.perf_counter() - start, 1),
-                                       resumed_from_step=int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+        RunFolder.load(partial).update(
+            train_seconds=round(time.perf_counter() - start, 1),
+            resumed_from_step=int(checkpoint.name.split("-")[1]) if checkpoint else 0,
+        )
         os.replace(partial, run_dir)  # a run folder exists only once complete
         return run_dir
 
@@ -420,14 +456,19 @@ class Benchmark:
             if other.method == unit.method and other.task == unit.task and other != unit:
                 path = self.unit_path(other)
                 # Reuse only a unit that predicted for itself: a reused or restored one may lack its predictions.
-                if path.is_file() and path.with_suffix(".predictions.jsonl").is_file() \
-                        and "reused_from" not in json.loads(path.read_text(encoding="utf-8")):
+                if (
+                    path.is_file()
+                    and path.with_suffix(".predictions.jsonl").is_file()
+                    and "reused_from" not in json.loads(path.read_text(encoding="utf-8"))
+                ):
                     return path
         return None
 
     def _save(self, unit: Unit, record: dict[str, Any], query: list[Sentence], predicted: list[list[Span]]) -> None:
-        lines = [json.dumps({"id": s.id, "spans": [list(span) for span in spans]}, ensure_ascii=False)
-                 for s, spans in zip(query, predicted)]
+        lines = [
+            json.dumps({"id": s.id, "spans": [list(span) for span in spans]}, ensure_ascii=False)
+            for s, spans in zip(query, predicted)
+        ]
         self._write(unit, record, "\n".join(lines) + "\n")
 
     def _write(self, unit: Unit, record: dict[str, Any], predictions: str) -> None:

@@ -21,15 +21,23 @@ PAPER_TABLE1 = {
     "inter": {"wnut17": 0.4579, "gum": 0.2392, "i2b2_2014": 0.4413, "conll2003": 0.5128},
 }
 TABLE1_COLUMNS = ["wnut17", "gum", "i2b2_2014", "ontonotes5", "conll2003"]
-COLUMN_TITLES = {"wnut17": "WNUT'17", "gum": "GUM", "i2b2_2014": "I2B2", "ontonotes5": "OntoNotes",
-                 "conll2003": "CoNLL'03"}
+COLUMN_TITLES = {
+    "wnut17": "WNUT'17",
+    "gum": "GUM",
+    "i2b2_2014": "I2B2",
+    "ontonotes5": "OntoNotes",
+    "conll2003": "CoNLL'03",
+}
 ERROR_KINDS = ["correct", "boundary", "type", "boundary_type", "spurious", "missed"]
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
     # Sample std (n - 1), as papers reporting "mean ± std over runs" use; a single run has no spread to report.
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,8 +55,12 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     summaries = []
     for (setting, dataset, k, method), group in sorted(groups.items()):
         summary: dict[str, Any] = {
-            "setting": setting, "dataset": dataset, "k": k, "method": method,
-            "seeds": sorted(r["seed"] for r in group), "query_size": group[0]["query_size"],
+            "setting": setting,
+            "dataset": dataset,
+            "k": k,
+            "method": method,
+            "seeds": sorted(r["seed"] for r in group),
+            "query_size": group[0]["query_size"],
             "span_f1": _mean_std([r["span"]["f1"] for r in group]),
             "span_precision": _mean_std([r["span"]["precision"] for r in group]),
             "span_recall": _mean_std([r["span"]["recall"] for r in group]),
@@ -77,8 +89,9 @@ def _cell(stat: dict[str, float] | None, full_n: int = 0) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}{count}"
 
 
-def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str,
-                    settings_note: str = "") -> str:
+def table1_markdown(
+    summaries: Sequence[dict[str, Any]], k: int, model: str, query_note: str, settings_note: str = ""
+) -> str:
     """Markdown in the paper's Table 1 layout (settings x methods as rows, datasets as columns), span micro-F1.
 
     Args:
@@ -108,34 +121,59 @@ def table1_markdown(summaries: Sequence[dict[str, Any]], k: int, model: str, que
         cells = [f"*{paper[c]:.4f}*" if c in paper else "-" for c in columns]
         lines.append(f"| {setting.upper()} | *paper: CLLMFS, LLaMA-2-7B* | " + " | ".join(cells) + " |")
     seeds = sorted({len(s["seeds"]) for s in rows})
-    caption = (f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seed(s), {k}-shot, base model {model}, "
-               f"query: {query_note}" + (f", recipe overrides: {settings_note}" if settings_note else "") +
-               ". Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
-               "LLaMA-2-7B, five runs), not ours.")
-    target_support = sorted({s["method"] for s in rows if s["setting"] == "inter" and s["method"] in METHODS
-                             and get_method(s["method"]).uses_target_support}, key=method_order)
+    caption = (
+        f"Span micro-F1, mean ± std over {'/'.join(map(str, seeds))} seed(s), {k}-shot, base model {model}, "
+        f"query: {query_note}"
+        + (f", recipe overrides: {settings_note}" if settings_note else "")
+        + ". Rows in *italics* are the paper's figures (Zhang et al., ECAI 2024, Table 1; "
+        "LLaMA-2-7B, five runs), not ours."
+    )
+    target_support = sorted(
+        {
+            s["method"]
+            for s in rows
+            if s["setting"] == "inter" and s["method"] in METHODS and get_method(s["method"]).uses_target_support
+        },
+        key=method_order,
+    )
     if target_support:
         names = " and ".join(method_title(m) for m in target_support)
-        caption += (f" {names} cannot label types they have no examples of, so in INTER they use the target's K-shot "
-                    "support set.")
+        caption += (
+            f" {names} cannot label types they have no examples of, so in INTER they use the target's K-shot "
+            "support set."
+        )
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
 def details_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     """Every group: span P/R/F1, string-level F1, support-set fit and the error breakdown."""
-    columns = ["setting", "dataset", "K", "method", "seeds", "span P", "span R", "span F1", "string-level F1",
-               "support fit F1", *ERROR_KINDS]
+    columns = [
+        "setting",
+        "dataset",
+        "K",
+        "method",
+        "seeds",
+        "span P",
+        "span R",
+        "span F1",
+        "string-level F1",
+        "support fit F1",
+        *ERROR_KINDS,
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in summaries:
         fit = _cell(s.get("support_fit_f1")) if s.get("support_fit_f1") else "-"
         lines.append(
             f"| {s['setting']} | {s['dataset']} | {s['k']} | {s['method']} | {len(s['seeds'])} | "
             f"{_cell(s['span_precision'])} | {_cell(s['span_recall'])} | {_cell(s['span_f1'])} | "
-            f"{_cell(s['string_f1'])} | {fit} | " + " | ".join(str(s["errors"][kind]) for kind in ERROR_KINDS) + " |")
-    note = ("Error counts are summed over seeds. `boundary`: a prediction overlapping a gold span of its type without "
-            "matching it; `type`: exact boundaries, wrong type; `boundary_type`: both wrong; `spurious`: overlaps no "
-            "gold span; `missed`: gold spans no prediction overlaps (see "
-            "`cllmfs_trainer.evaluation.metrics.error_breakdown`).")
+            f"{_cell(s['string_f1'])} | {fit} | " + " | ".join(str(s["errors"][kind]) for kind in ERROR_KINDS) + " |"
+        )
+    note = (
+        "Error counts are summed over seeds. `boundary`: a prediction overlapping a gold span of its type without "
+        "matching it; `type`: exact boundaries, wrong type; `boundary_type`: both wrong; `spurious`: overlaps no "
+        "gold span; `missed`: gold spans no prediction overlaps (see "
+        "`cllmfs_trainer.evaluation.metrics.error_breakdown`)."
+    )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -176,18 +214,24 @@ def paired_markdown(records: Sequence[dict[str, Any]], reference: str = "cllmfs"
             gaps = [ours[s]["span"]["f1"] - by_method[method][s]["span"]["f1"] for s in seeds]
             gap = f"{statistics.fmean(gaps):+.4f}" + (f" ± {statistics.stdev(gaps):.4f}" if len(gaps) > 1 else "")
             ahead = sum(g > 0 for g in gaps)
-            lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {k} | "
-                         f"{method_title(method)} | {len(seeds)} | {gap} | {ahead}/{len(seeds)} | "
-                         f"{_boundary_rate([ours[s] for s in seeds])} | "
-                         f"{_boundary_rate([by_method[method][s] for s in seeds])} |")
+            lines.append(
+                f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {k} | "
+                f"{method_title(method)} | {len(seeds)} | {gap} | {ahead}/{len(seeds)} | "
+                f"{_boundary_rate([ours[s] for s in seeds])} | "
+                f"{_boundary_rate([by_method[method][s] for s in seeds])} |"
+            )
     if not lines:
         return ""
     title = method_title(reference).split(" (")[0]  # "CLLMFS", not its long label
-    header = (f"| setting | dataset | K | {title} vs | seeds | F1 difference | {title} ahead | boundary errors, "
-              f"{title} | boundary errors, other |")
-    note = (f"F1 difference: {title}'s span F1 minus the other method's on the same support set, mean ± std over "
-            "seeds. Boundary errors: predictions with wrong boundaries (`boundary` + `boundary_type`) among all "
-            "predictions that overlap a gold span, summed over the paired seeds.")
+    header = (
+        f"| setting | dataset | K | {title} vs | seeds | F1 difference | {title} ahead | boundary errors, "
+        f"{title} | boundary errors, other |"
+    )
+    note = (
+        f"F1 difference: {title}'s span F1 minus the other method's on the same support set, mean ± std over "
+        "seeds. Boundary errors: predictions with wrong boundaries (`boundary` + `boundary_type`) among all "
+        "predictions that overlap a gold span, summed over the paired seeds."
+    )
     return note + "\n\n" + "\n".join([header, "|" + "---|" * 9, *lines]) + "\n"
 
 
@@ -224,8 +268,9 @@ def plot_f1(summaries: Sequence[dict[str, Any]], k: int, path: Path) -> None:
 def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     """Span micro-F1 against K: one row per (setting, dataset, method), one column per K (the K-shot curve)."""
     ks = sorted({s["k"] for s in summaries})
-    curves = sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries},
-                    key=lambda c: (c[0], c[1], method_order(c[2])))
+    curves = sorted(
+        {(s["setting"], s["dataset"], s["method"]) for s in summaries}, key=lambda c: (c[0], c[1], method_order(c[2]))
+    )
     lines = ["| setting | dataset | method | " + " | ".join(f"K={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 3)]
     full_n = max(len(s["seeds"]) for s in summaries)
     for setting, dataset, method in curves:
@@ -233,10 +278,15 @@ def kshot_markdown(summaries: Sequence[dict[str, Any]]) -> str:
         for k in ks:
             match = _find([s for s in summaries if s["k"] == k], setting, dataset, method)
             cells.append(_cell(match["span_f1"] if match else None, full_n))
-        lines.append(f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {method_title(method)} | "
-                     + " | ".join(cells) + " |")
-    return ("Span micro-F1 by shots per type (K), mean ± std over seeds; a cell with fewer seeds than the others says "
-            "how many.\n\n" + "\n".join(lines) + "\n")
+        lines.append(
+            f"| {setting.upper()} | {COLUMN_TITLES.get(dataset, dataset)} | {method_title(method)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return (
+        "Span micro-F1 by shots per type (K), mean ± std over seeds; a cell with fewer seeds than the others says "
+        "how many.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
@@ -248,11 +298,20 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for setting, dataset, method in sorted({(s["setting"], s["dataset"], s["method"]) for s in summaries}):
-        points = sorted((s["k"], s["span_f1"]["mean"], s["span_f1"]["std"]) for s in summaries
-                        if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method))
+        points = sorted(
+            (s["k"], s["span_f1"]["mean"], s["span_f1"]["std"])
+            for s in summaries
+            if (s["setting"], s["dataset"], s["method"]) == (setting, dataset, method)
+        )
         ks, means, stds = zip(*points)
-        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3,
-                    label=f"{setting.upper()} {COLUMN_TITLES.get(dataset, dataset)}: {method_title(method)}")
+        ax.errorbar(
+            ks,
+            means,
+            yerr=stds,
+            marker="o",
+            capsize=3,
+            label=f"{setting.upper()} {COLUMN_TITLES.get(dataset, dataset)}: {method_title(method)}",
+        )
     ax.set_xticks(sorted({s["k"] for s in summaries}))
     ax.set_xlabel("K (shots per type)")
     ax.set_ylabel("span micro-F1")
@@ -263,8 +322,14 @@ def plot_f1_by_k(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: str, query_note: str,
-                 settings_note: str = "", fingerprint: dict[str, Any] | None = None) -> Path:
+def write_report(
+    records: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    model: str,
+    query_note: str,
+    settings_note: str = "",
+    fingerprint: dict[str, Any] | None = None,
+) -> Path:
     """Write results.json, table1.md (per K), details.md, paired.md (CLLMFS against each other method, seed by seed)
     and f1_k<K>.png into `out_dir`, and with several K the K-shot curve (kshot.md, f1_by_k.png); returns the folder.
 
@@ -275,8 +340,13 @@ def write_report(records: Sequence[dict[str, Any]], out_dir: str | Path, model: 
     summaries = aggregate(records)
     # Only numbers and ids: no sentence text, so the report can live in git.
     units = [{key: value for key, value in r.items()} for r in records]
-    report = {"model": model, "query": query_note, "recipe_overrides": settings_note, "summary": summaries,
-              "units": units}
+    report = {
+        "model": model,
+        "query": query_note,
+        "recipe_overrides": settings_note,
+        "summary": summaries,
+        "units": units,
+    }
     if fingerprint is not None:
         report["fingerprint"] = fingerprint
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

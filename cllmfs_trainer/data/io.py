@@ -187,8 +187,10 @@ def _validate_tags(tags: list[str], locations: list[str], scheme: str) -> str:
         prefixes.setdefault(prefix, where)
     unknown = sorted(set(prefixes) - _PREFIXES["bioes"] - {"O"})
     if unknown:
-        raise DataFormatError(f"{prefixes[unknown[0]]}: tag prefix {unknown[0]!r} belongs to no known tag scheme; "
-                              "expected O, B-, I- (BIO, IOB1) or also E-, S-, L-, U- (BIOES)")
+        raise DataFormatError(
+            f"{prefixes[unknown[0]]}: tag prefix {unknown[0]!r} belongs to no known tag scheme; "
+            "expected O, B-, I- (BIO, IOB1) or also E-, S-, L-, U- (BIOES)"
+        )
     if scheme == "auto":
         scheme = _detect_scheme(set(prefixes))
     bad = set(prefixes) - _PREFIXES[scheme] - {"O"}
@@ -206,7 +208,10 @@ def _report_repairs(corpus: Corpus) -> Corpus:
         first_where, first_tag = corpus.repairs[0]
         logger.warning(
             "%s: %d I- tag(s) continued no entity and were read as entity starts (first: %s at %s)",
-            corpus.source, len(corpus.repairs), first_tag, first_where,
+            corpus.source,
+            len(corpus.repairs),
+            first_tag,
+            first_where,
         )
     return corpus
 
@@ -415,8 +420,9 @@ def from_hf_dataset(
             raise DataFormatError(f"{where}: {len(tokens)} tokens but {len(raw_tags)} tags")
         if raw_tags and not isinstance(raw_tags[0], str):
             if label_names is None:
-                raise DataFormatError(f"{name}: column {tags_column!r} holds ids but has no ClassLabel names; "
-                                      "pass label_names")
+                raise DataFormatError(
+                    f"{name}: column {tags_column!r} holds ids but has no ClassLabel names; pass label_names"
+                )
             raw_tags = [label_names[t] for t in raw_tags]
         rows.append((tokens, raw_tags, [where] * len(tokens), index))
         all_tags.extend(raw_tags)

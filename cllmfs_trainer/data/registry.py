@@ -98,8 +98,10 @@ class DatasetInfo:
         known = {t.label for t in self.types}
         unknown = sorted(set(corpus.types()) - known)
         if unknown:
-            raise DataFormatError(f"{path}: types {unknown} are not in the {self.key!r} registry entry; "
-                                  "extend it with a types file (see load_types_file)")
+            raise DataFormatError(
+                f"{path}: types {unknown} are not in the {self.key!r} registry entry; "
+                "extend it with a types file (see load_types_file)"
+            )
         return corpus
 
 
@@ -176,18 +178,37 @@ def _builtin_types(key: str) -> list[EntityType]:
 
 
 _ENTRIES: dict[str, dict[str, Any]] = {
-    "wnut17": dict(title="WNUT'17 Emerging Entities", license="CC BY 4.0", shipped=True, hf_id="wnut_17",
-                   aliases=("wnut_17", "wnut")),
-    "conll2003": dict(title="CoNLL-2003 English", license="research only, not redistributable",
-                      hf_id="conll2003", aliases=("conll03", "conll")),
-    "ontonotes5": dict(title="OntoNotes 5.0 English", license="LDC2013T19, not redistributable",
-                       aliases=("ontonotes",)),
-    "gum": dict(title="GUM (2017, flat)", license="annotations CC BY 4.0; texts CC BY / CC BY-SA / CC BY-NC-SA",
-                splits=("train", "test")),
-    "i2b2_2014": dict(title="i2b2 2014 de-identification", license="n2c2 data use agreement, not redistributable",
-                      aliases=("i2b2",)),
-    "fewnerd": dict(title="Few-NERD (INTER)", license="CC BY-SA 4.0", splits=("train", "test"),
-                    aliases=("fewnerd_inter", "few-nerd"), folder="fewnerd_inter"),
+    "wnut17": dict(
+        title="WNUT'17 Emerging Entities",
+        license="CC BY 4.0",
+        shipped=True,
+        hf_id="wnut_17",
+        aliases=("wnut_17", "wnut"),
+    ),
+    "conll2003": dict(
+        title="CoNLL-2003 English",
+        license="research only, not redistributable",
+        hf_id="conll2003",
+        aliases=("conll03", "conll"),
+    ),
+    "ontonotes5": dict(
+        title="OntoNotes 5.0 English", license="LDC2013T19, not redistributable", aliases=("ontonotes",)
+    ),
+    "gum": dict(
+        title="GUM (2017, flat)",
+        license="annotations CC BY 4.0; texts CC BY / CC BY-SA / CC BY-NC-SA",
+        splits=("train", "test"),
+    ),
+    "i2b2_2014": dict(
+        title="i2b2 2014 de-identification", license="n2c2 data use agreement, not redistributable", aliases=("i2b2",)
+    ),
+    "fewnerd": dict(
+        title="Few-NERD (INTER)",
+        license="CC BY-SA 4.0",
+        splits=("train", "test"),
+        aliases=("fewnerd_inter", "few-nerd"),
+        folder="fewnerd_inter",
+    ),
 }
 _cache: dict[str, DatasetInfo] = {}
 

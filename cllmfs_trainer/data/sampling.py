@@ -53,8 +53,14 @@ class SupportSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bio(path, self.sentences)
         meta = {
-            "n": len(self.types), "k": self.k, "seed": self.seed, "types": self.types, "source": self.source,
-            "max_2k": self.max_2k, "sentences": len(self.sentences), "mentions": self.mention_counts(),
+            "n": len(self.types),
+            "k": self.k,
+            "seed": self.seed,
+            "types": self.types,
+            "source": self.source,
+            "max_2k": self.max_2k,
+            "sentences": len(self.sentences),
+            "mentions": self.mention_counts(),
             "sentence_ids": [s.id for s in self.sentences],
         }
         Path(f"{path}.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -69,8 +75,9 @@ class SupportSet:
         found_types = list(types or meta.get("types") or corpus.types())
         counts = Counter(span.type for sentence in corpus for span in sentence.spans)
         k = k if k is not None else meta.get("k", min((counts[t] for t in found_types), default=0))
-        return cls(corpus.sentences, found_types, k, meta.get("seed"), meta.get("source", str(path)),
-                   meta.get("max_2k", False))
+        return cls(
+            corpus.sentences, found_types, k, meta.get("seed"), meta.get("source", str(path)), meta.get("max_2k", False)
+        )
 
 
 def sample_support_set(
@@ -126,8 +133,10 @@ def sample_support_set(
             counts.update(sentence_counts)
         if counts[etype] < k:
             rule = " under the at-most-2K rule" if max_2k else ""
-            raise ValueError(f"type {etype!r} reaches only {counts[etype]} of {k} mentions{rule} "
-                             f"({frequency[etype]} in the pool of {len(pool)} sentences)")
+            raise ValueError(
+                f"type {etype!r} reaches only {counts[etype]} of {k} mentions{rule} "
+                f"({frequency[etype]} in the pool of {len(pool)} sentences)"
+            )
     return SupportSet([pool[i] for i in chosen], list(types), k, seed, source, max_2k)
 
 
@@ -185,6 +194,7 @@ def make_task(
         query_seed: Seed of the query subset; it does not depend on `seed`, so every support seed meets one query.
     """
     from cllmfs_trainer.evaluation.query import query_subset
+
     setting = setting.lower()
     if setting not in ("intra", "inter"):
         raise ValueError(f"setting must be 'intra' or 'inter', got {setting!r}")
@@ -197,8 +207,10 @@ def make_task(
         support = SupportSet.load(support_set, k=k, types=n_types)
         unknown = sorted(set(support.types) - set(types))
         if unknown:
-            raise DataFormatError(f"{support_set}: types {unknown} are not among the {source.key!r} types {types}; "
-                                  "extend them with a types file or pass n_types")
+            raise DataFormatError(
+                f"{support_set}: types {unknown} are not among the {source.key!r} types {types}; "
+                "extend them with a types file or pass n_types"
+            )
         types = [t for t in types if t in support.types]
     else:
         pool = source.load("train", data_dir)

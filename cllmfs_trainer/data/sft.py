@@ -59,8 +59,10 @@ IGNORE_INDEX = -100
 def check_prompt_format(prompt_format: int) -> int:
     """Return `prompt_format` if it is a known format, else raise a `ValueError` listing the known ones."""
     if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"unknown prompt_format {prompt_format!r}; known: {sorted(PROMPT_FORMATS)} "
-                         "(1: instruction first, 2: sentence first)")
+        raise ValueError(
+            f"unknown prompt_format {prompt_format!r}; known: {sorted(PROMPT_FORMATS)} "
+            "(1: instruction first, 2: sentence first)"
+        )
     return prompt_format
 
 
@@ -137,15 +139,17 @@ def build_samples(
             before, after = _prompt_parts(entity_type, prompt_format)
             prompt, start = before + text + after, len(before)
             spans = [s for s in sentence.spans if s.type == entity_type.label]
-            samples.append(SFTSample(
-                prompt=prompt,
-                completion=build_completion([sentence.span_text(s) for s in spans]),
-                type_label=entity_type.label,
-                type_id=type_id,
-                sentence_id=sentence.id,
-                sentence_chars=(start, start + len(text)),
-                entity_chars=[(start + word_chars[s.start][0], start + word_chars[s.end - 1][1]) for s in spans],
-            ))
+            samples.append(
+                SFTSample(
+                    prompt=prompt,
+                    completion=build_completion([sentence.span_text(s) for s in spans]),
+                    type_label=entity_type.label,
+                    type_id=type_id,
+                    sentence_id=sentence.id,
+                    sentence_chars=(start, start + len(text)),
+                    entity_chars=[(start + word_chars[s.start][0], start + word_chars[s.end - 1][1]) for s in spans],
+                )
+            )
     return samples
 
 
@@ -222,7 +226,11 @@ def tokenize_samples(
         logger.warning(
             "%d of %d samples exceed max_length=%d (longest %d tokens) and were truncated; %d lost their whole "
             "completion and were dropped. Split long sentences with split_sentence() to avoid this.",
-            stats.truncated, stats.samples, max_length, stats.max_length_seen, stats.dropped,
+            stats.truncated,
+            stats.samples,
+            max_length,
+            stats.max_length_seen,
+            stats.dropped,
         )
     return rows, stats
 
@@ -253,8 +261,11 @@ def build_sft_dataset(
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
     import datasets  # deferred: importing datasets costs about a second
 
-    samples = [sample for sample in build_samples(sentences, types, prompt_format)
-               for _ in range(repeat_entity_samples if sample.entity_chars else 1)]
+    samples = [
+        sample
+        for sample in build_samples(sentences, types, prompt_format)
+        for _ in range(repeat_entity_samples if sample.entity_chars else 1)
+    ]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)
     if keep_text and len(rows) == len(samples):
         for row, sample in zip(rows, samples):

@@ -57,8 +57,13 @@ def split_sentence(
                 best = end
         if best is None:  # one word, or the entity starting here, alone exceeds the budget: take the first cut
             best = next(i for i in range(start + 1, n + 1) if i not in blocked)
-            logger.warning("%s: words %d-%d exceed the budget of %d tokens but cannot be cut (one word or one "
-                           "entity); kept whole", sentence.id or "sentence", start, best, max_tokens)
+            logger.warning(
+                "%s: words %d-%d exceed the budget of %d tokens but cannot be cut (one word or one entity); kept whole",
+                sentence.id or "sentence",
+                start,
+                best,
+                max_tokens,
+            )
         spans = [Span(s.start - start, s.end - start, s.type) for s in sentence.spans if start <= s.start < best]
         part_id = f"{sentence.id}#{len(chunks)}" if sentence.id else f"#{len(chunks)}"
         chunks.append(Chunk(Sentence(sentence.tokens[start:best], spans, part_id), start))

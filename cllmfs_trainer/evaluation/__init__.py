@@ -8,5 +8,11 @@ from cllmfs_trainer.evaluation.query import query_subset
 from cllmfs_trainer.evaluation.scoring import evaluate_run, score_unit
 
 __all__ = [
-    "bio_span_scores", "error_breakdown", "evaluate_run", "query_subset", "score_unit", "span_scores", "string_scores",
+    "bio_span_scores",
+    "error_breakdown",
+    "evaluate_run",
+    "query_subset",
+    "score_unit",
+    "span_scores",
+    "string_scores",
 ]

@@ -74,14 +74,23 @@ def _scores(tp: Counter, fp: Counter, fn: Counter, zero_division: float, prefix:
     for etype in sorted(set(tp) | set(fp) | set(fn)):
         p, r, f = _prf(tp[etype], fp[etype], fn[etype], zero_division)
         per_type[etype] = {
-            f"{prefix}precision": p, f"{prefix}recall": r, f"{prefix}f1": f,
-            f"{prefix}tp": tp[etype], f"{prefix}fp": fp[etype], f"{prefix}fn": fn[etype],
+            f"{prefix}precision": p,
+            f"{prefix}recall": r,
+            f"{prefix}f1": f,
+            f"{prefix}tp": tp[etype],
+            f"{prefix}fp": fp[etype],
+            f"{prefix}fn": fn[etype],
             f"{prefix}support": tp[etype] + fn[etype],
         }
     return {
-        f"{prefix}precision": precision, f"{prefix}recall": recall, f"{prefix}f1": f1,
-        f"{prefix}tp": total_tp, f"{prefix}fp": total_fp, f"{prefix}fn": total_fn,
-        f"{prefix}support": total_tp + total_fn, f"{prefix}per_type": per_type,
+        f"{prefix}precision": precision,
+        f"{prefix}recall": recall,
+        f"{prefix}f1": f1,
+        f"{prefix}tp": total_tp,
+        f"{prefix}fp": total_fp,
+        f"{prefix}fn": total_fn,
+        f"{prefix}support": total_tp + total_fn,
+        f"{prefix}per_type": per_type,
     }
 
 
@@ -142,7 +151,8 @@ def _string_counts(item: Any, tokens: list[str], side: str, index: int) -> Count
 
 
 def string_scores(
-    gold: Sequence[Sentence], pred: Sequence[Sentence | Sequence[SpanLike | tuple[str, str]]],
+    gold: Sequence[Sentence],
+    pred: Sequence[Sentence | Sequence[SpanLike | tuple[str, str]]],
     zero_division: float = 0.0,
 ) -> dict[str, Any]:
     """String-level micro precision, recall and F1, as some LLM-NER papers report them.
@@ -238,7 +248,9 @@ def error_breakdown(gold: Sequence[SentenceSpans], pred: Sequence[SentenceSpans]
 
 
 def bio_span_scores(
-    references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]], scheme: str = "bio",
+    references: Sequence[Sequence[str]],
+    predictions: Sequence[Sequence[str]],
+    scheme: str = "bio",
     zero_division: float = 0.0,
 ) -> dict[str, Any]:
     """`span_scores` on tag sequences: decode each sentence's tags with `tags_to_spans`, then score the spans.

@@ -62,8 +62,11 @@ def evaluate_run(
         query = query_subset(dataset.load("test", data_dir).sentences, query_size, query_seed)
         extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size)
         predicted = [p.spans for p in extractor.predict(query, progress=True)]
-        results[name] = {"query_size": len(query), **score_unit(query, predicted),
-                         "parse_stats": extractor.stats.as_dict()}
+        results[name] = {
+            "query_size": len(query),
+            **score_unit(query, predicted),
+            "parse_stats": extractor.stats.as_dict(),
+        }
     from cllmfs_trainer.run_folder import RunFolder
 
     path = RunFolder.load(run_dir).metrics_file

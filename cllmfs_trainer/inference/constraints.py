@@ -146,8 +146,9 @@ class EntityAutomaton:
         # A run whose text tokenises to the EOS id (a literal '</s>' in the sentence) would end generation mid-group.
         unusable = [run for run, ids in run_ids.items() if eos_token_id in ids]
         if unusable:
-            logger.warning("%d runs contain the EOS token's text and cannot be generated, e.g. %r",
-                           len(unusable), unusable[0])
+            logger.warning(
+                "%d runs contain the EOS token's text and cannot be generated, e.g. %r", len(unusable), unusable[0]
+            )
         return cls(
             template,
             {run: ids for run, ids in run_ids.items() if eos_token_id not in ids},

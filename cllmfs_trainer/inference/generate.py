@@ -125,8 +125,13 @@ class EntityExtractor:
         self._template: CompletionTemplate | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, types: Sequence[EntityType] | None = None,
-                 dtype: str | torch.dtype | None = None, **kwargs: Any):
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        types: Sequence[EntityType] | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ):
         """Load a training run folder (`cllmfs_trainer.run_folder.RunFolder`), merging its LoRA weights.
 
         Args:
@@ -178,11 +183,17 @@ class EntityExtractor:
         chunks are taken in blocks of similar length, which bounds the cached prefixes held at once and the masked
         gap each row carries up to the block's longest prefix.
         """
-        places = [(i, j, t) for i, sentence_chunks in enumerate(chunks) for j in range(len(sentence_chunks))
-                  for t in self.types]
+        places = [
+            (i, j, t)
+            for i, sentence_chunks in enumerate(chunks)
+            for j in range(len(sentence_chunks))
+            for t in self.types
+        ]
         if self.prompt_format == 1:
-            jobs = [Job(build_prompt(chunks[i][j].sentence.text, t, 1), chunks[i][j].sentence.tokens, t.label)
-                    for i, j, t in places]
+            jobs = [
+                Job(build_prompt(chunks[i][j].sentence.text, t, 1), chunks[i][j].sentence.tokens, t.label)
+                for i, j, t in places
+            ]
             yield places, self.generate(jobs, progress)
             return
         pieces = sorted({(i, j) for i, j, _ in places}, key=lambda ij: len(chunks[ij[0]][ij[1]].sentence.tokens))
@@ -193,8 +204,14 @@ class EntityExtractor:
             blocks = tqdm(blocks, desc="extracting", unit="block")
         for block in blocks:
             block_places = [(i, j, t) for i, j in block for t in self.types]
-            jobs = [Job(build_prompt(chunks[i][j].sentence.text, t, self.prompt_format), chunks[i][j].sentence.tokens,
-                        (i, j)) for i, j, t in block_places]
+            jobs = [
+                Job(
+                    build_prompt(chunks[i][j].sentence.text, t, self.prompt_format),
+                    chunks[i][j].sentence.tokens,
+                    (i, j),
+                )
+                for i, j, t in block_places
+            ]
             yield block_places, self.generate(jobs)
 
     def _collect(self, chunks, places, texts, found: dict[tuple[int, int], list[Span]]) -> None:
@@ -221,8 +238,13 @@ class EntityExtractor:
         for ids, group in zip(encoded, groups):
             members.setdefault(group, []).append(ids)
         config = getattr(self.model, "generation_config", None)
-        expands = max(self.generation_kwargs.get(name, getattr(config, name, 1)) or 1
-                      for name in ("num_beams", "num_return_sequences")) > 1
+        expands = (
+            max(
+                self.generation_kwargs.get(name, getattr(config, name, 1)) or 1
+                for name in ("num_beams", "num_return_sequences")
+            )
+            > 1
+        )
         if self.reuse_prefix and not expands:
             prefixes = {group: ids[0][: shared_prefix_length(ids)] for group, ids in members.items()}
             try:
@@ -276,23 +298,34 @@ class EntityExtractor:
             batch_groups = [groups[k] for k in batch]
             if self.constrained and own_loop:
                 automata = build_automata(tokenizer, [jobs[k].words for k in batch], cache=self._automata)
-                answers = constrained_greedy(self.model, ids.to(device), mask.to(device), automata,
-                                             self.max_new_tokens - len(answer), cache=shared.cache_for(batch_groups),
-                                             written=answer)
+                answers = constrained_greedy(
+                    self.model,
+                    ids.to(device),
+                    mask.to(device),
+                    automata,
+                    self.max_new_tokens - len(answer),
+                    cache=shared.cache_for(batch_groups),
+                    written=answer,
+                )
                 for k, tokens in zip(batch, answers):
                     outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
                 continue
             extra: dict[str, Any] = shared.generate_kwargs(batch_groups)
             if self.constrained:
-                processor = EntityConstraintProcessor(tokenizer, [jobs[k].words for k in batch],
-                                                      prompt_length=answer_start, cache=self._automata)
+                processor = EntityConstraintProcessor(
+                    tokenizer, [jobs[k].words for k in batch], prompt_length=answer_start, cache=self._automata
+                )
                 extra["logits_processor"] = LogitsProcessorList([processor])
             else:  # without the constraint, also stop at the marker in case the model skips EOS
                 extra.update(stop_strings=[IM_END], tokenizer=tokenizer)
             generated = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=self.max_new_tokens - len(answer), pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id, **self.generation_kwargs, **extra,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=self.max_new_tokens - len(answer),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **self.generation_kwargs,
+                **extra,
             )
             texts = tokenizer.batch_decode(generated[:, answer_start:], skip_special_tokens=True)
             for k, text in zip(batch, texts):

@@ -25,11 +25,24 @@ import torch
 from cllmfs_trainer.inference.constraints import EntityAutomaton, mask_to_allowed
 from cllmfs_trainer.inference.prefix_cache import cache_argument, forward_parameters
 
-_GREEDY_DEFAULTS = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                    "encoder_repetition_penalty": 1.0, "min_new_tokens": None, "min_length": 0, "bad_words_ids": None,
-                    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
-                    "forced_bos_token_id": None, "forced_eos_token_id": None, "guidance_scale": None,
-                    "exponential_decay_length_penalty": None, "watermarking_config": None}
+_GREEDY_DEFAULTS = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "min_new_tokens": None,
+    "min_length": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "guidance_scale": None,
+    "exponential_decay_length_penalty": None,
+    "watermarking_config": None,
+}
 
 
 def is_plain_greedy(generation_kwargs: dict[str, Any], model: Any) -> bool:
@@ -41,8 +54,9 @@ def is_plain_greedy(generation_kwargs: dict[str, Any], model: Any) -> bool:
     if generation_kwargs.get("do_sample", False) or set(generation_kwargs) - {"do_sample"}:
         return False
     config = getattr(model, "generation_config", None)
-    return config is None or all(getattr(config, key, value) in (value, None)
-                                 for key, value in _GREEDY_DEFAULTS.items())
+    return config is None or all(
+        getattr(config, key, value) in (value, None) for key, value in _GREEDY_DEFAULTS.items()
+    )
 
 
 @torch.no_grad()
@@ -81,8 +95,14 @@ def constrained_greedy(
     active = list(range(rows))  # original row of each batch row
     new_ids, mask, step_positions = input_ids[:, cached:], attention_mask, positions[:, cached:]
     while active and max_new_tokens > 0:
-        logits = model(input_ids=new_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
-                       **extra, **{argument: cache}).logits[:, -1]
+        logits = model(
+            input_ids=new_ids,
+            attention_mask=mask,
+            position_ids=step_positions,
+            use_cache=True,
+            **extra,
+            **{argument: cache},
+        ).logits[:, -1]
         allowed = [automata[row].allowed_tensor(states[row]) for row in active]
         choices = mask_to_allowed(logits, allowed).argmax(dim=-1).tolist()
         keep = []

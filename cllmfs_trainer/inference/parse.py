@@ -43,7 +43,11 @@ from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IM_END, OPEN
 
 # Problem kinds, in the order `ParsedOutput.problems` lists them.
 NO_PREFIX, NO_END, UNBALANCED, EMPTY_ENTITY, TEXT_OUTSIDE = (
-    "no_prefix", "no_end", "unbalanced", "empty_entity", "text_outside_markers",
+    "no_prefix",
+    "no_end",
+    "unbalanced",
+    "empty_entity",
+    "text_outside_markers",
 )
 PROBLEM_KINDS = (NO_PREFIX, NO_END, UNBALANCED, EMPTY_ENTITY, TEXT_OUTSIDE)
 

@@ -106,13 +106,15 @@ class SharedPrefixes:
         cache = DynamicCache(config=self.model.config)
         # Only the cache is wanted: skip the vocabulary-wide logits of every prefix token where the model allows.
         extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(self.model) else {}
-        self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
-                   **{self._argument: cache}, **extra)
+        self.model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **{self._argument: cache}, **extra
+        )
         # Zeros after a shorter prefix (`where`, not a product: a group without prefix is a fully masked row, which
         # attention may fill with NaN). Those columns stay masked in every batch.
         keep = mask.to(device)[:, None, :, None].bool()
-        self._layers = [(torch.where(keep, layer.keys, 0.0), torch.where(keep, layer.values, 0.0))
-                        for layer in cache.layers]
+        self._layers = [
+            (torch.where(keep, layer.keys, 0.0), torch.where(keep, layer.values, 0.0)) for layer in cache.layers
+        ]
 
     def length(self, key: Hashable) -> int:
         """Prefix length of a group."""

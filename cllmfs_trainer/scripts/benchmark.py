@@ -58,8 +58,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="benchmark YAML")
     parser.add_argument("--overwrite", action="store_true", help="discard a finished run with other settings")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from finished units")
-    parser.add_argument("--restore-from", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="first mark as done the units of a report's results.json (same settings only)")
+    parser.add_argument(
+        "--restore-from",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="first mark as done the units of a report's results.json (same settings only)",
+    )
     return parser
 
 
@@ -90,8 +95,14 @@ def main(args: BenchmarkArguments) -> Path:
         benchmark.restore_from(args.restore_from)
     records = benchmark.finished_records() if args.report_only else benchmark.run()
     overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
-    return write_report(records, args.report_dir, model=config.model, query_note=config.query_note(),
-                        settings_note=overrides, fingerprint=config.fingerprint())
+    return write_report(
+        records,
+        args.report_dir,
+        model=config.model,
+        query_note=config.query_note(),
+        settings_note=overrides,
+        fingerprint=config.fingerprint(),
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:

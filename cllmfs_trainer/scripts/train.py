@@ -34,17 +34,33 @@ class ScriptArguments:
     support_set: str | None = field(default=None, metadata={"help": "Use this BIO file as the support set."})
     types_file: str | None = field(default=None, metadata={"help": "YAML overriding/extending type descriptions."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
-    repeat_entity_samples: int = field(default=1, metadata={
-        "help": "Repeat every SFT sample that has entities this many times (1 = the paper). Rebalances the "
-                "entity / no-entity decision, which small models otherwise learn as 'no entity' everywhere."})
-    prompt_format: int = field(default=1, metadata={
-        "help": "1: instruction, then sentence (default). 2: sentence first, then the instruction: the type sits "
-                "right before the answer, and prediction reuses each sentence's key/value cache across types."})
-    evaluate_on: list[str] | None = field(default=None, metadata={
-        "help": "After training, predict and score these datasets' test splits (each with its own types) into "
-                "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."})
-    eval_query_size: int | None = field(default=None, metadata={
-        "help": "Score a fixed random subset of this many test sentences per dataset instead of the whole split."})
+    repeat_entity_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Repeat every SFT sample that has entities this many times (1 = the paper). Rebalances the "
+            "entity / no-entity decision, which small models otherwise learn as 'no entity' everywhere."
+        },
+    )
+    prompt_format: int = field(
+        default=1,
+        metadata={
+            "help": "1: instruction, then sentence (default). 2: sentence first, then the instruction: the type sits "
+            "right before the answer, and prediction reuses each sentence's key/value cache across types."
+        },
+    )
+    evaluate_on: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "After training, predict and score these datasets' test splits (each with its own types) into "
+            "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."
+        },
+    )
+    eval_query_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score a fixed random subset of this many test sentences per dataset instead of the whole split."
+        },
+    )
 
 
 def make_parser() -> TrlParser:
@@ -69,21 +85,42 @@ def main(
         `ContrastiveSFTTrainer`: the trainer, after training.
     """
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
-    task = make_task(script_args.setting, dataset, script_args.k, script_args.support_seed,
-                     n_types=script_args.n_types, data_dir=script_args.data_dir, support_set=script_args.support_set)
+    task = make_task(
+        script_args.setting,
+        dataset,
+        script_args.k,
+        script_args.support_seed,
+        n_types=script_args.n_types,
+        data_dir=script_args.data_dir,
+        support_set=script_args.support_set,
+    )
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    train_dataset = build_sft_dataset(task.support.sentences, task.train_types, tokenizer, training_args.max_length,
-                                      repeat_entity_samples=script_args.repeat_entity_samples,
-                                      prompt_format=script_args.prompt_format)
+    train_dataset = build_sft_dataset(
+        task.support.sentences,
+        task.train_types,
+        tokenizer,
+        training_args.max_length,
+        repeat_entity_samples=script_args.repeat_entity_samples,
+        prompt_format=script_args.prompt_format,
+    )
     quantization = get_quantization_config(model_args)
-    model = load_model(model_args.model_name_or_path, dtype=model_args.dtype, quantization_config=quantization,
-                       # a quantized model is placed at load time, one copy per process
-                       device_map={"": str(PartialState().device)} if quantization else None,
-                       attn_implementation=model_args.attn_implementation)
+    model = load_model(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        quantization_config=quantization,
+        # a quantized model is placed at load time, one copy per process
+        device_map={"": str(PartialState().device)} if quantization else None,
+        attn_implementation=model_args.attn_implementation,
+    )
 
-    trainer = ContrastiveSFTTrainer(model, args=training_args, train_dataset=train_dataset,
-                                    processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer = ContrastiveSFTTrainer(
+        model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
     metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
     if torch.cuda.is_available():  # this process's peak, weights included (bench/gpu/gpu_check.sh reports it)
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -94,17 +131,25 @@ def main(
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         run = RunFolder(
-            path=training_args.output_dir, base_model=model_args.model_name_or_path or "default",
-            weights="adapter" if model_args.use_peft else "full", prompt_format=script_args.prompt_format,
-            setting=task.setting, dataset=dataset.key, k=script_args.k, train_types=list(task.train_types),
-            test_types=list(task.test_types), cl_layer=trainer.cl_layer, world_size=training_args.world_size,
+            path=training_args.output_dir,
+            base_model=model_args.model_name_or_path or "default",
+            weights="adapter" if model_args.use_peft else "full",
+            prompt_format=script_args.prompt_format,
+            setting=task.setting,
+            dataset=dataset.key,
+            k=script_args.k,
+            train_types=list(task.train_types),
+            test_types=list(task.test_types),
+            cl_layer=trainer.cl_layer,
+            world_size=training_args.world_size,
             distributed_type=trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU, DEEPSPEED, FSDP, ...
         )
         task.support.save(run.support_file)
         run.save()
         if script_args.evaluate_on:
-            metrics = evaluate_run(run.path, script_args.evaluate_on, script_args.eval_query_size,
-                                   data_dir=script_args.data_dir)
+            metrics = evaluate_run(
+                run.path, script_args.evaluate_on, script_args.eval_query_size, data_dir=script_args.data_dir
+            )
             for name, scores in metrics.items():
                 print(f"{name}: span micro-F1 {scores['span']['f1']:.4f} on {scores['query_size']} test sentences")
     return trainer

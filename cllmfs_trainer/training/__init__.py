@@ -9,6 +9,11 @@ from cllmfs_trainer.training.losses import ContrastiveOutput, add_noise, select_
 from cllmfs_trainer.training.trainer import ContrastiveSFTTrainer
 
 __all__ = [
-    "ContrastiveDataCollator", "ContrastiveOutput", "ContrastiveSFTConfig", "ContrastiveSFTTrainer", "add_noise",
-    "select_tokens", "supervised_contrastive_loss",
+    "ContrastiveDataCollator",
+    "ContrastiveOutput",
+    "ContrastiveSFTConfig",
+    "ContrastiveSFTTrainer",
+    "add_noise",
+    "select_tokens",
+    "supervised_contrastive_loss",
 ]

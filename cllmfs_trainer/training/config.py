@@ -51,42 +51,54 @@ class ContrastiveSFTConfig(SFTConfig):
 
     cl_weight: float = field(
         default=0.001,
-        metadata={"help": "Weight lambda of the contrastive term in CE + lambda * CL (the paper: 0.001). 0 disables "
-                  "it, and the trainer then behaves exactly like SFTTrainer."},
+        metadata={
+            "help": "Weight lambda of the contrastive term in CE + lambda * CL (the paper: 0.001). 0 disables "
+            "it, and the trainer then behaves exactly like SFTTrainer."
+        },
     )
     cl_layer: float = field(
         default=26,
-        metadata={"help": "Layer whose output feeds the contrastive term: an integer L >= 1 is the output of block L "
-                  "(hidden_states[L]; for the last block, its output before the final norm; the paper: 26 of "
-                  "LLaMA-2-7B's 32), a float in (0, 1) a fraction of the model's depth, so one recipe fits models "
-                  "of different depth."},
+        metadata={
+            "help": "Layer whose output feeds the contrastive term: an integer L >= 1 is the output of block L "
+            "(hidden_states[L]; for the last block, its output before the final norm; the paper: 26 of "
+            "LLaMA-2-7B's 32), a float in (0, 1) a fraction of the model's depth, so one recipe fits models "
+            "of different depth."
+        },
     )
     cl_temperature: float = field(
         default=0.07, metadata={"help": "Temperature of the supervised contrastive loss (> 0)."}
     )
     cl_noise_site: str = field(
         default="embeddings",
-        metadata={"help": "Where the noised positive view comes from: 'embeddings' (a second forward with noised "
-                  "input embeddings, stopped after layer cl_layer), 'hidden' (noise added to the layer's states; "
-                  "cheap) or 'none' (no noised view).", "choices": list(NOISE_SITES)},
+        metadata={
+            "help": "Where the noised positive view comes from: 'embeddings' (a second forward with noised "
+            "input embeddings, stopped after layer cl_layer), 'hidden' (noise added to the layer's states; "
+            "cheap) or 'none' (no noised view).",
+            "choices": list(NOISE_SITES),
+        },
     )
     cl_noise_distribution: str = field(
         default="uniform",
-        metadata={"help": "'uniform' (NEFTune: U(-1, 1) * alpha / sqrt(seq_len * dim)) or 'gaussian' "
-                  "(N(0, 1) with the same scale).", "choices": list(NOISE_DISTRIBUTIONS)},
+        metadata={
+            "help": "'uniform' (NEFTune: U(-1, 1) * alpha / sqrt(seq_len * dim)) or 'gaussian' "
+            "(N(0, 1) with the same scale).",
+            "choices": list(NOISE_DISTRIBUTIONS),
+        },
     )
-    cl_noise_alpha: float = field(
-        default=5.0, metadata={"help": "Noise magnitude alpha (NEFTune's alpha; >= 0)."}
-    )
+    cl_noise_alpha: float = field(default=5.0, metadata={"help": "Noise magnitude alpha (NEFTune's alpha; >= 0)."})
     cl_positive_grad: bool = field(
         default=False,
-        metadata={"help": "Let gradients flow through the noised view. Off by default: the noised pass then runs "
-                  "without storing activations, which is what keeps it cheap."},
+        metadata={
+            "help": "Let gradients flow through the noised view. Off by default: the noised pass then runs "
+            "without storing activations, which is what keeps it cheap."
+        },
     )
     cl_max_tokens: int | None = field(
         default=1024,
-        metadata={"help": "Cap on the tokens per micro-batch entering the contrastive term (its cost is quadratic); O "
-                  "tokens are subsampled first. None: no cap."},
+        metadata={
+            "help": "Cap on the tokens per micro-batch entering the contrastive term (its cost is quadratic); O "
+            "tokens are subsampled first. None: no cap."
+        },
     )
     cl_anchor_outside: bool = field(
         default=False,
@@ -94,8 +106,9 @@ class ContrastiveSFTConfig(SFTConfig):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision. Default: on only where a GPU supports it (SFTConfig's True fails on "
-                  "CPU)."},
+        metadata={
+            "help": "bf16 mixed precision. Default: on only where a GPU supports it (SFTConfig's True fails on CPU)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep columns the model does not take, such as cl_labels."}
@@ -111,9 +124,11 @@ class ContrastiveSFTConfig(SFTConfig):
         fsdp_requested = bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
         if fsdp_requested and (self.use_cpu or not _accelerator_available()):
             # accelerate shards with FSDP only on accelerators; on the CPU it would silently train with plain DDP.
-            raise ValueError("FSDP (`fsdp` or an accelerate FSDP config) needs GPUs or other accelerators; on the "
-                             "CPU accelerate would silently use DDP instead. On CPUs use ds_configs/cpu_ddp.yaml or "
-                             "ZeRO-2.")
+            raise ValueError(
+                "FSDP (`fsdp` or an accelerate FSDP config) needs GPUs or other accelerators; on the "
+                "CPU accelerate would silently use DDP instead. On CPUs use ds_configs/cpu_ddp.yaml or "
+                "ZeRO-2."
+            )
         if self.dataset_kwargs is None:
             self.dataset_kwargs = {"skip_prepare_dataset": True}
         super().__post_init__()

@@ -109,8 +109,10 @@ class ContrastiveSFTTrainer(SFTTrainer):
             # SFTTrainer built its own collator; keep its settings and add cl_labels padding.
             built = self.data_collator
             self.data_collator = ContrastiveDataCollator(
-                pad_token_id=built.pad_token_id, padding_free=built.padding_free,
-                return_position_ids=built.return_position_ids, pad_to_multiple_of=built.pad_to_multiple_of,
+                pad_token_id=built.pad_token_id,
+                padding_free=built.padding_free,
+                return_position_ids=built.return_position_ids,
+                pad_to_multiple_of=built.pad_to_multiple_of,
             )
         layers = decoder_layers(self.model)
         self.cl_layer = args.resolve_cl_layer(len(layers))
@@ -135,7 +137,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
         scaled_by_trainer = getattr(self, "loss_is_scaled_for_ga", None)
         if scaled_by_trainer is None:
             scaled_by_trainer = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-                self.compute_loss_func is not None)
+                self.compute_loss_func is not None
+            )
         steps = self.current_gradient_accumulation_steps if scaled_by_trainer else 1
         total = loss + self.args.cl_weight * cl.loss.to(loss.dtype) / steps
 
