@@ -35,10 +35,12 @@ demo: install
 
 test: install
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 format:
 	$(PY) -m ruff format .
