@@ -175,26 +175,33 @@ def run_sft(tmp_path, model, tokenizer, dataset, **overrides):
     return trainer
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["trl_head", "compact_head"])
 @pytest.mark.parametrize("how", ["cl_weight=0", "no cl_labels"])
-def test_without_the_contrastive_term_it_is_sft_trainer(tmp_path, tiny_llama, tokenizer, dataset, how):
+def test_without_the_contrastive_term_it_is_sft_trainer(tmp_path, tiny_llama, tokenizer, dataset, how, compact):
     sft = run_sft(tmp_path / "sft", tiny_llama(tokenizer), tokenizer, dataset)
     data = dataset.remove_columns("cl_labels") if how == "no cl_labels" else dataset
     torch.manual_seed(0)
     weight = 0 if how == "cl_weight=0" else 0.5
     ours = ContrastiveSFTTrainer(
         tiny_llama(tokenizer),
-        args=config(tmp_path / "ours", cl_weight=weight),
+        args=config(tmp_path / "ours", cl_weight=weight, compact_lm_head=compact),
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora(),
     )
     ours.train()
     losses = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
-    assert losses(ours) == losses(sft) and len(losses(sft)) == 3
+    assert len(losses(sft)) == 3
     theirs = trainable(sft.model)
     assert trainable(ours.model).keys() == theirs.keys()
-    for name, value in trainable(ours.model).items():
-        assert torch.equal(value, theirs[name]), name
+    if not compact:  # TRL's own head: bit for bit SFTTrainer
+        assert losses(ours) == losses(sft)
+        for name, value in trainable(ours.model).items():
+            assert torch.equal(value, theirs[name]), name
+    else:  # the compact head sums in another order: equal to float32 rounding
+        assert losses(ours) == pytest.approx(losses(sft), rel=1e-5)
+        for name, value in trainable(ours.model).items():
+            torch.testing.assert_close(value, theirs[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 # --- the loss in training -----------------------------------------------------------------------------------------

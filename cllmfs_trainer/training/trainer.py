@@ -15,6 +15,7 @@ With `cl_weight=0` or batches without `cl_labels`, step 1 is all that happens: t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from trl import SFTTrainer
 
 from cllmfs_trainer.training.collator import ContrastiveDataCollator
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
+from cllmfs_trainer.training.lm_head import add_compact_lm_head, fused_model
 from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
 
 
@@ -97,7 +99,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
         if args is None:
             args = ContrastiveSFTConfig(output_dir="cllmfs-output")
         elif not isinstance(args, ContrastiveSFTConfig):
-            args = ContrastiveSFTConfig(**{k: v for k, v in args.to_dict().items() if k in args.__dataclass_fields__})
+            # Copy the fields themselves: `to_dict()` masks `*_token` values (a hub_token would become "<HUB_TOKEN>").
+            args = ContrastiveSFTConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init})
         super().__init__(model, args=args, data_collator=data_collator, **kwargs)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.args.world_size != launched:
@@ -114,6 +117,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
                 return_position_ids=built.return_position_ids,
                 pad_to_multiple_of=built.pad_to_multiple_of,
             )
+        if args.compact_lm_head:
+            add_compact_lm_head(fused_model(self.model))
         layers = decoder_layers(self.model)
         self.cl_layer = args.resolve_cl_layer(len(layers))
         # hidden_states[L] is the output of block L, i.e. layers[L - 1].
