@@ -165,7 +165,7 @@ def test_truncation_cuts_all_columns_together_and_reports(tokenizer, caplog):
     n = len(full[0]["input_ids"])
     rows, stats = tokenize_samples(samples, tokenizer, max_length=n - 3)
     assert stats.truncated == 1 and stats.dropped == 0
-    assert {len(v) for v in rows[0].values()} == {n - 3}
+    assert {len(v) for v in rows[0].values() if isinstance(v, list)} == {n - 3}  # every per-token column
     assert rows[0]["cl_labels"] == full[0]["cl_labels"][: n - 3]
     rows, stats = tokenize_samples(samples, tokenizer, max_length=5)
     assert rows == [] and stats.dropped == 1
@@ -203,3 +203,37 @@ def test_repeat_entity_samples_rebalances_only_samples_with_entities(sp_tokenize
 
 def test_prompt_has_no_trailing_space():
     assert build_prompt("a b", PERSON).endswith("Output:\n")
+
+
+@pytest.mark.parametrize("prompt_format", [1, 2])
+def test_query_and_gold_cl_labels_against_hand_built_ones(sp_tokenizer, prompt_format):
+    from cllmfs_trainer.data import Sentence, Span
+    from cllmfs_trainer.data.registry import EntityType
+    from cllmfs_trainer.data.sft import _cl_labels
+
+    types = [EntityType("PER", "person", "people"), EntityType("LOC", "location", "places")]
+    sentence = Sentence("Bo met Al in Paris".split(), [Span(0, 1, "PER"), Span(2, 3, "PER"), Span(4, 5, "LOC")])
+    words = sentence.tokens
+    # Per sample (queried type) and mode, the label of each word, written out by hand.
+    expected = {
+        ("PER", "query"): [1, 0, 1, 0, 0],
+        ("LOC", "query"): [0, 0, 0, 0, 2],
+        ("PER", "gold"): [1, 0, 1, 0, 2],
+        ("LOC", "gold"): [1, 0, 1, 0, 2],
+    }
+    for sample in build_samples([sentence], types, prompt_format):
+        encoded = sp_tokenizer(sample.prompt, return_offsets_mapping=True)
+        start = sample.sentence_chars[0]
+        word_spans = []
+        for word in words:
+            begin = sample.prompt.index(word, start)
+            word_spans.append((begin, begin + len(word)))
+            start = begin + len(word)
+        for mode in ("query", "gold"):
+            labels = _cl_labels(sample.prompt, encoded["offset_mapping"], sample, mode)
+            for w, (a, b) in enumerate(word_spans):
+                inside = {lab for lab, (s, e) in zip(labels, encoded["offset_mapping"]) if s < b and e > a and lab >= 0}
+                assert inside == {expected[(sample.type_label, mode)][w]}, (sample.type_label, mode, words[w])
+    row = tokenize_samples(build_samples([sentence], types, prompt_format), sp_tokenizer)[0][0]
+    assert row["type_id"] == 1 and row["has_entity"] == 1
+    assert len(row["cl_gold_labels"]) == len(row["cl_labels"]) == len(row["input_ids"])

@@ -110,6 +110,8 @@ class SFTSample:
         sentence_id: Id of the source sentence.
         sentence_chars: `(start, end)` of the input sentence inside `prompt`.
         entity_chars: `(start, end)` inside `prompt` of each gold entity of the queried type.
+        gold_chars: `(start, end, type_id)` inside `prompt` of every gold entity of the task's types, for the
+            `gold` contrastive labels (each sentence token's own type, whatever the queried type).
     """
 
     prompt: str
@@ -119,6 +121,7 @@ class SFTSample:
     sentence_id: str = ""
     sentence_chars: tuple[int, int] = (0, 0)
     entity_chars: list[tuple[int, int]] = field(default_factory=list)
+    gold_chars: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def build_samples(
@@ -132,9 +135,16 @@ def build_samples(
         prompt_format: 1 (instruction first) or 2 (sentence first).
     """
     samples = []
+    type_ids = {t.label: i for i, t in enumerate(types, start=1)}
     for sentence in sentences:
         text = sentence.text
         word_chars = sentence.token_char_offsets()
+        # Every gold span of the task's types, as character offsets in the sentence (the prompt adds `start`).
+        gold = [
+            (word_chars[s.start][0], word_chars[s.end - 1][1], type_ids[s.type])
+            for s in sentence.spans
+            if s.type in type_ids
+        ]
         for type_id, entity_type in enumerate(types, start=1):
             before, after = _prompt_parts(entity_type, prompt_format)
             prompt, start = before + text + after, len(before)
@@ -148,13 +158,16 @@ def build_samples(
                     sentence_id=sentence.id,
                     sentence_chars=(start, start + len(text)),
                     entity_chars=[(start + word_chars[s.start][0], start + word_chars[s.end - 1][1]) for s in spans],
+                    gold_chars=[(start + a, start + b, gold_type) for a, b, gold_type in gold],
                 )
             )
     return samples
 
 
-def _cl_labels(prompt: str, offsets: Sequence[tuple[int, int]], sample: SFTSample) -> list[int]:
-    """Per prompt token: the type id inside a gold span, 0 elsewhere in the sentence, -100 outside the sentence."""
+def _cl_labels(prompt: str, offsets: Sequence[tuple[int, int]], sample: SFTSample, mode: str = "query") -> list[int]:
+    """Per prompt token, -100 outside the sentence; inside it, with `mode="query"` the queried type's id inside one of
+    its gold spans and 0 elsewhere, with `mode="gold"` the id of the gold span's own type (0 outside any span)."""
+    entities = [(a, b, sample.type_id) for a, b in sample.entity_chars] if mode == "query" else sample.gold_chars
     labels = []
     sent_start, sent_end = sample.sentence_chars
     for start, end in offsets:
@@ -165,10 +178,8 @@ def _cl_labels(prompt: str, offsets: Sequence[tuple[int, int]], sample: SFTSampl
             end -= 1
         if start == end or end <= sent_start or start >= sent_end:
             labels.append(IGNORE_INDEX)
-        elif any(start < e_end and end > e_start for e_start, e_end in sample.entity_chars):
-            labels.append(sample.type_id)
         else:
-            labels.append(0)
+            labels.append(next((t for e_start, e_end, t in entities if start < e_end and end > e_start), 0))
     return labels
 
 
@@ -187,6 +198,8 @@ def tokenize_sample(sample: SFTSample, tokenizer: Any, add_eos: bool = True) -> 
 
     The prompt and the completion are tokenised separately and concatenated, which is exactly what the model sees at
     inference (prompt ids, then generated ids). `labels` are -100 on the prompt; the completion and the EOS are learned.
+    `cl_labels` label sentence tokens by the queried type, `cl_gold_labels` by their own gold type (the trainer's
+    `cl_label_mode` picks one); `type_id` and `has_entity` describe the sample for the sampler.
     """
     prompt = tokenizer(sample.prompt, add_special_tokens=True, return_offsets_mapping=True)
     completion_ids = tokenizer(sample.completion, add_special_tokens=False)["input_ids"]
@@ -194,11 +207,16 @@ def tokenize_sample(sample: SFTSample, tokenizer: Any, add_eos: bool = True) -> 
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     prompt_ids = list(prompt["input_ids"])
     input_ids = prompt_ids + completion_ids
+    after = [IGNORE_INDEX] * len(completion_ids)
     return {
         "input_ids": input_ids,
         "attention_mask": [1] * len(input_ids),
         "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-        "cl_labels": _cl_labels(sample.prompt, prompt["offset_mapping"], sample) + [IGNORE_INDEX] * len(completion_ids),
+        "cl_labels": _cl_labels(sample.prompt, prompt["offset_mapping"], sample, "query") + after,
+        "cl_gold_labels": _cl_labels(sample.prompt, prompt["offset_mapping"], sample, "gold") + after,
+        # Per-sample facts for the sampler (`training.sampler`); the collator ignores them.
+        "type_id": sample.type_id,
+        "has_entity": int(bool(sample.entity_chars)),
     }
 
 
@@ -217,7 +235,7 @@ def tokenize_samples(
         stats.max_length_seen = max(stats.max_length_seen, len(row["input_ids"]))
         if max_length is not None and len(row["input_ids"]) > max_length:
             stats.truncated += 1
-            row = {key: values[:max_length] for key, values in row.items()}
+            row = {key: values[:max_length] if isinstance(values, list) else values for key, values in row.items()}
             if all(label == IGNORE_INDEX for label in row["labels"]):
                 stats.dropped += 1
                 continue
@@ -267,6 +285,8 @@ def build_sft_dataset(
         for _ in range(repeat_entity_samples if sample.entity_chars else 1)
     ]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)
+    for row in rows:  # the trainer's `cl_label_mode="auto"` reads it
+        row["prompt_format"] = prompt_format
     if keep_text and len(rows) == len(samples):
         for row, sample in zip(rows, samples):
             row.update(prompt=sample.prompt, completion=sample.completion, type=sample.type_label)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cllmfs_trainer.errors import MissingFileError, UserError
 from cllmfs_trainer.models.embedded import DEFAULT_MODEL_ALIASES, convert_gguf_file, materialize_default_model
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: resolving paths should not cost seconds of imports
@@ -27,18 +28,57 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
             - a path ending in `.gguf`: converted once into the cache, the converted folder is returned;
             - an existing local folder: returned as is;
             - anything else: returned unchanged, as a Hugging Face hub id.
+
+    Raises:
+        `UserError` (see `check_model_reference`) for a local path that is missing, or a file that is not GGUF.
     """
     if name_or_path is None:
         return str(materialize_default_model())
     text = os.fspath(name_or_path)
     if text.strip().lower() in DEFAULT_MODEL_ALIASES:
         return str(materialize_default_model())
+    check_model_reference(text)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".gguf":
         return str(convert_gguf_file(path))
     if path.is_dir():
         return str(path)
     return text
+
+
+def _is_local_path(text: str) -> bool:
+    """Whether a model reference can only mean a local path: hub ids are `name` or `org/name`, never more."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return True
+    return Path(text).suffix.lower() == ".gguf" or Path(text).expanduser().exists()
+
+
+def check_model_reference(name_or_path: str | os.PathLike, what: str = "model") -> None:
+    """Refuse a model reference that names a local path which is missing or not a model, before anything loads.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): As for `resolve_model`.
+        what (`str`, *optional*, defaults to `"model"`): Where the reference came from, for the message (e.g. a
+            run folder's `base_model` field).
+
+    Raises:
+        `UserError` for a path that does not exist, a file that is not a `.gguf`, or a `.gguf` without GGUF's magic
+        bytes. Hub ids and default-model aliases pass; whether a hub id exists shows when it loads.
+    """
+    text = os.fspath(name_or_path)
+    if text.strip().lower() in DEFAULT_MODEL_ALIASES or not _is_local_path(text):
+        return
+    path = Path(text).expanduser()
+    accepted = "expected a model folder, a .gguf file, a hub id or 'default'"
+    if not path.exists():
+        raise MissingFileError(f"{what} {text} does not exist; {accepted}")
+    if path.is_dir():
+        return
+    if path.suffix.lower() != ".gguf":
+        raise UserError(f"{what} {text} is a file but not a .gguf; {accepted}")
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UserError(f"{what} {text} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -88,6 +128,17 @@ def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     return torch.float32
 
 
+def _targets_cpu(device_map: Any) -> bool:
+    """Whether a model loaded with `device_map` lands on the CPU (no accelerator, or an explicit CPU map)."""
+    import torch
+
+    if device_map is None or device_map == "auto":
+        return not torch.accelerator.is_available()
+    if isinstance(device_map, dict):
+        return all(str(device) == "cpu" for device in device_map.values())
+    return str(device_map) == "cpu"
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> PreTrainedModel:
@@ -96,7 +147,9 @@ def load_model(
     Args:
         name_or_path (`str`, `os.PathLike` or `None`, *optional*): model reference; `None` is the default model.
         dtype (`str` or `torch.dtype`, *optional*): weights dtype; `None` picks `default_dtype()` for the target
-            device (from a string or `torch.device` `device_map`, if given).
+            device (from a string or `torch.device` `device_map`, if given). `"auto"` keeps transformers' meaning
+            (the checkpoint's dtype) on GPUs; on a CPU it takes whichever of bfloat16 and float32 a matmul probe
+            finds faster on this machine (`cllmfs_trainer.models.precision`).
         kwargs: passed to `AutoModelForCausalLM.from_pretrained` (e.g. `device_map`, `attn_implementation`).
     """
     from transformers import AutoModelForCausalLM
@@ -104,6 +157,10 @@ def load_model(
     legacy_dtype = kwargs.pop("torch_dtype", None)  # the transformers 4 name of `dtype`
     if dtype is None:
         dtype = legacy_dtype
+    if dtype == "auto" and _targets_cpu(kwargs.get("device_map")):
+        from cllmfs_trainer.models.precision import probe_cpu_dtype
+
+        dtype = probe_cpu_dtype()
     if dtype is None:
         import torch
 

@@ -143,6 +143,7 @@ def main(
             cl_layer=trainer.cl_layer,
             world_size=training_args.world_size,
             distributed_type=trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU, DEEPSPEED, FSDP, ...
+            extra={"train_steps": trainer.state.global_step, "support_fit": trainer.support_fit_callback.history},
         )
         task.support.save(run.support_file)
         run.save()

@@ -11,10 +11,13 @@ from trl.trainer.utils import pad
 
 from cllmfs_trainer.data.sft import IGNORE_INDEX
 
+# Per-token contrastive labels: by the queried type, and by each token's own gold type (`cl_label_mode`).
+CL_LABEL_KEYS = ("cl_labels", "cl_gold_labels")
+
 
 @dataclass
 class ContrastiveDataCollator(DataCollatorForLanguageModeling):
-    """Pads `input_ids`, `attention_mask`, `labels` (TRL's collator) and `cl_labels` (with -100) to one batch.
+    """Pads `input_ids`, `attention_mask`, `labels` (TRL's collator) and the `cl_*labels` (with -100) to one batch.
 
     Rows without `cl_labels` are allowed; if no row has them the batch has none either, and the trainer then computes
     the plain SFT loss. Padding-free batches concatenate `cl_labels` just as TRL concatenates `labels`.
@@ -25,22 +28,22 @@ class ContrastiveDataCollator(DataCollatorForLanguageModeling):
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        has_cl = any("cl_labels" in example for example in examples)
-        for example in examples:
-            if "cl_labels" in example and len(example["cl_labels"]) != len(example["input_ids"]):
-                raise ValueError(
-                    f"a row has {len(example['cl_labels'])} cl_labels for {len(example['input_ids'])} input_ids; "
-                    "tokenise with cllmfs_trainer.data.sft.tokenize_samples, which cuts all columns together"
-                )
         output = super().torch_call(examples)
-        if not has_cl:
-            return output
-        cl_labels = [
-            torch.tensor(example.get("cl_labels", [IGNORE_INDEX] * len(example["input_ids"]))) for example in examples
-        ]
-        if self.padding_free:
-            cl_labels = [torch.cat(cl_labels, dim=0)]
-        output["cl_labels"] = pad(
-            cl_labels, padding_value=IGNORE_INDEX, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
-        )
+        for key in CL_LABEL_KEYS:
+            if not any(key in example for example in examples):
+                continue
+            for example in examples:
+                if key in example and len(example[key]) != len(example["input_ids"]):
+                    raise ValueError(
+                        f"a row has {len(example[key])} {key} for {len(example['input_ids'])} input_ids; tokenise "
+                        "with cllmfs_trainer.data.sft.tokenize_samples, which cuts all columns together"
+                    )
+            labels = [
+                torch.tensor(example.get(key, [IGNORE_INDEX] * len(example["input_ids"]))) for example in examples
+            ]
+            if self.padding_free:
+                labels = [torch.cat(labels, dim=0)]
+            output[key] = pad(
+                labels, padding_value=IGNORE_INDEX, padding_side="right", pad_to_multiple_of=self.pad_to_multiple_of
+            )
         return output

@@ -10,6 +10,7 @@ from trl import SFTConfig
 from cllmfs_trainer.training.losses import NOISE_DISTRIBUTIONS
 
 NOISE_SITES = ("embeddings", "hidden", "none")
+CL_LABEL_MODES = ("auto", "query", "gold")
 
 
 def _cuda_available() -> bool:
@@ -104,6 +105,40 @@ class ContrastiveSFTConfig(SFTConfig):
         default=False,
         metadata={"help": "Also use O tokens as anchors (by default they only serve as negatives)."},
     )
+    cl_label_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "Labels of the sentence tokens in the contrastive term. 'query': the queried type's id inside its "
+            "gold spans, 0 elsewhere (coherent under prompt format 1, where the sentence follows the instruction). "
+            "'gold': each token's own gold type among the task's types (under format 2 the sentence comes first and "
+            "its states cannot see the queried type, so 'query' would label one vector both ways). 'auto': 'gold' for "
+            "datasets built with prompt format 2, else 'query'.",
+            "choices": list(CL_LABEL_MODES),
+        },
+    )
+    empty_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Samples without an entity of their type kept per epoch, per sample with one, for each type; "
+            "the kept ones rotate so that all are seen over training. None: every sample every epoch (the paper)."
+        },
+    )
+    length_bucket_batches: int = field(
+        default=1,
+        metadata={
+            "help": "Sort each group of this many batches by length before batching, so rows of a batch have similar "
+            "lengths and less padding; batches stay in random order. 1: plain random batches."
+        },
+    )
+    fit_stop: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop at the end of the first epoch in which at least this fraction of the samples with an entity, "
+            "and of those without, had every completion token as the top-1 prediction in their training forward "
+            "(greedy decoding would write their answer). The step or epoch budget still caps training. None: train "
+            "for the whole budget. The fit is logged at every epoch's end either way."
+        },
+    )
     compact_lm_head: bool = field(
         default=True,
         metadata={
@@ -155,6 +190,14 @@ class ContrastiveSFTConfig(SFTConfig):
             )
         if self.cl_noise_alpha < 0:
             raise ValueError(f"cl_noise_alpha must be >= 0, got {self.cl_noise_alpha}")
+        if self.cl_label_mode not in CL_LABEL_MODES:
+            raise ValueError(f"cl_label_mode must be one of {CL_LABEL_MODES}, got {self.cl_label_mode!r}")
+        if self.empty_ratio is not None and self.empty_ratio < 0:
+            raise ValueError(f"empty_ratio must be >= 0 or None, got {self.empty_ratio}")
+        if self.fit_stop is not None and not 0 < self.fit_stop <= 1:
+            raise ValueError(f"fit_stop must be in (0, 1] or None, got {self.fit_stop}")
+        if self.length_bucket_batches < 1:
+            raise ValueError(f"length_bucket_batches must be >= 1, got {self.length_bucket_batches}")
         if self.cl_max_tokens is not None and self.cl_max_tokens < 2:
             raise ValueError(f"cl_max_tokens must be >= 2 or None, got {self.cl_max_tokens}")
 

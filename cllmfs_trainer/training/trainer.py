@@ -28,6 +28,8 @@ from cllmfs_trainer.training.collator import ContrastiveDataCollator
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
 from cllmfs_trainer.training.lm_head import add_compact_lm_head, fused_model
 from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
+from cllmfs_trainer.training.sampler import FewShotSampler
+from cllmfs_trainer.training.support_fit import SupportFitCallback, SupportFitTracker
 
 
 class _StopForward(Exception):
@@ -119,13 +121,50 @@ class ContrastiveSFTTrainer(SFTTrainer):
             )
         if args.compact_lm_head:
             add_compact_lm_head(fused_model(self.model))
+        self.support_fit = SupportFitTracker(fused_model(self.model))
+        self.support_fit_callback = SupportFitCallback(self, args.fit_stop)
+        self.add_callback(self.support_fit_callback)
+        self.cl_label_mode = args.cl_label_mode
+        if self.cl_label_mode == "auto":
+            columns = getattr(self.train_dataset, "column_names", None) or []
+            formats = set(self.train_dataset["prompt_format"]) if "prompt_format" in columns else {1}
+            self.cl_label_mode = "gold" if formats == {2} else "query"
         layers = decoder_layers(self.model)
         self.cl_layer = args.resolve_cl_layer(len(layers))
         # hidden_states[L] is the output of block L, i.e. layers[L - 1].
         self._capture = LayerCapture(layers[self.cl_layer - 1])
 
+    def _get_train_sampler(self, train_dataset=None):
+        """`FewShotSampler` when `empty_ratio` or `length_bucket_batches` asks for it, else the Trainer's own."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        columns = getattr(dataset, "column_names", None) or []
+        if (args.empty_ratio is None and args.length_bucket_batches == 1) or "input_ids" not in columns:
+            return super()._get_train_sampler(train_dataset)
+        if args.empty_ratio is not None and not {"has_entity", "type_id"} <= set(columns):
+            raise ValueError(
+                "empty_ratio needs the has_entity and type_id columns of cllmfs_trainer.data.build_sft_dataset"
+            )
+        n = len(dataset)
+        return FewShotSampler(
+            has_entity=dataset["has_entity"] if "has_entity" in columns else [True] * n,
+            type_ids=dataset["type_id"] if "type_id" in columns else [0] * n,
+            lengths=[len(ids) for ids in dataset["input_ids"]],
+            batch_size=args.train_batch_size * args.gradient_accumulation_steps,
+            empty_ratio=args.empty_ratio,
+            length_bucket_batches=args.length_bucket_batches,
+            seed=args.seed,
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cl_labels = inputs.pop("cl_labels", None)
+        gold_labels = inputs.pop("cl_gold_labels", None)
+        # Rows whose queried type has an entity: the support fit is counted apart for them.
+        # Padding-free batches pack every sample into one row: no per-sample fit to count.
+        packed = self.args.padding_free or cl_labels is None
+        self.support_fit.expect(None if packed else (cl_labels > 0).any(dim=1))
+        if self.cl_label_mode == "gold":
+            cl_labels = gold_labels
         if cl_labels is None or self.args.cl_weight == 0:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

@@ -1,0 +1,60 @@
+"""Which precision trains faster on this CPU: a measured probe, never a guess from one machine's result.
+
+bfloat16 halves the bytes every matmul moves, and CPUs with AVX512-BF16 or AMX also multiply faster in it; CPUs
+without either emulate it and are slower than in float32. The probe times the same matmuls, shaped like a small
+model's projections (tokens x hidden @ hidden x intermediate), in both precisions and keeps the faster one. It runs
+once per process, in about a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+logger = logging.getLogger(__name__)
+
+# (tokens, hidden, intermediate): SmolLM2-135M's MLP on a batch of about a thousand tokens.
+PROBE_SHAPE = (1024, 576, 1536)
+# bfloat16 must win by this factor: a tie is not worth its rounding.
+MIN_SPEEDUP = 1.1
+
+
+def _seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> float:
+    import torch
+
+    tokens, hidden, inner = shape
+    a = torch.randn(tokens, hidden).to(dtype)
+    b = torch.randn(hidden, inner).to(dtype)
+    a @ b  # warm-up: the first call pays for kernel selection
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+@functools.cache
+def cpu_matmul_speedup_bf16(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = 10) -> float:
+    """float32 time over bfloat16 time of the probe matmul on this CPU (above 1: bfloat16 is faster).
+
+    Args:
+        shape (`tuple[int, int, int]`, *optional*): (tokens, hidden, intermediate) of the probe matmul.
+        repeats (`int`, *optional*, defaults to 10): Matmuls per timed round (the best of three rounds is kept).
+    """
+    import torch
+
+    fp32 = _seconds_per_matmul(torch.float32, shape, repeats)
+    bf16 = _seconds_per_matmul(torch.bfloat16, shape, repeats)
+    return fp32 / bf16
+
+
+def probe_cpu_dtype() -> str:
+    """`"bfloat16"` if the probe finds it at least `MIN_SPEEDUP` times faster than float32 on this CPU, else
+    `"float32"`; the measured ratio is logged."""
+    speedup = cpu_matmul_speedup_bf16()
+    choice = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
+    logger.info("CPU precision probe: bfloat16 matmuls %.2fx float32's here; training in %s", speedup, choice)
+    return choice
