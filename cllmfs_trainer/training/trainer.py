@@ -129,10 +129,15 @@ class ContrastiveSFTTrainer(SFTTrainer):
             columns = getattr(self.train_dataset, "column_names", None) or []
             formats = set(self.train_dataset["prompt_format"]) if "prompt_format" in columns else {1}
             self.cl_label_mode = "gold" if formats == {2} else "query"
-        layers = decoder_layers(self.model)
-        self.cl_layer = args.resolve_cl_layer(len(layers))
-        # hidden_states[L] is the output of block L, i.e. layers[L - 1].
-        self._capture = LayerCapture(layers[self.cl_layer - 1])
+        # With the contrastive term off the layer is never read: a drop-in SFTTrainer must train a model of any depth
+        # (the default cl_layer=26 is past a 12- or 24-layer model) and of any architecture.
+        self.cl_layer: int | None = None
+        self._capture: LayerCapture | None = None
+        if args.cl_weight > 0:
+            layers = decoder_layers(self.model)
+            self.cl_layer = args.resolve_cl_layer(len(layers))
+            # hidden_states[L] is the output of block L, i.e. layers[L - 1].
+            self._capture = LayerCapture(layers[self.cl_layer - 1])
 
     def _get_train_sampler(self, train_dataset=None):
         """`FewShotSampler` when `empty_ratio` or `length_bucket_batches` asks for it, else the Trainer's own."""
