@@ -5,9 +5,10 @@ A method is one of three kinds:
 - `trained`: the training recipe plus overrides (the paper's Table 2 ablations); it trains a run folder through the
   benchmark's `train_fn` and predicts with it.
 - `zero_shot`: the base LLM prompted without training; its predictions do not depend on the seed or K.
-- `support`: a classifier fitted on the unit's support set by a function (the prototype baselines). It can only
-  label types it has examples of, so in INTER it takes the target's support set, as in the domain-transfer protocol
-  of the literature. It is given the benchmark and the unit, so an INTER method may also train on the source data.
+- `support`: a classifier fitted on the unit's support set by a function (the prototype baselines, CONTaiNER and
+  ProML). It can only label types it has examples of, so in INTER it takes the target's support set, as in the
+  domain-transfer protocol of the literature. It is given the benchmark and the unit, so an INTER method may also
+  train on the source data (CONTaiNER and ProML do).
 
 Add a method with `register_method(Method(...))`; `BenchmarkConfig.methods` accepts every registered name.
 """
@@ -110,3 +111,20 @@ register_method(Method("cllmfs_format2", "CLLMFS, prompt format 2", "trained", {
 register_method(Method("zero_shot", "zero-shot prompting", "zero_shot"))
 register_method(Method("protobert", "ProtoBERT", "support", fit_predict=_prototype("proto")))
 register_method(Method("nnshot", "NNShot", "support", fit_predict=_prototype("nnshot")))
+
+
+def _trains_encoder(module: str) -> FitPredict:
+    """CONTaiNER and ProML (`cllmfs_trainer.baselines.<module>.fit_predict`) fine-tune their encoder on the support
+    set, after training it on OntoNotes in INTER; their module is imported on first use (it needs torch)."""
+
+    def fit_predict(benchmark, unit, support, query, test_types):
+        from importlib import import_module
+
+        method = import_module(f"cllmfs_trainer.baselines.{module}")
+        return method.fit_predict(benchmark, unit, support, query, test_types)
+
+    return fit_predict
+
+
+register_method(Method("container", "CONTaiNER", "support", fit_predict=_trains_encoder("container")))
+register_method(Method("proml", "ProML", "support", fit_predict=_trains_encoder("proml")))

@@ -58,7 +58,8 @@ class BenchmarkConfig:
         recipe: Training recipe YAML for the trained methods (its dataset/support keys are set per unit).
         train_overrides: Recipe keys to override for every trained method (e.g. `max_steps`).
         model: Base LLM for the trained methods and zero-shot prompting (`default` = SmolLM2-135M-Instruct).
-        encoder: Encoder of ProtoBERT/NNShot (`minilm` = the offline all-MiniLM-L6-v2, or any HF encoder id).
+        encoder: Encoder of ProtoBERT/NNShot, and the one CONTaiNER/ProML start from (`minilm` = the offline
+            all-MiniLM-L6-v2, or any HF encoder id).
         batch_size: Prompts per generation batch.
         fit_on_support: Also predict the support set with each trained model and report that F1 (training fit).
         data_dir: Folder of datasets that are not shipped (default `$CLLMFS_DATA_DIR`).
@@ -144,7 +145,8 @@ class Unit:
 
         A prototype classifier (ProtoBERT, NNShot) can only label types it has examples of, so in INTER it takes the
         target's K-shot support set, as in the domain-transfer protocol of the literature. Its encoder is frozen and
-        never sees the source, so its INTER figures equal its INTRA ones by construction.
+        never sees the source, so its INTER figures equal its INTRA ones by construction. CONTaiNER and ProML take the
+        target's support set too, but in INTER their encoder is first trained on OntoNotes (see `baselines`).
         """
         if self.setting == "intra" or get_method(self.method).uses_target_support:
             return self.dataset

@@ -1,0 +1,343 @@
+"""What CONTaiNER and ProML share: words to encoder inputs, Gaussian word embeddings, a trainable encoder, the cache.
+
+- Words to encoder inputs: a word is represented by its first subword piece; a word the tokenizer turns into no piece
+  becomes the unknown token; a sentence too long for the encoder window is cut between words into chunks.
+- Gaussian embeddings (Das et al., ACL 2022): a mean head and a variance head on the encoder's vectors, and the
+  symmetric KL divergence between two such Gaussians.
+- `GaussianMetricNER`: a copy of any HF encoder plus the heads, seeded, saved and loaded as one folder.
+- The source cache: INTER trains on OntoNotes (without the run's queries) once per (method, seed), under the
+  benchmark's `output_dir`, so that every INTER target of that seed adapts the same source model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cllmfs_trainer.baselines.encoder import resolve_encoder
+from cllmfs_trainer.baselines.token_baselines import token_labels
+from cllmfs_trainer.data.io import Sentence
+
+if TYPE_CHECKING:  # torch and transformers are imported lazily, as in the rest of the package
+    import torch
+
+    from cllmfs_trainer.benchmark.protocol import Benchmark
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = "source_models"  # under the benchmark's output_dir: source-trained encoders, one per (method, seed)
+
+
+# --- Words to encoder inputs ------------------------------------------------------------------------------------------
+
+
+def piece_counts(tokenizer, words: Sequence[str]) -> list[int]:
+    """How many pieces the tokenizer makes of each word (in context, as `is_split_into_words` encodes them)."""
+    counts = [0] * len(words)
+    if words:
+        encoding = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False, verbose=False)
+        for word_id in encoding.word_ids():
+            if word_id is not None:
+                counts[word_id] += 1
+    return counts
+
+
+def clean_words(tokenizer, words: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The words with any that make no piece (e.g. a lone zero-width space) replaced by the unknown token, and the
+    piece count of each, so that every word has a first piece to represent it."""
+    counts = piece_counts(tokenizer, words)
+    if all(counts):
+        return list(words), counts
+    if tokenizer.unk_token is None:
+        raise ValueError(f"{type(tokenizer).__name__} encodes some word of {list(words)} as nothing and has no unk")
+    words = [w if c else tokenizer.unk_token for w, c in zip(words, counts)]
+    return words, [max(c, 1) for c in counts]
+
+
+def chunk_ranges(costs: Sequence[Sequence[int]], budgets: Sequence[int]) -> list[tuple[int, int]]:
+    """Cut a sentence into consecutive word ranges `[start, end)`, as long as each stays within every budget.
+
+    Args:
+        costs: One list per prompt form, the pieces each word costs in it.
+        budgets: The pieces each form may spend per chunk; a single word always forms a chunk, even over budget.
+    """
+    n = len(costs[0])
+    ranges, start, used = [], 0, [0] * len(costs)
+    for i in range(n):
+        if i > start and any(u + c[i] > b for u, c, b in zip(used, costs, budgets)):
+            ranges.append((start, i))
+            start, used = i, [0] * len(costs)
+        used = [u + c[i] for u, c in zip(used, costs)]
+    if n:
+        ranges.append((start, n))
+    return ranges
+
+
+def window(tokenizer, model, max_length: int) -> int:
+    """The window in pieces, special tokens included: `max_length`, or less where the model or tokenizer allow less."""
+    limits = [max_length, tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
+    return min(x for x in limits if isinstance(x, int) and x > 0)
+
+
+def encode_words(
+    model, tokenizer, inputs: Sequence[tuple[list[str], list[int]]], max_length: int, layers: int = 1
+) -> list[torch.Tensor]:
+    """One forward pass over a batch of word lists; per input, the vectors of the words at the kept positions.
+
+    A word's vector is its first piece's hidden state, averaged over the last `layers` layers. Gradients flow unless
+    the caller disabled them.
+
+    Args:
+        model: The encoder (`AutoModel`).
+        tokenizer: Its fast tokenizer.
+        inputs: `(words, kept positions)` per input; the words must fit `max_length` (see `chunk_ranges`).
+        max_length: Window in pieces, special tokens included.
+        layers: How many top layers to average (1 = the last hidden state).
+
+    Returns:
+        `list[torch.Tensor]`: per input, `(len(kept), hidden)`.
+    """
+    import torch
+
+    enc = tokenizer(
+        [words for words, _ in inputs],
+        is_split_into_words=True,
+        padding=True,
+        truncation=True,  # only bites on a single word longer than the window; its first piece stays
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    accepted = set(inspect.signature(model.forward).parameters)
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in enc.items() if k in accepted}, output_hidden_states=layers > 1)
+    hidden = out.last_hidden_state if layers == 1 else torch.stack(out.hidden_states[-layers:]).mean(0)
+    vectors = []
+    for row, (_, kept) in enumerate(inputs):
+        first: dict[int, int] = {}
+        for position, word_id in enumerate(enc.word_ids(row)):
+            if word_id is not None and word_id not in first:
+                first[word_id] = position
+        missing = [w for w in kept if w not in first]
+        if missing:
+            raise RuntimeError(f"words {missing} of input {row} fell outside the {max_length}-piece window")
+        vectors.append(hidden[row, torch.tensor([first[w] for w in kept], device=device)])
+    return vectors
+
+
+def gaussian_heads(hidden_size: int, dim: int, scale: float = 1.0, dropout: float = 0.1) -> torch.nn.ModuleDict:
+    """The mean and variance heads of CONTaiNER, randomly initialised from the current torch seed.
+
+    Args:
+        hidden_size: The encoder's width.
+        dim: The Gaussian embedding size.
+        scale: Divide the initial weights and biases by this (ProML scales them by `sqrt(dim / 32)`).
+        dropout: Dropout on the hidden states before the heads, in training mode.
+    """
+    import torch
+    from torch import nn
+
+    heads = nn.ModuleDict(
+        {"dropout": nn.Dropout(dropout), "mu": nn.Linear(hidden_size, dim), "sigma": nn.Linear(hidden_size, dim)}
+    )
+    if scale != 1.0:
+        with torch.no_grad():
+            for name in ("mu", "sigma"):
+                heads[name].weight.div_(scale)
+                heads[name].bias.div_(scale)
+    return heads
+
+
+def gaussian(heads: torch.nn.ModuleDict, hidden: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(mean, variance)` of each row of `hidden`: `W_mu relu(h)` and `elu(W_sigma relu(h)) + 1 + eps`."""
+    from torch.nn import functional as F
+
+    h = F.relu(heads["dropout"](hidden))
+    return heads["mu"](h), F.elu(heads["sigma"](h)) + 1 + eps
+
+
+# --- Distance ---------------------------------------------------------------------------------------------------------
+
+
+def symmetric_kl(mu_a: torch.Tensor, var_a: torch.Tensor, mu_b: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
+    """`(n, m)` symmetric KL divergences `(KL(a_i || b_j) + KL(b_j || a_i)) / 2` between diagonal Gaussians.
+
+    The log-determinant terms of the two directions cancel, leaving
+    `sum_k (va/vb + vb/va + (ma - mb)^2 (1/va + 1/vb) - 2) / 4`; it is expanded into matrix products so that no
+    `(n, m, dim)` tensor is built.
+    """
+    inv_a, inv_b = 1.0 / var_a, 1.0 / var_b
+    trace = var_a @ inv_b.T + inv_a @ var_b.T
+    sq_a, sq_b = mu_a.pow(2), mu_b.pow(2)
+    mahalanobis = (
+        (sq_a * inv_a).sum(1, keepdim=True)
+        + sq_a @ inv_b.T
+        + inv_a @ sq_b.T
+        + (sq_b * inv_b).sum(1).unsqueeze(0)
+        - 2 * ((mu_a * inv_a) @ mu_b.T + mu_a @ (mu_b * inv_b).T)
+    )
+    # The expansion can round a zero distance to a tiny negative one.
+    return (0.25 * (trace + mahalanobis - 2 * mu_a.shape[1])).clamp_min(0.0)
+
+
+# --- A trainable encoder with Gaussian heads --------------------------------------------------------------------------
+
+
+class GaussianMetricNER:
+    """A trainable encoder with Gaussian heads; the common part of `ContainerNER` and `ProMLNER`.
+
+    Args:
+        encoder: Encoder reference (`minilm`, a folder or a hub id; see `resolve_encoder`). It is copied, never
+            changed on disk.
+        seed: Seeds the heads, dropout and data order; every training stage reseeds from it, so a source model loaded
+            from the cache gives the same result as one trained in the same process.
+        dim: Gaussian embedding size.
+        head_scale: See `gaussian_heads`.
+        max_length: Window in pieces (less if the encoder allows less).
+        device: Where to train; CUDA if available by default.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        seed: int = 0,
+        dim: int = 128,
+        head_scale: float = 1.0,
+        max_length: int = 128,
+        device: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_encoder(encoder)
+        self.seed = seed
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"{type(self.tokenizer).__name__} is not a fast tokenizer: word_ids() is needed")
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device)
+        with self.seeded():
+            dropout = getattr(self.model.config, "hidden_dropout_prob", 0.1)
+            self.heads = gaussian_heads(self.model.config.hidden_size, dim, head_scale, dropout).to(self.device)
+        self.window = window(self.tokenizer, self.model, max_length)
+        self.budget = self.window - self.tokenizer.num_special_tokens_to_add(pair=False)
+
+    def seeded(self, offset: int = 0):
+        """A context where torch's RNG is seeded from `seed + offset` and restored afterwards."""
+        import contextlib
+
+        import torch
+
+        devices = [torch.cuda.current_device()] if str(self.device).startswith("cuda") else []
+
+        @contextlib.contextmanager
+        def scope():
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed + offset)
+                yield
+
+        return scope()
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.model.parameters(), *self.heads.parameters()]
+
+    def train_mode(self, on: bool) -> None:
+        self.model.train(on)
+        self.heads.train(on)
+
+    def save(self, folder: str | Path) -> None:
+        """Write the encoder, its tokenizer and the heads to `folder`."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        self.model.save_pretrained(folder / "encoder")
+        self.tokenizer.save_pretrained(folder / "encoder")
+        save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, str(folder / "heads.safetensors"))
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Replace the encoder and heads by those `save` wrote (the tokenizer is the same)."""
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        folder = Path(folder)
+        self.model = AutoModel.from_pretrained(folder / "encoder", dtype=torch.float32).to(self.device)
+        self.heads.load_state_dict(load_file(str(folder / "heads.safetensors"), device=str(self.device)))
+
+
+def label_ids(sentence: Sentence, types: Sequence[str]) -> list[int]:
+    """IO label ids of the words: 0 for `O`, `1 + index` of the type otherwise (types outside `types` are `O`)."""
+    index = {t: i + 1 for i, t in enumerate(types)}
+    return [index.get(label, 0) for label in token_labels(sentence, types)]
+
+
+def nearest_by_label(
+    query: torch.Tensor, support: torch.Tensor, labels: torch.Tensor, n_labels: int, topk: int = 1
+) -> torch.Tensor:
+    """`(n_query, n_labels)`: per label, the mean of the `topk` highest negative squared Euclidean distances to the
+    support rows of that label (`-inf` for a label without support rows). Exact matches score 0."""
+    import torch
+
+    out = torch.full((len(query), n_labels), -math.inf)
+    for start in range(0, len(query), 4096):  # bounds the (block x support) distance matrix
+        block = -torch.cdist(query[start : start + 4096], support, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+        for label in range(n_labels):
+            mine = block[:, labels == label]
+            if mine.shape[1]:
+                out[start : start + 4096, label] = mine.topk(min(topk, mine.shape[1]), dim=1).values.mean(1)
+    return out
+
+
+def excluded_queries(benchmark: Benchmark) -> tuple[set[tuple[str, ...]], str]:
+    """The token sequences of every query sentence of the run, and a short digest of them (for cache fingerprints)."""
+    excluded = {tuple(s.tokens) for task in benchmark.config.tasks for s in benchmark.query(task.split(":", 1)[1])}
+    digest = hashlib.sha256("\n".join(sorted(" ".join(t) for t in excluded)).encode()).hexdigest()[:16]
+    return excluded, digest
+
+
+def source_sentences(benchmark: Benchmark) -> tuple[list[Sentence], list[Any]]:
+    """OntoNotes train without any query sentence of the run, and OntoNotes' entity types."""
+    from cllmfs_trainer.data.registry import get_dataset
+    from cllmfs_trainer.data.sampling import INTER_SOURCE
+
+    dataset = get_dataset(INTER_SOURCE)
+    excluded, _ = excluded_queries(benchmark)
+    pool = dataset.load("train", benchmark.config.data_dir).sentences
+    return [s for s in pool if tuple(s.tokens) not in excluded], list(dataset.types)
+
+
+def cached_source_training(
+    ner: GaussianMetricNER, folder: Path, fingerprint: dict[str, Any], train: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Load the source-trained weights from `folder` if they were trained with `fingerprint`, else train and save.
+
+    Several INTER targets of one (method, seed) then share one source training. A folder with another fingerprint
+    (other caps, encoder or excluded queries) is retrained. Writes go to a `.partial` folder renamed when complete.
+
+    Returns:
+        What `train` returned when the folder was written (e.g. steps, seconds), with `source_cached`.
+    """
+    meta_path = folder / "source.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("fingerprint") == fingerprint:
+            ner.load_weights(folder)
+            return {**meta["stats"], "source_cached": True}
+        logger.info("%s was trained with other settings: training again", folder)
+    stats = train()
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    ner.save(partial)
+    record = {"fingerprint": fingerprint, "stats": stats}
+    (partial / "source.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, folder)
+    return {**stats, "source_cached": False}
