@@ -17,15 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cllmfs_trainer.errors import (
+    BOM,
+    DataFormatError,
+    atomic_open,
+    atomic_write_text,
+    control_character,
+    split_lines,
+)
+
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("auto", "bio", "iob1", "bioes")
 # Prefixes allowed per scheme. BIOES is also written IOBES, BILOU (L = E, U = S); we accept those letters too.
 _PREFIXES = {"bio": set("BI"), "iob1": set("BI"), "bioes": set("BIESLU")}
-
-
-class DataFormatError(ValueError):
-    """Raised for malformed NER input; the message names the file (or dataset) and the line (or row)."""
 
 
 class Span(NamedTuple):
@@ -156,7 +161,10 @@ def split_tag(tag: str) -> tuple[str, str]:
         return "O", ""
     if len(tag) < 3 or tag[1] != "-":
         raise ValueError(f"tag {tag!r} is neither 'O' nor '<prefix>-<type>'")
-    return tag[0], tag[2:]
+    etype = tag[2:]
+    if any(ch.isspace() for ch in etype) or control_character(etype):
+        raise ValueError(f"tag {tag!r} has whitespace or a control character in its type {etype!r}")
+    return tag[0], etype
 
 
 def _detect_scheme(prefixes: set[str]) -> str:
@@ -216,34 +224,54 @@ def _report_repairs(corpus: Corpus) -> Corpus:
     return corpus
 
 
-def read_conll(path: str | Path, scheme: str = "auto") -> Corpus:
-    """Read a `token<TAB>tag` file or a whitespace-separated multi-column CoNLL file.
-
-    The first column is the token and the last one the tag; blank lines end sentences; `-DOCSTART-` lines are
-    skipped. Tags may be BIO, IOB1 or BIOES and are decoded to spans.
-
-    Args:
-        path: The file, UTF-8.
-        scheme: `auto` (BIOES if any E-/S-/L-/U- tag occurs, else BIO), `bio`, `iob1` or `bioes`.
-
-    Returns:
-        A `Corpus`; `corpus.repairs` lists the `I-` tags that started an entity in a BIO/BIOES file.
-
-    Raises:
-        DataFormatError: naming `path:line` for non-UTF-8 bytes, a missing tag, or a tag outside the scheme.
-    """
-    _check_scheme(scheme)
-    path = Path(path)
-    rows: list[tuple[list[str], list[str], list[str], int]] = []  # tokens, tags, locations, first line
-    tokens, tags, where = [], [], []
-    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of a UTF-8 file: lines end at `\\r\\n`, `\\n` or a lone `\\r`; a leading BOM is dropped."""
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a folder; expected a data file")
+    for lineno, raw in enumerate(split_lines(path.read_bytes()), start=1):
         try:
-            line = raw.decode("utf-8").rstrip("\r")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise DataFormatError(
                 f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
                 "re-encode the file as UTF-8"
             ) from None
+        yield lineno, line[1:] if lineno == 1 and line.startswith(BOM) else line
+
+
+def _check_not_empty(corpus: Corpus, allow_empty: bool) -> Corpus:
+    if not corpus.sentences:
+        message = f"{corpus.source}: no sentences (the file is empty, or holds only blank lines and -DOCSTART-)"
+        if not allow_empty:
+            raise DataFormatError(message)
+        logger.warning(message)
+    return corpus
+
+
+def read_conll(path: str | Path, scheme: str = "auto", allow_empty: bool = True) -> Corpus:
+    """Read a `token<TAB>tag` file or a whitespace-separated multi-column CoNLL file.
+
+    The first column is the token and the last one the tag; blank lines end sentences; `-DOCSTART-` lines are
+    skipped. Tags may be BIO, IOB1 or BIOES and are decoded to spans. Lines may end in `\\n`, `\\r\\n` or a lone
+    `\\r`; a leading byte order mark is ignored.
+
+    Args:
+        path: The file, UTF-8.
+        scheme: `auto` (BIOES if any E-/S-/L-/U- tag occurs, else BIO), `bio`, `iob1` or `bioes`.
+        allow_empty: Whether a file without sentences is read (with a warning) rather than refused.
+
+    Returns:
+        A `Corpus`; `corpus.repairs` lists the `I-` tags that started an entity in a BIO/BIOES file.
+
+    Raises:
+        DataFormatError: naming `path:line` for non-UTF-8 bytes, a missing tag, a control character in a token or
+            tag, or a tag outside the scheme; naming `path` for a file without sentences when `allow_empty` is False.
+    """
+    _check_scheme(scheme)
+    path = Path(path)
+    rows: list[tuple[list[str], list[str], list[str], int]] = []  # tokens, tags, locations, first line
+    tokens, tags, where = [], [], []
+    for lineno, line in _file_lines(path):
         if not line.strip() or line.split()[0] == "-DOCSTART-":
             if tokens:
                 rows.append((tokens, tags, where, int(where[0].rsplit(":", 1)[1])))
@@ -255,6 +283,12 @@ def read_conll(path: str | Path, scheme: str = "auto") -> Corpus:
             raise DataFormatError(f"{path}:{lineno}: missing tag for token {columns[0]!r}; expected 'token<TAB>tag'")
         if not columns[0] or any(ch.isspace() for ch in columns[0]):
             raise DataFormatError(f"{path}:{lineno}: token {columns[0]!r} is empty or contains whitespace")
+        for what, value in (("token", columns[0]), ("tag", columns[-1])):
+            if control_character(value):
+                raise DataFormatError(
+                    f"{path}:{lineno}: {what} {value!r} contains the control character "
+                    f"{control_character(value)!r}; remove it (the file may be binary or corrupt)"
+                )
         tokens.append(columns[0])
         tags.append(columns[-1])
         where.append(f"{path}:{lineno}")
@@ -268,7 +302,7 @@ def read_conll(path: str | Path, scheme: str = "auto") -> Corpus:
     for toks, tgs, locs, first_line in rows:
         sentence_id = f"{path.name}:{first_line}"
         corpus.sentences.append(_decode_sentence(toks, tgs, locs, concrete, sentence_id, corpus.repairs))
-    return _report_repairs(corpus)
+    return _check_not_empty(_report_repairs(corpus), allow_empty)
 
 
 def write_bio(path: str | Path, sentences: Iterable[Sentence]) -> None:
@@ -280,27 +314,28 @@ def write_bio(path: str | Path, sentences: Iterable[Sentence]) -> None:
                 raise DataFormatError(f"sentence {sentence.id or '?'}: token {token!r} is empty or has whitespace")
             lines.append(f"{token}\t{tag}\n")
         lines.append("\n")
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(path, "".join(lines))
 
 
-def read_jsonl(path: str | Path) -> Corpus:
+def read_jsonl(path: str | Path, allow_empty: bool = True) -> Corpus:
     """Read JSONL lines `{"text": ..., "entities": [{"start": int, "end": int, "type": str}, ...]}`.
 
     Offsets are characters into `text`, end exclusive. The text is split on whitespace and, in addition, at every
     entity boundary, so each entity covers whole tokens and no annotation is lost. An optional `"id"` field is kept.
+    Blank lines are skipped.
+
+    Args:
+        path: The file, UTF-8.
+        allow_empty: Whether a file without records is read (with a warning) rather than refused.
 
     Raises:
-        DataFormatError: naming `path:line` and the field for invalid JSON, missing fields, offsets outside the text,
-            empty or overlapping entities.
+        DataFormatError: naming `path:line` and the field for invalid JSON, missing fields, offsets that are not
+            integers or lie outside the text, control characters, empty or overlapping entities.
     """
     path = Path(path)
     corpus = Corpus([], str(path))
-    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for lineno, line in _file_lines(path):
         where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(f"{where}: byte 0x{raw[err.start]:02x} is not valid UTF-8") from None
         if not line.strip():
             continue
         try:
@@ -310,7 +345,7 @@ def read_jsonl(path: str | Path) -> Corpus:
         sentence = sentence_from_char_spans(record, where)
         sentence.id = str(record.get("id", f"{path.name}:{lineno}"))
         corpus.sentences.append(sentence)
-    return corpus
+    return _check_not_empty(corpus, allow_empty)
 
 
 def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> Sentence:
@@ -318,6 +353,8 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str):
         raise DataFormatError(f"{where}: field 'text' is missing or not a string")
+    if control_character(text):
+        raise DataFormatError(f"{where}: field 'text' contains the control character {control_character(text)!r}")
     entities = record.get("entities", [])
     if not isinstance(entities, list):
         raise DataFormatError(f"{where}: field 'entities' must be a list")
@@ -327,12 +364,20 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
         if not isinstance(ent, dict) or not all(key in ent for key in ("start", "end", "type")):
             raise DataFormatError(f"{where}: field '{field_name}' needs 'start', 'end' and 'type'")
         start, end, etype = ent["start"], ent["end"], ent["type"]
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+        for key, value in (("start", start), ("end", end)):
+            if not isinstance(value, int) or isinstance(value, bool):  # JSON true/false would read as 1/0
+                raise DataFormatError(
+                    f"{where}: field '{field_name}.{key}' must be an integer character offset, got {json.dumps(value)}"
+                )
+        if not 0 <= start < end <= len(text):
             raise DataFormatError(
-                f"{where}: field '{field_name}' has offsets [{start}, {end}) outside the text (length {len(text)})"
+                f"{where}: field '{field_name}' has offsets [{start}, {end}) outside the text (length {len(text)}); "
+                "expected 0 <= start < end <= length"
             )
-        if not isinstance(etype, str) or not etype or any(ch.isspace() for ch in etype):
-            raise DataFormatError(f"{where}: field '{field_name}.type' must be a non-empty string without spaces")
+        if not isinstance(etype, str) or not etype or any(ch.isspace() for ch in etype) or control_character(etype):
+            raise DataFormatError(
+                f"{where}: field '{field_name}.type' must be a non-empty string without spaces or control characters"
+            )
         # Offsets that include surrounding whitespace are common in hand-made data; trim rather than reject.
         while start < end and text[start].isspace():
             start += 1
@@ -373,7 +418,7 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
 
 def write_jsonl(path: str | Path, sentences: Iterable[Sentence]) -> None:
     """Write sentences as JSONL with character offsets into the space-joined text (the inverse of `read_jsonl`)."""
-    with Path(path).open("w", encoding="utf-8") as out:
+    with atomic_open(path) as out:
         for sentence in sentences:
             offsets = sentence.token_char_offsets()
             entities = [

@@ -21,9 +21,12 @@ from typing import Any
 import yaml
 
 from cllmfs_trainer.data.io import Corpus, DataFormatError, read_conll
+from cllmfs_trainer.errors import UnknownNameError, read_text_file
 
 DATA_DIR_ENV = "CLLMFS_DATA_DIR"
 SHIPPED_DATA = Path(__file__).parent / "shipped"
+TYPE_FIELDS = ("label", "name", "description")
+TYPES_FILE_FIELDS = ("types", "dataset")  # `dataset` names the inventory; the registry's own files carry it
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,9 @@ class DatasetInfo:
         for entity_type in self.types:
             if entity_type.label == label:
                 return entity_type
-        raise KeyError(f"dataset {self.key!r} has no type {label!r}; its types are {[t.label for t in self.types]}")
+        raise UnknownNameError(
+            f"dataset {self.key!r} has no type {label!r}; its types are {[t.label for t in self.types]}"
+        )
 
     def split_path(self, split: str, data_dir: str | Path | None = None) -> Path:
         """The file of `split`: the shipped copy, or `<data_dir>/<key>/<split>.txt`.
@@ -91,10 +96,16 @@ class DatasetInfo:
             f"{self.title} is not shipped with cllmfs-trainer ({self.license}); put {split}.txt in {where}{hub}"
         )
 
-    def load(self, split: str, data_dir: str | Path | None = None) -> Corpus:
-        """Read a split and check that every tag type is in the registry's inventory."""
+    def load(self, split: str, data_dir: str | Path | None = None, allow_empty: bool = True) -> Corpus:
+        """Read a split and check that every tag type is in the registry's inventory.
+
+        Args:
+            split: The split name.
+            data_dir: The data folder (see `split_path`).
+            allow_empty: Whether a split without sentences is read with a warning rather than refused.
+        """
         path = self.split_path(split, data_dir)
-        corpus = read_conll(path)
+        corpus = read_conll(path, allow_empty=allow_empty)
         known = {t.label for t in self.types}
         unknown = sorted(set(corpus.types()) - known)
         if unknown:
@@ -111,27 +122,129 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return Path(value) if value else None
 
 
+class _Mapping(dict):
+    """A YAML mapping that remembers the line it starts on and the line of each key (1-based)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[Any, int] = {}
+
+
+class _TypesLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` for types files: duplicate keys are errors and mappings keep their line numbers.
+
+    YAML 1.1 reads `yes`, `no`, `on`, `off` (and `true`, `false`) as booleans, which would turn the labels `yes:` or
+    `no:` into `True` / `False`; no field of a types file is a boolean, so here they stay strings.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:
+        self.flatten_mapping(node)
+        mapping = _Mapping(node.start_mark.line + 1)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in mapping
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain value, got {type(key).__name__}", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]}); each key may appear once",
+                    key_node.start_mark,
+                )
+            mapping[key] = self.construct_object(value_node, deep=True)
+            mapping.key_lines[key] = line
+        return mapping
+
+
+_TypesLoader.add_constructor("tag:yaml.org,2002:map", _TypesLoader.construct_mapping)
+
+
+def _load_types_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_TypesLoader)  # a SafeLoader subclass: plain data only, no objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError):
+            raise DataFormatError(f"{source}{line}: {problem}") from None
+        raise DataFormatError(f"{source}{line}: not valid YAML ({problem})") from None
+
+
+def _at(source: str, mapping: Any, key: Any = None) -> str:
+    """`source:line` of a mapping (or of one of its keys) read by `_TypesLoader`; `source` alone otherwise."""
+    if isinstance(mapping, _Mapping):
+        return f"{source}:{mapping.key_lines.get(key, mapping.line)}"
+    return source
+
+
 def _parse_types(raw: Any, source: str) -> list[EntityType]:
-    """Parse the `types:` value of a types file: a list of {label, name, description} or a mapping by label."""
+    """Parse the `types:` value of a types file: a list of {label, name, description} or a mapping by label.
+
+    Raises:
+        DataFormatError: naming the file, line and field for an unknown field, a label, name or description that is
+            not a string, a missing description, or a label or name that appears twice.
+    """
+    items: list[tuple[Any, str, Any]] = []  # (item, where, its line anchor)
     if isinstance(raw, dict):  # short form: {label: description} or {label: {name, description}}
-        raw = [
-            {"label": label, **(value if isinstance(value, dict) else {"description": value})}
-            for label, value in raw.items()
-        ]
-    if not isinstance(raw, list) or not raw:
+        for index, (label, value) in enumerate(raw.items()):
+            where = f"{_at(source, raw, label)}: field 'types[{index}]'"
+            if isinstance(value, dict):
+                if "label" in value:
+                    raise DataFormatError(f"{where}: type {label!r} sets 'label' twice (as its key and as a field)")
+                item = _Mapping(getattr(value, "line", 0))
+                item.update({"label": label, **value})
+                item.key_lines = {"label": raw.key_lines.get(label, 0) if isinstance(raw, _Mapping) else 0}
+                item.key_lines.update(getattr(value, "key_lines", {}))
+                items.append((item, where, item))
+            else:
+                items.append(({"label": label, "description": value}, where, None))
+    elif isinstance(raw, list):
+        for index, item in enumerate(raw):
+            items.append((item, f"{_at(source, item)}: field 'types[{index}]'", item))
+    if not items:
         raise DataFormatError(f"{source}: field 'types' must be a non-empty list or mapping of types")
     types, seen_labels, seen_names = [], set(), set()
-    for index, item in enumerate(raw):
-        where = f"{source}: field 'types[{index}]'"
+    for item, where, anchor in items:
         if not isinstance(item, dict):
             raise DataFormatError(f"{where} must be a mapping with label, name and description")
-        label = str(item.get("label", "")).strip()
-        if not label or any(ch.isspace() for ch in label):
-            raise DataFormatError(f"{where}.label must be a non-empty tag type without spaces")
-        name = str(item.get("name") or label).strip()
+        unknown = [key for key in item if key not in TYPE_FIELDS]
+        if unknown:
+            raise DataFormatError(
+                f"{_at(source, anchor, unknown[0])}: unknown field {unknown[0]!r} in type {item.get('label')!r}; "
+                f"a type has the fields {', '.join(TYPE_FIELDS)}"
+            )
+        label = item.get("label")
+        if not isinstance(label, str) or not label.strip() or any(ch.isspace() for ch in label.strip()):
+            got = f", got {label!r}" if label is not None else ""
+            raise DataFormatError(
+                f"{where}.label must be a non-empty tag type without spaces (quote numbers and the like){got}"
+            )
+        label = label.strip()
+        name = item.get("name", label)
+        if name is None:
+            name = label
+        if not isinstance(name, str) or not name.strip():
+            raise DataFormatError(f"{where}.name must be a non-empty string for type {label!r}, got {name!r}")
+        name = name.strip()
         description = item.get("description")
-        if not isinstance(description, str) or not description.strip():
+        if description is None or (isinstance(description, str) and not description.strip()):
             raise DataFormatError(f"{where}.description is missing for type {label!r}; the instruction needs it")
+        if not isinstance(description, str):
+            raise DataFormatError(
+                f"{where}.description of type {label!r} must be a string, got {description!r} (quote it)"
+            )
         if label in seen_labels or name in seen_names:
             raise DataFormatError(f"{where}: label {label!r} or name {name!r} appears twice")
         seen_labels.add(label)
@@ -151,16 +264,24 @@ def load_types_file(path: str | Path) -> list[EntityType]:
             description: people named by their names
 
     or the short form `types: {PER: "people named by their names"}` (the name is then the label).
+
+    A key may appear only once, every field must be known, and labels, names and descriptions must be strings;
+    errors name the file and line.
+
+    Raises:
+        UserError: if the file is missing or a folder; `DataFormatError` for bytes that are not UTF-8, invalid YAML,
+            a duplicate key, an unknown field or a bad value.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise DataFormatError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    data = _load_types_yaml(read_text_file(path, "types file"), str(path))
     if not isinstance(data, dict) or "types" not in data:
         raise DataFormatError(f"{path}: expected a mapping with a 'types' field")
+    unknown = [key for key in data if key not in TYPES_FILE_FIELDS]
+    if unknown:
+        raise DataFormatError(
+            f"{_at(str(path), data, unknown[0])}: unknown field {unknown[0]!r}; a types file has the fields "
+            f"{', '.join(TYPES_FILE_FIELDS)}"
+        )
     return _parse_types(data["types"], str(path))
 
 
@@ -174,7 +295,8 @@ def merge_types(base: Iterable[EntityType], override: Iterable[EntityType]) -> l
 
 def _builtin_types(key: str) -> list[EntityType]:
     text = resources.files("cllmfs_trainer.data").joinpath("types", f"{key}.yaml").read_text(encoding="utf-8")
-    return _parse_types(yaml.safe_load(text)["types"], f"cllmfs_trainer/data/types/{key}.yaml")
+    source = f"cllmfs_trainer/data/types/{key}.yaml"
+    return _parse_types(_load_types_yaml(text, source)["types"], source)
 
 
 _ENTRIES: dict[str, dict[str, Any]] = {
@@ -225,7 +347,7 @@ def get_dataset(name: str, types_file: str | Path | None = None) -> DatasetInfo:
             key = candidate
             break
     else:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(dataset_keys())} (or pass a types file)")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(dataset_keys())}")
     if key not in _cache:
         _cache[key] = DatasetInfo(key=key, types=_builtin_types(key), **_ENTRIES[key])
     info = _cache[key]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cllmfs_trainer.data.io import DataFormatError, Sentence, read_conll, write_bio
 from cllmfs_trainer.data.registry import DatasetInfo, EntityType, get_dataset
+from cllmfs_trainer.errors import UserError, atomic_write_text, check_input_file
 
 INTER_SOURCE = "ontonotes5"
 
@@ -63,18 +64,39 @@ class SupportSet:
             "mentions": self.mention_counts(),
             "sentence_ids": [s.id for s in self.sentences],
         }
-        Path(f"{path}.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(f"{path}.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path, k: int | None = None, types: Sequence[str] | None = None) -> SupportSet:
-        """Read a support set BIO file (ours or a published one); the sidecar JSON is used when present."""
-        path = Path(path)
-        corpus = read_conll(path)
+        """Read a support set BIO file (ours or a published one); the sidecar JSON is used when present.
+
+        Args:
+            path: The BIO file.
+            k: Shots per type (`make_task` checks that every type has that many mentions). Default: the sidecar's
+                `k`, else the smallest count of mentions of a type.
+            types: The N types (default: the sidecar's, else those in the file).
+
+        Raises:
+            DataFormatError: naming the file for a set without sentences or entities, or a corrupt sidecar.
+        """
+        path = check_input_file(path, "support set")
+        corpus = read_conll(path, allow_empty=False)  # nothing to train on
         meta_path = Path(f"{path}.json")
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        meta = {}
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise DataFormatError(f"{meta_path}: corrupt support-set sidecar ({err}); fix or delete it") from None
+            if not isinstance(meta, dict):
+                raise DataFormatError(f"{meta_path}: expected a JSON object; fix or delete it")
         found_types = list(types or meta.get("types") or corpus.types())
         counts = Counter(span.type for sentence in corpus for span in sentence.spans)
+        if not found_types or not any(counts[t] for t in found_types):
+            raise DataFormatError(f"{path}: the support set has no entities of the types {found_types}")
         k = k if k is not None else meta.get("k", min((counts[t] for t in found_types), default=0))
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UserError(f"k must be an integer >= 1, got {k!r}")
         return cls(
             corpus.sentences, found_types, k, meta.get("seed"), meta.get("source", str(path)), meta.get("max_2k", False)
         )
@@ -103,11 +125,11 @@ def sample_support_set(
     Raises:
         ValueError: if some type cannot reach K mentions from the pool.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise UserError(f"k must be an integer >= 1, got {k!r}")
     types = sorted({s.type for sentence in sentences for s in sentence.spans}) if types is None else list(types)
     if not types:
-        raise ValueError("the pool has no entities to sample from")
+        raise UserError(f"the pool {source or ''} has no entities to sample from".replace("  ", " "))
     excluded = {tuple(s.tokens) for s in exclude}
     pool = [s.restrict_types(types) for s in sentences if tuple(s.tokens) not in excluded]
     pool = [s for s in pool if s.spans]
@@ -133,9 +155,10 @@ def sample_support_set(
             counts.update(sentence_counts)
         if counts[etype] < k:
             rule = " under the at-most-2K rule" if max_2k else ""
-            raise ValueError(
+            raise UserError(
                 f"type {etype!r} reaches only {counts[etype]} of {k} mentions{rule} "
-                f"({frequency[etype]} in the pool of {len(pool)} sentences)"
+                f"({frequency[etype]} in the pool of {len(pool)} sentences{f' from {source}' if source else ''}); "
+                "use a smaller k or fewer types"
             )
     return SupportSet([pool[i] for i in chosen], list(types), k, seed, source, max_2k)
 
@@ -195,12 +218,12 @@ def make_task(
     """
     from cllmfs_trainer.evaluation.query import query_subset
 
+    if not isinstance(setting, str) or setting.lower() not in ("intra", "inter"):
+        raise UserError(f"setting must be 'intra' or 'inter', got {setting!r}")
     setting = setting.lower()
-    if setting not in ("intra", "inter"):
-        raise ValueError(f"setting must be 'intra' or 'inter', got {setting!r}")
     target = get_dataset(dataset) if isinstance(dataset, str) else dataset
     source = target if setting == "intra" else get_dataset(INTER_SOURCE)
-    full_query = target.load(query_split, data_dir).sentences
+    full_query = target.load(query_split, data_dir, allow_empty=False).sentences  # nothing to predict
     query = query_subset(full_query, query_size, query_seed)
     types = list(n_types) if n_types else [t.label for t in source.types]
     if support_set is not None:
@@ -212,8 +235,15 @@ def make_task(
                 "extend them with a types file or pass n_types"
             )
         types = [t for t in types if t in support.types]
+        counts = support.mention_counts()
+        if any(counts[t] < k for t in types):
+            # The run records k; a set with fewer mentions would be recorded as a K-shot run it is not.
+            raise DataFormatError(
+                f"{support_set}: k={k} but the support set has fewer mentions of some types ({counts}); pass "
+                f"k <= {min(counts[t] for t in types)} or another support set"
+            )
     else:
-        pool = source.load("train", data_dir)
+        pool = source.load("train", data_dir, allow_empty=False)
         support = sample_support_set(pool.sentences, k, types, seed, max_2k, exclude=full_query, source=pool.source)
     train_types = [source.type(t) for t in types]
     test_types = train_types if setting == "intra" else list(target.types)
