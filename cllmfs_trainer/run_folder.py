@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.errors import UserError
 
 RUN_FILE = "cllmfs_run.json"
 SUPPORT_FILE = "support.txt"
@@ -32,9 +33,14 @@ WEIGHT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "adapter": (("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")),
     "full": (("config.json",), ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")),
 }
+# A saved tokenizer has its config and at least one vocabulary file (fast, SentencePiece or BPE/WordPiece).
+TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer_config.json",),
+    ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model"),
+)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run folder that cannot be used, with the file and field at fault in the message."""
 
 
@@ -146,6 +152,8 @@ class RunFolder:
         if not isinstance(record, dict):
             raise RunFolderError(f"{run_file}: expected a JSON object, got {type(record).__name__}")
         record.setdefault("format_version", 0)
+        if not isinstance(record["format_version"], int) or isinstance(record["format_version"], bool):
+            raise RunFolderError(f"{run_file}: field 'format_version' must be int, got {record['format_version']!r}")
         if record["format_version"] > FORMAT_VERSION:
             raise RunFolderError(
                 f"{run_file}: format_version {record['format_version']} is newer than this "
@@ -162,7 +170,8 @@ class RunFolder:
             raise RunFolderError(f"{run_file}: missing field(s) {missing}")
         for name in ("train_types", "test_types"):
             record[name] = _types(record[name], run_file, name)
-        for name, kind in (("prompt_format", int), ("k", int), ("base_model", str), ("dataset", str)):
+        strings = ("base_model", "dataset", "weights", "setting")
+        for name, kind in (("prompt_format", int), ("k", int), *((name, str) for name in strings)):
             if not isinstance(record[name], kind) or isinstance(record[name], bool):
                 raise RunFolderError(f"{run_file}: field {name!r} must be {kind.__name__}, got {record[name]!r}")
         run = cls(
@@ -173,6 +182,15 @@ class RunFolder:
         if check_weights:
             run.check_weights()
         return run
+
+    def check_tokenizer(self) -> None:
+        """Raise `RunFolderError` naming the tokenizer file that is missing (prediction loads the run's tokenizer)."""
+        for alternatives in TOKENIZER_FILES:
+            if not any((self.path / name).is_file() for name in alternatives):
+                raise RunFolderError(
+                    f"{self.path}: the tokenizer is incomplete, {' / '.join(alternatives)} is missing; copy the "
+                    "tokenizer files of the base model into the run folder"
+                )
 
     def check_weights(self) -> None:
         """Raise `RunFolderError` naming the first weights file that is missing."""
@@ -189,8 +207,10 @@ def _types(value: Any, run_file: Path, name: str) -> list[EntityType]:
         raise RunFolderError(f"{run_file}: field {name!r} must be a non-empty list of types")
     types = []
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("label"), str):
-            raise RunFolderError(f"{run_file}: {name}[{i}] must be an object with a string 'label'")
+        if not isinstance(item, dict) or not all(isinstance(item.get(key), str) for key in ("label", "name")):
+            raise RunFolderError(f"{run_file}: {name}[{i}] must be an object with a string 'label' and 'name'")
+        if not isinstance(item.get("description"), str):
+            raise RunFolderError(f"{run_file}: {name}[{i}] must have a string 'description'")
         try:
             types.append(EntityType(**item))
         except TypeError as err:

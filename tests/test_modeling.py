@@ -155,8 +155,8 @@ def test_gguf_path_is_converted_once_into_a_content_keyed_folder(empty_cache, tm
 
     monkeypatch.setattr(embedded_model, "_convert_gguf", fake_convert)
     gguf = tmp_path / "My-Model.Q8_0.gguf"
-    gguf.write_bytes(b"gguf v1")
-    digest = hashlib.sha256(b"gguf v1").hexdigest()
+    gguf.write_bytes(b"GGUF v1")  # the magic bytes, then anything: conversion is faked
+    digest = hashlib.sha256(b"GGUF v1").hexdigest()
 
     first = resolve_model(str(gguf))
     assert Path(first) == models_dir() / f"My-Model.Q8_0-{digest[:12]}"
@@ -164,7 +164,7 @@ def test_gguf_path_is_converted_once_into_a_content_keyed_folder(empty_cache, tm
     assert conversions == [(gguf.resolve(), False)]
     assert read_provenance(first)["gguf_sha256"] == digest
 
-    gguf.write_bytes(b"gguf v2")  # new content, new folder
+    gguf.write_bytes(b"GGUF v2")  # new content, new folder
     assert resolve_model(gguf) != first
     assert len(conversions) == 2
 

@@ -44,6 +44,7 @@ from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import IM_END, PROMPT_FORMAT, build_prompt, check_prompt_format
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
+from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
@@ -108,6 +109,9 @@ class EntityExtractor:
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token (cllmfs_trainer.models.ensure_pad_token adds one)")
+        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+            if not isinstance(value, int) or value < 1:  # a batch of 0 or a budget of 0 silently predicts nothing
+                raise UserError(f"{name} must be an integer >= 1, got {value!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.types = list(types)
@@ -145,9 +149,13 @@ class EntityExtractor:
         from peft import PeftModel
 
         from cllmfs_trainer.models import load_model, load_tokenizer
+        from cllmfs_trainer.models.loading import check_model_reference
         from cllmfs_trainer.run_folder import RunFolder
 
         run = RunFolder.load(run_dir)  # refuses a folder without its weights: never predict with an untrained model
+        run.check_tokenizer()
+        if run.weights == "adapter":
+            check_model_reference(run.base_model, f"{run.run_file}: field 'base_model':")
         tokenizer = load_tokenizer(run.path, padding_side="left")
         if run.weights == "adapter":
             model = PeftModel.from_pretrained(load_model(run.base_model), run.path).merge_and_unload()
@@ -156,7 +164,7 @@ class EntityExtractor:
         if dtype is not None:
             cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if not isinstance(cast, torch.dtype):
-                raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'")
+                raise UserError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'")
             model = model.to(cast)
         if types is None:
             types = run.test_types

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.errors import UserError
+
 CACHE_ENV_VAR = "CLLMFS_CACHE"
 PROVENANCE_FILE = "cllmfs_provenance.json"
 # Bump when a conversion changes in a way that should invalidate folders made by older versions.
@@ -86,8 +88,11 @@ MINILM_WHEEL = WheelSpec(
 )
 
 
-class ModelSetupError(RuntimeError):
-    """Base class for failures while obtaining or converting a model."""
+class ModelSetupError(UserError, RuntimeError):
+    """Base class for failures while obtaining or converting a model.
+
+    A `UserError` (the entry points print it as one line): the fix lies with the user's network, file or settings.
+    """
 
 
 class ModelDownloadError(ModelSetupError):
