@@ -5,6 +5,9 @@
     cllmfs predict --run RUN_DIR (--text "..." | --input FILE.txt|.jsonl) --output preds.jsonl
 
 Training runs through `accelerate launch recipes/train.py RECIPE.yaml` (see docs/training.md).
+
+A mistake in the options or files ends with one line on stderr and exit code 2 (`--debug` or CLLMFS_DEBUG=1 adds
+the traceback); see docs/errors.md.
 """
 
 from __future__ import annotations
@@ -17,21 +20,55 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
+from cllmfs_trainer.data.io import DataFormatError
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import PROMPT_FORMAT, PROMPT_FORMATS
+from cllmfs_trainer.errors import (
+    OneLineArgumentParser,
+    UsageError,
+    atomic_open,
+    atomic_write_text,
+    check_input_file,
+    check_output_dir,
+    check_output_file,
+    control_character,
+    read_text_lines,
+    run_entry_point,
+)
 
 logger = logging.getLogger("cllmfs")
+COMMANDS = ("model", "prepare", "predict")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count, a size or a budget of 0 or less would silently do nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def existing_dir(text: str) -> str:
+    """argparse type: a folder that exists."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    return text
 
 
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="wnut17", help="registry key of the (target) dataset")
     parser.add_argument("--setting", default="intra", choices=["intra", "inter"])
-    parser.add_argument("--k", type=int, default=5, help="shots per type")
+    parser.add_argument("--k", type=positive_int, default=5, help="shots per type")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--support-set", help="use this BIO file as the support set instead of sampling one")
     parser.add_argument("--types-file", help="YAML file overriding or extending the type descriptions")
-    parser.add_argument("--data-dir", help="folder with non-shipped datasets (default: $CLLMFS_DATA_DIR)")
-    parser.add_argument("--query-size", type=int, help="subsample the query split to this many sentences")
+    parser.add_argument(
+        "--data-dir", type=existing_dir, help="folder with non-shipped datasets (default: $CLLMFS_DATA_DIR)"
+    )
+    parser.add_argument("--query-size", type=positive_int, help="subsample the query split to this many sentences")
 
 
 def _task(args: argparse.Namespace) -> FewShotTask:
@@ -49,13 +86,15 @@ def _task(args: argparse.Namespace) -> FewShotTask:
 
 def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     """Write the support set, the SFT samples and a summary into `args.output`; returns the summary."""
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(args.output)
     task = _task(args)
-    task.support.save(out / "support.txt")
     prompt_format = getattr(args, "prompt_format", PROMPT_FORMAT)
     samples = build_samples(task.support.sentences, task.train_types, prompt_format)
-    with (out / "sft_samples.jsonl").open("w", encoding="utf-8") as handle:
+    if not samples:
+        raise DataFormatError(f"{task.support.source}: the support set gives no SFT samples")
+    out.mkdir(parents=True, exist_ok=True)
+    task.support.save(out / "support.txt")
+    with atomic_open(out / "sft_samples.jsonl") as handle:
         for sample in samples:
             record = {
                 "prompt": sample.prompt,
@@ -65,7 +104,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     types = [{"label": t.label, "name": t.name, "description": t.description} for t in task.train_types]
-    (out / "types.json").write_text(json.dumps(types, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(out / "types.json", json.dumps(types, indent=2, ensure_ascii=False) + "\n")
     summary: dict[str, Any] = {
         "setting": task.setting,
         "dataset": args.dataset,
@@ -83,7 +122,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
         lengths = sorted(len(r["input_ids"]) for r in rows)
         summary["tokens_per_sample"] = {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}
         summary["entity_tokens_in_cl_labels"] = sum(c > 0 for r in rows for c in r["cl_labels"])
-    (out / "prepare.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 
@@ -95,10 +134,17 @@ def cmd_model(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from cllmfs_trainer.models.loading import check_model_reference
+
+    check_output_dir(args.output)
+    for option, path in (("--support-set", args.support_set), ("--types-file", args.types_file)):
+        if path is not None:
+            check_input_file(path, option)
     tokenizer = None
     if args.model:
         from cllmfs_trainer.models import load_tokenizer
 
+        check_model_reference(args.model, "--model")
         tokenizer = load_tokenizer(args.model)
     print(json.dumps(prepare(args, tokenizer), indent=2, ensure_ascii=False))
 
@@ -111,59 +157,97 @@ def _predict_types(run_dir: Path, labels: str | None, types_file: str | None) ->
     types = RunFolder.load(run_dir).test_types
     if types_file:
         types = merge_types(types, load_types_file(types_file))
-    if labels:
+    if labels is not None:
+        wanted = [label.strip() for label in labels.split(",")]
         by_label = {t.label: t for t in types}
-        missing = [label for label in labels.split(",") if label not in by_label]
+        missing = [label for label in wanted if label not in by_label]
         if missing:
-            raise ValueError(
-                f"type(s) {missing} have no description in the run folder; add them to a --types-file "
-                "(label, name, description) so the instruction can name and explain them"
+            raise UsageError(
+                f"--types: type(s) {missing} have no description in the run folder (it has "
+                f"{sorted(by_label)}); add them to a --types-file (label, name, description) so the instruction can "
+                "name and explain them"
             )
-        types = [by_label[label] for label in labels.split(",")]
+        if len(set(wanted)) != len(wanted):
+            raise UsageError(f"--types: a type is given twice in {labels!r}")
+        types = [by_label[label] for label in wanted]
     return types
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    """The sentences to predict: `--text`, the lines or JSONL records of `--input`, or a `--dataset` split.
+
+    Raises:
+        `UserError` naming the file and line for unreadable input, and for input without any text.
+    """
     if args.text is not None:
+        if not args.text.strip():
+            raise UsageError("--text is empty; give a sentence")
+        if control_character(args.text):
+            raise UsageError(f"--text contains the control character {control_character(args.text)!r}")
+        if args.limit is not None:
+            raise UsageError("--limit applies to --input and --dataset, not to --text")
         return [args.text]
     if args.dataset is not None:
-        sentences = get_dataset(args.dataset).load(args.split, args.data_dir).sentences
-        return [s.text for s in sentences[: args.limit]]
-    path = Path(args.input)
-    if path.suffix == ".jsonl":
+        source = f"--dataset {args.dataset} (split {args.split})"
+        sentences = get_dataset(args.dataset).load(args.split, args.data_dir, allow_empty=False).sentences
+        texts = [s.text for s in sentences]
+    else:
+        path = check_input_file(args.input, "--input")
+        source = str(path)
+        if path.suffix.lower() not in (".txt", ".jsonl", ""):
+            logger.info("%s: reading one sentence per line (only .jsonl files are read as JSON)", path)
         texts = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
+        for lineno, line in enumerate(read_text_lines(path, "--input"), start=1):
+            if path.suffix.lower() == ".jsonl":
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                    raise DataFormatError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
-                texts.append(record["text"])
-        return texts
-    return path.read_text(encoding="utf-8").splitlines()
+                    raise DataFormatError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
+                line = record["text"]
+            if control_character(line):
+                raise DataFormatError(
+                    f"{path}:{lineno}: the text contains the control character {control_character(line)!r}; "
+                    "is the file binary?"
+                )
+            texts.append(line)
+    texts = texts[: args.limit]
+    if not any(text.strip() for text in texts):
+        raise DataFormatError(f"{source}: no text to predict (empty, or only blank lines)")
+    return texts
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from cllmfs_trainer.data.io import Sentence
     from cllmfs_trainer.inference.generate import EntityExtractor
     from cllmfs_trainer.inference.parse import char_offsets
+    from cllmfs_trainer.run_folder import RunFolder
 
+    # Everything the user gave is checked before the model loads: a mistake costs seconds, not a model load.
     run_dir = Path(args.run)
+    run = RunFolder.load(run_dir)  # refuses a folder without its weights, naming the missing file
+    run.check_tokenizer()
+    texts = _read_texts(args)
+    if args.types_file is not None:
+        check_input_file(args.types_file, "--types-file")
+    types = _predict_types(run_dir, args.types, args.types_file)
+    inputs = [args.input, args.types_file, run.run_file, run.support_file]
+    output = check_output_file(args.output, "--output", inputs=inputs)
     extractor = EntityExtractor.from_run(
         run_dir,
-        types=_predict_types(run_dir, args.types, args.types_file),
+        types=types,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         constrained=not args.unconstrained,
         dtype=args.dtype,
     )
-    texts = _read_texts(args)
     predictions = extractor.predict(
         [Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)], progress=True
     )
-    with Path(args.output).open("w", encoding="utf-8") as out:
+    with atomic_open(output) as out:  # a failure leaves no half-written file
         for text, prediction in zip(texts, predictions):
             offsets = char_offsets(text, prediction.sentence.tokens)
             entities = [
@@ -186,8 +270,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cllmfs", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineArgumentParser(prog="cllmfs", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (also: CLLMFS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = sub.add_parser("model", help="materialise the default model or resolve a model reference")
@@ -215,13 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help=".txt (one sentence per line) or .jsonl (a 'text' field per line)")
     source.add_argument("--dataset", help="a registry dataset's split (see --split, --limit, --data-dir)")
     pred.add_argument("--split", default="test")
-    pred.add_argument("--limit", type=int, help="first N sentences of --dataset")
-    pred.add_argument("--data-dir", help="folder with non-shipped datasets (default: $CLLMFS_DATA_DIR)")
+    pred.add_argument("--limit", type=positive_int, help="only the first N sentences of --input or --dataset")
+    pred.add_argument(
+        "--data-dir", type=existing_dir, help="folder with non-shipped datasets (default: $CLLMFS_DATA_DIR)"
+    )
     pred.add_argument("--output", required=True, help="JSONL: text and entities with character offsets")
     pred.add_argument("--types", help="comma-separated type labels (default: the run's types)")
     pred.add_argument("--types-file", help="YAML adding or overriding type names and descriptions")
-    pred.add_argument("--batch-size", type=int, default=32)
-    pred.add_argument("--max-new-tokens", type=int, default=64)
+    pred.add_argument("--batch-size", type=positive_int, default=32)
+    pred.add_argument("--max-new-tokens", type=positive_int, default=64)
     pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
     pred.add_argument(
         "--dtype",
@@ -233,14 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
+    """Run `cllmfs` with `argv` (default: `sys.argv[1:]`).
+
+    Returns:
+        `int`: 0 on success; 2 after one line on stderr for a mistake in the options or files (see
+        `cllmfs_trainer.errors`). A bug keeps its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if arg in COMMANDS), None)
+
+    def body(rest: list[str]) -> None:
+        args = build_parser().parse_args(rest)
+        level = logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(message)s")
         args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:  # user errors: one clear line, no traceback
-        print(f"cllmfs {args.command}: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_entry_point(f"cllmfs {command}" if command else "cllmfs", body, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from helpers import REPO, shared_dataset
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
 from cllmfs_trainer.benchmark.report import table1_markdown
+from cllmfs_trainer.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +432,7 @@ def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
     yaml_file.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot]\n")
     args = bench_script.parse_args([str(yaml_file), "--seeds", "[3, 4]", "--query_size", "7"])
     assert (args.config.seeds, args.config.query_size, args.report_dir) == ([3, 4], 7, tmp_path / "out" / "report")
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="sedes: unknown key; did you mean 'seeds'"):
         bench_script.parse_args([str(yaml_file), "--sedes", "[1]"])
 
 

@@ -12,6 +12,9 @@ empty), so only the missing units run; the report must come from a benchmark wit
 
 Trained methods train through `cllmfs_trainer.scripts.train`, so a benchmark model is trained exactly as a recipe
 run is.
+
+The YAML, the recipe and `train_overrides` are checked before the first unit runs. A mistake ends with one line on
+stderr and exit code 2; `--debug` (or CLLMFS_DEBUG=1) adds the traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ from typing import Any
 import yaml
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, write_report
+from cllmfs_trainer.benchmark.methods import get_method
+from cllmfs_trainer.errors import (
+    OneLineArgumentParser,
+    UsageError,
+    UserError,
+    check_input_file,
+    check_output_dir,
+    run_entry_point,
+)
+from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
+
+PROG = "benchmark.py"
 
 
 @dataclass
@@ -54,7 +69,7 @@ def train_run(recipe: str, overrides: dict[str, Any], output_dir: Path) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's argument parser (overrides of the YAML's keys are read from the remaining arguments)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML")
     parser.add_argument("--overwrite", action="store_true", help="discard a finished run with other settings")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from finished units")
@@ -72,19 +87,79 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
     """Parse `argv` (default: `sys.argv[1:]`): the YAML, then `--key value` overrides of its keys."""
     parser = make_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    raw, lines = load_yaml_mapping(args.config, "benchmark config")
     if len(rest) % 2:
         parser.error(f"overrides come in `--key value` pairs, got {rest}")
     for flag, value in zip(rest[::2], rest[1::2]):
         if not flag.startswith("--"):
             parser.error(f"expected --key, got {flag!r}")
-        raw[flag[2:]] = yaml.safe_load(value)  # numbers, booleans, [lists] and {dicts} as YAML/JSON
+        try:
+            raw[flag[2:]] = yaml.safe_load(value)  # numbers, booleans, [lists] and {dicts} as YAML/JSON
+        except yaml.YAMLError as err:
+            raise UsageError(f"{flag}: {value!r} is not a YAML/JSON value ({getattr(err, 'problem', err)})") from None
+        lines.pop(flag[2:], None)  # messages then name the flag's key without the file's line
+    known = set(BenchmarkConfig.__dataclass_fields__) | {"report_dir"}
+    check_known_keys(raw, known, args.config, lines, f"known keys: {', '.join(sorted(known))}")
+    hints = {**field_hints(BenchmarkConfig), "report_dir": str}
+    check_value_types(raw, hints, args.config, lines, strings_are_parsed=False)
+    _check_values(raw, args.config, lines)
     report_dir = Path(raw.pop("report_dir", Path(raw.get("output_dir", ".")) / "report"))
-    known = set(BenchmarkConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        parser.error(f"{args.config}: unknown keys {unknown}; known: {sorted(known | {'report_dir'})}")
-    return BenchmarkArguments(BenchmarkConfig(**raw), report_dir, args.overwrite, args.report_only, args.restore_from)
+    try:
+        config = BenchmarkConfig(**raw)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:  # BenchmarkConfig's own checks: missing keys, unknown methods or tasks
+        raise UsageError(f"{args.config}: {err}") from None
+    if args.restore_from is not None:
+        check_input_file(args.restore_from, "--restore-from")
+    _check_training(config)
+    return BenchmarkArguments(config, report_dir, args.overwrite, args.report_only, args.restore_from)
+
+
+def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None:
+    """Values that have the right type but cannot work, refused before any unit runs."""
+    for key in ("ks", "seeds", "tasks", "methods"):
+        if key in raw and not raw[key]:
+            raise UsageError(f"{at(path, lines, key)}: must not be empty")
+    if any(k < 1 for k in raw.get("ks", ())):
+        raise UsageError(f"{at(path, lines, 'ks')}: shots per type must be >= 1, got {raw['ks']}")
+    for key in ("seeds", "ks", "tasks", "methods"):
+        values = raw.get(key, ())
+        if len(set(values)) != len(values):
+            raise UsageError(f"{at(path, lines, key)}: a value appears twice in {values}")
+    for key in ("query_size", "batch_size"):
+        if raw.get(key) is not None and raw[key] < 1:
+            raise UsageError(f"{at(path, lines, key)}: must be >= 1, got {raw[key]}")
+    for name in raw.get("methods", ()):
+        try:
+            get_method(name)
+        except ValueError as err:
+            raise UsageError(f"{at(path, lines, 'methods')}: {err}") from None
+    if raw.get("recipe") is not None:
+        check_input_file(raw["recipe"], f"{at(path, lines, 'recipe')}:")
+    if raw.get("data_dir") is not None and not Path(raw["data_dir"]).is_dir():
+        raise UsageError(f"{at(path, lines, 'data_dir')}: {raw['data_dir']} is not an existing folder")
+    for key in ("output_dir", "report_dir"):
+        if raw.get(key) is not None:
+            check_output_dir(raw[key], f"{at(path, lines, key)}:")
+
+
+def _check_training(config: BenchmarkConfig) -> None:
+    """Parse the recipe with `train_overrides` as the first trained unit will, so a bad key fails now, not hours in."""
+    if not any(get_method(name).kind == "trained" for name in config.methods) or not config.recipe:
+        return
+    from cllmfs_trainer.models.loading import check_model_reference
+    from cllmfs_trainer.scripts import train
+
+    if config.model != "default":
+        check_model_reference(config.model, "model")
+    argv = [config.recipe, "--output_dir", str(Path(config.output_dir) / "runs")]
+    for key, value in config.train_overrides.items():
+        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    try:
+        train.parse_args(argv)
+    except UserError as err:
+        raise UsageError(f"recipe {config.recipe} with train_overrides {config.train_overrides}: {err}") from None
 
 
 def main(args: BenchmarkArguments) -> Path:
@@ -106,9 +181,20 @@ def main(args: BenchmarkArguments) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Entry point of `recipes/benchmark.py`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(main(parse_args(argv)))
+    """Entry point of `recipes/benchmark.py`: exits with 2 after one line on stderr for a mistake in the config.
+
+    Args:
+        argv (`list[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
+    """
+
+    def body(rest: list[str]) -> None:
+        arguments = parse_args(rest)  # before logging is set up: a mistake prints its one line and nothing else
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        print(main(arguments))
+
+    code = run_entry_point(PROG, body, argv)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,45 @@
 The YAML may be given as the first argument (or as `--config FILE`, TRL's own way); `--key value` flags override it.
 Keys belong to `ScriptArguments` below, `ContrastiveSFTConfig` (all of TRL's SFTConfig plus `cl_*`) or TRL's
 `ModelConfig` (model, LoRA, 4-bit loading); an unknown key is an error.
+
+Every key and file is checked before the model loads. A mistake ends with one line on stderr and exit code 2;
+`--debug` (or CLLMFS_DEBUG=1) adds the traceback. `--resume_from_checkpoint true` resumes from the latest
+`checkpoint-<step>` folder in `output_dir`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
+from cllmfs_trainer.data.sft import PROMPT_FORMATS
+from cllmfs_trainer.errors import (
+    MissingFileError,
+    UsageError,
+    UserError,
+    check_input_file,
+    check_output_dir,
+    run_entry_point,
+)
 from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.models import load_model, load_tokenizer
+from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
+from cllmfs_trainer.scripts.yaml_config import check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
+
+PROG = "train.py"
+# Values of `resume_from_checkpoint` that mean "the latest checkpoint in output_dir", as `Trainer.train(True)` does.
+RESUME_LATEST = ("true", "yes", "1", "latest")
+RESUME_NEVER = ("false", "no", "0", "none", "")
 
 
 @dataclass
@@ -63,17 +86,160 @@ class ScriptArguments:
     )
 
 
+ARGUMENT_CLASSES = (ScriptArguments, ContrastiveSFTConfig, ModelConfig)
+
+
+class RecipeParser(TrlParser):
+    """`TrlParser` whose command-line errors raise `UsageError` (one line) instead of printing the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
 def make_parser() -> TrlParser:
     """TRL's parser over the three argument dataclasses, as in `trl/scripts/sft.py`."""
-    return TrlParser((ScriptArguments, ContrastiveSFTConfig, ModelConfig))
+    return RecipeParser(ARGUMENT_CLASSES)
+
+
+def _check_recipe(parser: TrlParser, recipe: str) -> None:
+    """Refuse a recipe with duplicate or unknown keys or values of the wrong type, naming its line."""
+    data, lines = load_yaml_mapping(recipe, "recipe")
+    known = {action.dest for action in parser._actions} - {"help", "config"} | {"env"}  # TRL reads `env` itself
+    check_known_keys(
+        data, known, recipe, lines, "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
+    )
+    check_value_types(data, field_hints(*ARGUMENT_CLASSES), recipe, lines)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, ContrastiveSFTConfig, ModelConfig]:
-    """Parse `argv` (default: `sys.argv[1:]`), taking a recipe YAML as an optional first positional argument."""
+    """Parse `argv` (default: `sys.argv[1:]`), taking a recipe YAML as an optional first positional argument.
+
+    Raises:
+        `UserError` naming the recipe's line or the option: a missing or unreadable recipe, a duplicate or unknown
+        key, a value of the wrong type, or one the argument classes refuse.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
         argv = ["--config", argv[0], *argv[1:]]
-    return make_parser().parse_args_and_config(argv)
+    parser = make_parser()
+    recipe = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise UsageError("--config needs a recipe file")
+        recipe = argv[index + 1]
+        _check_recipe(parser, recipe)
+    try:
+        with warnings.catch_warnings():
+            # TRL's SFTConfig sets `gradient_checkpointing` itself, which transformers reports as deprecated on
+            # every run; it is not something a recipe can fix.
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
+            return parser.parse_args_and_config(argv)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as err:  # the argument classes' own checks (`__post_init__`)
+        raise UsageError(f"{recipe + ': ' if recipe else ''}{err}") from None
+
+
+def _as_list(value: list[str] | str | None) -> list[str] | None:
+    # A YAML string given for a list key reaches the dataclass as it is (argparse does not split defaults).
+    return [value] if isinstance(value, str) else value
+
+
+def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
+    """The checkpoint folder `resume_from_checkpoint` names: `true` means the latest one in `output_dir`.
+
+    Raises:
+        `UserError` when there is no checkpoint to resume from.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = training_args.resume_from_checkpoint
+    if value is None or isinstance(value, bool):
+        value = "true" if value else None
+    if value is None or value.strip().lower() in RESUME_NEVER:
+        return None
+    output_dir = training_args.output_dir
+    if value.strip().lower() in RESUME_LATEST:
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise UserError(
+                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no checkpoint-<step> folder to "
+                "resume from; drop the option to start afresh, or give a checkpoint folder"
+            )
+        return last
+    if not Path(value).is_dir():
+        raise MissingFileError(
+            f"resume_from_checkpoint: {value} is not a checkpoint folder; give one (output_dir/checkpoint-<step>), "
+            "or true for the latest one in output_dir"
+        )
+    return value
+
+
+def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> None:
+    """Check every key and file a training needs before anything loads, so a mistake costs seconds, not a model load.
+
+    Also turns a string given for a list key into a one-item list and `resume_from_checkpoint: true` into the
+    latest checkpoint's folder.
+
+    Raises:
+        `UserError` naming the key (and file) at fault and what it accepts.
+    """
+    script_args.n_types = _as_list(script_args.n_types)
+    script_args.evaluate_on = _as_list(script_args.evaluate_on)
+    for name in ("k", "repeat_entity_samples"):
+        value = getattr(script_args, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+    if script_args.eval_query_size is not None and script_args.eval_query_size < 1:
+        raise UsageError(f"eval_query_size must be an integer >= 1 or null, got {script_args.eval_query_size!r}")
+    if script_args.prompt_format not in PROMPT_FORMATS:
+        raise UsageError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {script_args.prompt_format!r}")
+    if str(script_args.setting).lower() not in ("intra", "inter"):
+        raise UsageError(f"setting must be 'intra' or 'inter', got {script_args.setting!r}")
+    if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
+        raise MissingFileError(f"data_dir {script_args.data_dir} is not an existing folder")
+    for name in ("support_set", "types_file"):
+        if getattr(script_args, name) is not None:
+            check_input_file(getattr(script_args, name), name)
+    dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)  # unknown names, bad types file
+    for name in script_args.evaluate_on or ():
+        get_dataset(name)
+    if script_args.n_types is not None:
+        source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
+        for label in script_args.n_types:
+            source.type(label)
+    for name in ("learning_rate", "weight_decay", "num_train_epochs"):
+        if getattr(training_args, name) < 0:
+            raise UsageError(f"{name} must be >= 0, got {getattr(training_args, name)!r}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(training_args, name)!r}")
+    if training_args.max_length is not None and training_args.max_length < 1:
+        raise UsageError(f"max_length must be >= 1 or null, got {training_args.max_length!r}")
+    check_output_dir(training_args.output_dir, "output_dir")
+    training_args.resume_from_checkpoint = resolve_resume(training_args)
+    model = model_args.model_name_or_path
+    if model is not None:
+        check_model_reference(model, "model_name_or_path")
+    _check_cl_layer(training_args, model)
+
+
+def _check_cl_layer(training_args: ContrastiveSFTConfig, model: str | None) -> None:
+    """An integer `cl_layer` past the model's depth, found from its config rather than after loading its weights."""
+    if training_args.cl_weight <= 0 or training_args.cl_layer < 1:
+        return  # no contrastive term, or a fraction of the depth: any model fits
+    from transformers import AutoConfig
+
+    from cllmfs_trainer.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model))
+    depth = getattr(getattr(config, "text_config", config), "num_hidden_layers", None)
+    if isinstance(depth, int):
+        try:
+            training_args.resolve_cl_layer(depth)
+        except ValueError as err:  # names the range, and a fraction of the depth to use instead
+            raise UsageError(str(err)) from None
 
 
 def main(
@@ -84,6 +250,7 @@ def main(
     Returns:
         `ContrastiveSFTTrainer`: the trainer, after training.
     """
+    check_arguments(script_args, training_args, model_args)
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
     task = make_task(
         script_args.setting,
@@ -157,8 +324,15 @@ def main(
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Entry point of `recipes/train.py`."""
-    main(*parse_args(argv))
+    """Entry point of `recipes/train.py`: exits with 2 after one line on stderr for a mistake in the recipe or files.
+
+    Args:
+        argv (`list[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
+    """
+    # `--debug VALUE` is transformers' own `debug` option; only a bare `--debug` asks for tracebacks.
+    code = run_entry_point(PROG, lambda rest: main(*parse_args(rest)), argv, keep_debug_with_value=True)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

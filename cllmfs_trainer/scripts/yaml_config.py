@@ -1,0 +1,190 @@
+"""Reading the YAML files of the scripts (training recipes, benchmark configs) with errors that name file and line.
+
+`yaml.safe_load` keeps the last of two equal keys without a word, and the values it returns bypass argparse's type
+conversion (TRL's parser uses them as defaults as they are), so a list where an integer belongs, or an integer where
+a list belongs, would only fail deep inside a run. Here a file is read once more, before parsing, to refuse duplicate
+and unknown keys and values of the wrong type, each with the line it is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from cllmfs_trainer.errors import DataFormatError, UsageError, read_text_file
+
+
+class _KeyLineLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses duplicate keys in any mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first on line {seen[key]}); each key may appear once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_KeyLineLoader.add_constructor("tag:yaml.org,2002:map", _KeyLineLoader.construct_mapping)
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str = "config") -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a YAML file whose top level is a mapping.
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        what (`str`, *optional*, defaults to `"config"`): What the file is, for messages (`recipe`, ...).
+
+    Returns:
+        `tuple[dict, dict]`: the mapping, and the line (1-based) of each top-level key.
+
+    Raises:
+        `UserError` naming the file (and line): missing, not UTF-8, not YAML, duplicate keys, empty, or not a
+        mapping with string keys.
+    """
+    text = read_text_file(path, what)
+    try:
+        node = yaml.compose(text, Loader=_KeyLineLoader)
+        data = yaml.load(text, Loader=_KeyLineLoader)  # a SafeLoader subclass: plain data only, no objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError):
+            raise DataFormatError(f"{path}{line}: {problem}") from None
+        raise DataFormatError(f"{path}{line}: not valid YAML ({problem})") from None
+    if data is None:
+        raise DataFormatError(f"{path}: the {what} is empty; expected a mapping of `key: value` lines")
+    if not isinstance(data, dict):
+        raise DataFormatError(
+            f"{path}: the {what} must be a mapping of `key: value` lines, not a {type(data).__name__}"
+        )
+    lines = {
+        key_node.value: key_node.start_mark.line + 1
+        for key_node, _ in node.value
+        if isinstance(key_node, yaml.ScalarNode)
+    }
+    for key in data:
+        if not isinstance(key, str):
+            line = f":{lines[str(key)]}" if str(key) in lines else ""
+            raise DataFormatError(f"{path}{line}: key {key!r} must be a name, not {type(key).__name__}")
+    return data, lines
+
+
+def at(path: str | os.PathLike, lines: dict[str, int], key: str) -> str:
+    """`path:line: key` for a key of a file read by `load_yaml_mapping`."""
+    return f"{path}:{lines[key]}: {key}" if key in lines else f"{path}: {key}"
+
+
+def check_known_keys(
+    data: dict[str, Any], known: Iterable[str], path: str | os.PathLike, lines: dict[str, int], where: str
+) -> None:
+    """Refuse a key outside `known`, suggesting the closest known ones.
+
+    Args:
+        where (`str`): Where the known keys are documented, ending the message (e.g. "see --help").
+    """
+    known = sorted(set(known))
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise UsageError(f"{at(path, lines, key)}: unknown key; {hint}{where}")
+
+
+def field_hints(*classes: type) -> dict[str, Any]:
+    """The resolved type annotation of every field of the given dataclasses, by field name."""
+    hints: dict[str, Any] = {}
+    for cls in classes:
+        try:
+            resolved = typing.get_type_hints(cls)
+        except Exception:  # an annotation this Python cannot resolve: such fields are simply not checked
+            resolved = {}
+        for f in dataclasses.fields(cls):
+            if f.name in resolved:
+                hints.setdefault(f.name, resolved[f.name])
+    return hints
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether a YAML value fits a type annotation: True, False, or None when the annotation is not checked here."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, arg) for arg in typing.get_args(hint)]
+        if True in results:
+            return True
+        return None if None in results else False
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            return False
+        (item,) = typing.get_args(hint) or (Any,)
+        return False if any(_matches(v, item) is False for v in value) else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict) or None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return None
+    return None
+
+
+def _kind(hint: Any) -> str:
+    """An annotation in words, for messages."""
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return f"a list of {_kind(item).removeprefix('an ').removeprefix('a ')}s" if item in names else "a list"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_value_types(
+    data: dict[str, Any],
+    hints: dict[str, Any],
+    path: str | os.PathLike,
+    lines: dict[str, int],
+    strings_are_parsed: bool = True,
+) -> None:
+    """Refuse values of the wrong type: YAML values that are not strings reach the dataclasses unconverted.
+
+    Args:
+        data (`dict`): The file's mapping (see `load_yaml_mapping`).
+        hints (`dict`): Type annotations by key (see `field_hints`); keys without one are not checked.
+        path (`str` or `os.PathLike`), lines (`dict`): The file and its key lines, for messages.
+        strings_are_parsed (`bool`, *optional*, defaults to `True`): Whether a string value is converted later like
+            a command-line value (TRL's parser does: `1e-4`, `true`), so only values of other types are checked here.
+    """
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is None or (strings_are_parsed and isinstance(value, str) and hint is not str):
+            continue
+        if _matches(value, hint) is False:
+            raise UsageError(f"{at(path, lines, key)}: expected {_kind(hint)}, got {value!r}")
