@@ -21,7 +21,13 @@ from cllmfs_trainer.baselines.container import (
     transition_scores,
     viterbi,
 )
-from cllmfs_trainer.baselines.gaussian_metric import chunk_ranges, clean_words, encode_words, symmetric_kl
+from cllmfs_trainer.baselines.gaussian_metric import (
+    chunk_ranges,
+    clean_words,
+    encode_words,
+    nearest_by_label,
+    symmetric_kl,
+)
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig
 from cllmfs_trainer.data import Sentence, Span
 
@@ -133,6 +139,13 @@ def test_container_loss_without_anchors_is_zero_and_differentiable():
     loss = container_loss(mu, torch.ones(3, 2), torch.tensor([0, 0, 1]))  # O words are not anchors here
     loss.backward()
     assert loss.item() == 0.0 and mu.grad is not None and not mu.grad.abs().sum()
+
+
+def test_nearest_by_label_scores_each_label_by_its_nearest_support_words():
+    support, labels = torch.tensor([[0.0], [1.0], [5.0]]), torch.tensor([0, 0, 1])
+    scores = nearest_by_label(torch.tensor([[1.0], [4.0]]), support, labels, n_labels=3)
+    assert scores[:, :2].tolist() == [[0.0, -16.0], [-9.0, -1.0]] and torch.isinf(scores[:, 2]).all()
+    assert nearest_by_label(torch.tensor([[1.0]]), support, labels, 2, topk=2).tolist() == [[-0.5, -16.0]]
 
 
 # --- Viterbi over abstract transitions --------------------------------------------------------------------------------

@@ -281,10 +281,11 @@ def label_ids(sentence: Sentence, types: Sequence[str]) -> list[int]:
 def nearest_by_label(
     query: torch.Tensor, support: torch.Tensor, labels: torch.Tensor, n_labels: int, topk: int = 1
 ) -> torch.Tensor:
-    """`(n_query, n_labels)`: per label, the mean of the `topk` highest negative squared Euclidean distances to the
-    support rows of that label (`-inf` for a label without support rows). Exact matches score 0."""
+    """`(n_query, n_labels)` on the CPU: per label, the mean of the `topk` highest negative squared Euclidean
+    distances to the support rows of that label (`-inf` for a label without support rows). Exact matches score 0."""
     import torch
 
+    query, support, labels = query.detach().cpu(), support.detach().cpu(), labels.cpu()
     out = torch.full((len(query), n_labels), -math.inf)
     for start in range(0, len(query), 4096):  # bounds the (block x support) distance matrix
         block = -torch.cdist(query[start : start + 4096], support, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
