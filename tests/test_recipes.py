@@ -109,3 +109,11 @@ def test_qlora_4bit_recipe_trains_on_cpu(train_script, tiny_run_inputs, tmp_path
     assert quantized, "the base model was not loaded in 4 bit"
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(loss == loss for loss in losses)  # finite, not NaN
+
+
+def test_help_prints_every_option(train_script, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_script.parse_args([str(REPO / "recipes" / "ontonotes_inter.yaml"), "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--cl_weight" in out and "--empty_ratio" in out and "--fit_stop" in out

@@ -143,7 +143,7 @@ class ContrastiveSFTConfig(SFTConfig):
         default=True,
         metadata={
             "help": "Score only the labelled (completion) positions in the LM head on devices where TRL's fused head "
-            "scores every position (the CPU). Same loss and metrics; about 80% of our positions are prompt."
+            "scores every position (the CPU). Same loss and metrics; about four fifths of our positions are prompt."
         },
     )
     bf16: bool | None = field(
