@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
-from cllmfs_trainer.data.io import DataFormatError
+from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import PROMPT_FORMAT, PROMPT_FORMATS
 from cllmfs_trainer.errors import (
@@ -102,7 +102,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
                 "type": sample.type_label,
                 "sentence_id": sample.sentence_id,
             }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(record))
     types = [{"label": t.label, "name": t.name, "description": t.description} for t in task.train_types]
     atomic_write_text(out / "types.json", json.dumps(types, indent=2, ensure_ascii=False) + "\n")
     summary: dict[str, Any] = {
@@ -128,7 +128,10 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
 
 def cmd_model(args: argparse.Namespace) -> None:
     from cllmfs_trainer.models import materialize_default_model, resolve_model
+    from cllmfs_trainer.models.loading import check_model_reference
 
+    if args.model is not None:
+        check_model_reference(args.model, "--model", weights=True)
     path = materialize_default_model(force=True) if args.force else resolve_model(args.model)
     print(path)
 
@@ -259,7 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 }
                 for s in prediction.spans
             ]
-            out.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
+            out.write(jsonl_line({"text": text, "entities": entities}))
     print(
         json.dumps(
             {"sentences": len(texts), "types": [t.label for t in extractor.types], **extractor.stats.as_dict()},

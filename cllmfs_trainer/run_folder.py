@@ -139,6 +139,8 @@ class RunFolder:
         """
         folder = Path(path)
         run_file = folder / RUN_FILE
+        if folder.exists() and not folder.is_dir():
+            raise RunFolderError(f"{folder} is a file; expected a run folder written by recipes/train.py")
         if not folder.is_dir():
             raise RunFolderError(f"{folder}: no such run folder")
         if not run_file.is_file():

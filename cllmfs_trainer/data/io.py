@@ -416,6 +416,19 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
     return Sentence(tokens, spans)
 
 
+# Characters `str.splitlines` ends a line at besides \n and \r. JSON leaves them raw inside strings with
+# `ensure_ascii=False`, so a reader that splits with `splitlines` would cut a record in two; they are escaped instead.
+_LINE_BREAKS = {ch: f"\\u{ord(ch):04x}" for ch in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def jsonl_line(record: Any) -> str:
+    """`record` as one JSONL line (with its `\\n`): UTF-8 text kept readable, every line-breaking character escaped."""
+    text = json.dumps(record, ensure_ascii=False)
+    if any(ch in text for ch in _LINE_BREAKS):
+        text = "".join(_LINE_BREAKS.get(ch, ch) for ch in text)
+    return text + "\n"
+
+
 def write_jsonl(path: str | Path, sentences: Iterable[Sentence]) -> None:
     """Write sentences as JSONL with character offsets into the space-joined text (the inverse of `read_jsonl`)."""
     with atomic_open(path) as out:
@@ -425,7 +438,7 @@ def write_jsonl(path: str | Path, sentences: Iterable[Sentence]) -> None:
                 {"start": offsets[s.start][0], "end": offsets[s.end - 1][1], "type": s.type} for s in sentence.spans
             ]
             record = {"id": sentence.id, "text": sentence.text, "entities": entities}
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.write(jsonl_line(record))
 
 
 def from_hf_dataset(

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from cllmfs_trainer.data.io import Corpus, DataFormatError, read_conll
-from cllmfs_trainer.errors import UnknownNameError, read_text_file
+from cllmfs_trainer.errors import UnknownNameError, control_character, read_text_file
 
 DATA_DIR_ENV = "CLLMFS_DATA_DIR"
 SHIPPED_DATA = Path(__file__).parent / "shipped"
@@ -245,6 +245,11 @@ def _parse_types(raw: Any, source: str) -> list[EntityType]:
             raise DataFormatError(
                 f"{where}.description of type {label!r} must be a string, got {description!r} (quote it)"
             )
+        for key, value in (("label", label), ("name", name), ("description", description)):
+            if control_character(value):
+                raise DataFormatError(
+                    f"{where}.{key} {value!r} contains the control character {control_character(value)!r}"
+                )
         if label in seen_labels or name in seen_names:
             raise DataFormatError(f"{where}: label {label!r} or name {name!r} appears twice")
         seen_labels.add(label)

@@ -93,7 +93,8 @@ class SupportSet:
         found_types = list(types or meta.get("types") or corpus.types())
         counts = Counter(span.type for sentence in corpus for span in sentence.spans)
         if not found_types or not any(counts[t] for t in found_types):
-            raise DataFormatError(f"{path}: the support set has no entities of the types {found_types}")
+            of_types = f" of the types {found_types}" if found_types else " (every tag is O)"
+            raise DataFormatError(f"{path}: the support set has no entities{of_types}; there is nothing to learn from")
         k = k if k is not None else meta.get("k", min((counts[t] for t in found_types), default=0))
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UserError(f"k must be an integer >= 1, got {k!r}")

@@ -155,7 +155,7 @@ class EntityExtractor:
         run = RunFolder.load(run_dir)  # refuses a folder without its weights: never predict with an untrained model
         run.check_tokenizer()
         if run.weights == "adapter":
-            check_model_reference(run.base_model, f"{run.run_file}: field 'base_model':")
+            check_model_reference(run.base_model, f"{run.run_file}: field 'base_model':", weights=True)
         tokenizer = load_tokenizer(run.path, padding_side="left")
         if run.weights == "adapter":
             model = PeftModel.from_pretrained(load_model(run.base_model), run.path).merge_and_unload()

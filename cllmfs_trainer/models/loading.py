@@ -53,17 +53,20 @@ def _is_local_path(text: str) -> bool:
     return Path(text).suffix.lower() == ".gguf" or Path(text).expanduser().exists()
 
 
-def check_model_reference(name_or_path: str | os.PathLike, what: str = "model") -> None:
+def check_model_reference(name_or_path: str | os.PathLike, what: str = "model", weights: bool = False) -> None:
     """Refuse a model reference that names a local path which is missing or not a model, before anything loads.
 
     Args:
         name_or_path (`str` or `os.PathLike`): As for `resolve_model`.
         what (`str`, *optional*, defaults to `"model"`): Where the reference came from, for the message (e.g. a
             run folder's `base_model` field).
+        weights (`bool`, *optional*, defaults to `False`): The model itself will load from it, so a folder must hold
+            a `config.json` (a folder read only for its tokenizer need not).
 
     Raises:
-        `UserError` for a path that does not exist, a file that is not a `.gguf`, or a `.gguf` without GGUF's magic
-        bytes. Hub ids and default-model aliases pass; whether a hub id exists shows when it loads.
+        `UserError` for a path that does not exist, a file that is not a `.gguf`, a `.gguf` without GGUF's magic
+        bytes, or (with `weights`) a folder without `config.json`. Hub ids and default-model aliases pass; whether a
+        hub id exists shows when it loads.
     """
     text = os.fspath(name_or_path)
     if text.strip().lower() in DEFAULT_MODEL_ALIASES or not _is_local_path(text):
@@ -73,6 +76,8 @@ def check_model_reference(name_or_path: str | os.PathLike, what: str = "model") 
     if not path.exists():
         raise MissingFileError(f"{what} {text} does not exist; {accepted}")
     if path.is_dir():
+        if weights and not (path / "config.json").is_file():
+            raise UserError(f"{what} {text} is a folder without config.json, so it holds no model; {accepted}")
         return
     if path.suffix.lower() != ".gguf":
         raise UserError(f"{what} {text} is a file but not a .gguf; {accepted}")

@@ -20,10 +20,11 @@ stderr and exit code 2; `--debug` (or CLLMFS_DEBUG=1) adds the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
         lines.pop(flag[2:], None)  # messages then name the flag's key without the file's line
     known = set(BenchmarkConfig.__dataclass_fields__) | {"report_dir"}
     check_known_keys(raw, known, args.config, lines, f"known keys: {', '.join(sorted(known))}")
+    required = [f.name for f in dataclasses.fields(BenchmarkConfig) if f.default is f.default_factory is MISSING]
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise UsageError(f"{args.config}: missing key(s) {', '.join(missing)}")
     hints = {**field_hints(BenchmarkConfig), "report_dir": str}
     check_value_types(raw, hints, args.config, lines, strings_are_parsed=False)
     _check_values(raw, args.config, lines)
@@ -152,7 +157,7 @@ def _check_training(config: BenchmarkConfig) -> None:
     from cllmfs_trainer.scripts import train
 
     if config.model != "default":
-        check_model_reference(config.model, "model")
+        check_model_reference(config.model, "model", weights=True)
     argv = [config.recipe, "--output_dir", str(Path(config.output_dir) / "runs")]
     for key, value in config.train_overrides.items():
         argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]

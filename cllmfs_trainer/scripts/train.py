@@ -11,6 +11,7 @@ Every key and file is checked before the model loads. A mistake ends with one li
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import warnings
@@ -35,10 +36,11 @@ from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.models import load_model, load_tokenizer
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
-from cllmfs_trainer.scripts.yaml_config import check_known_keys, check_value_types, field_hints, load_yaml_mapping
+from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
 
 PROG = "train.py"
+KEYS_HINT = "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
 # Values of `resume_from_checkpoint` that mean "the latest checkpoint in output_dir", as `Trainer.train(True)` does.
 RESUME_LATEST = ("true", "yes", "1", "latest")
 RESUME_NEVER = ("false", "no", "0", "none", "")
@@ -105,10 +107,25 @@ def _check_recipe(parser: TrlParser, recipe: str) -> None:
     """Refuse a recipe with duplicate or unknown keys or values of the wrong type, naming its line."""
     data, lines = load_yaml_mapping(recipe, "recipe")
     known = {action.dest for action in parser._actions} - {"help", "config"} | {"env"}  # TRL reads `env` itself
-    check_known_keys(
-        data, known, recipe, lines, "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
-    )
+    check_known_keys(data, known, recipe, lines, KEYS_HINT)
     check_value_types(data, field_hints(*ARGUMENT_CLASSES), recipe, lines)
+    # argparse checks `choices` on the command line only; a recipe's values become defaults, which it never checks.
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in data.items():
+        choices = getattr(actions.get(key), "choices", None)
+        if not choices:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item is None:  # an optional field left unset
+                continue
+            convert = actions[key].type if isinstance(item, str) and callable(actions[key].type) else None
+            try:
+                item = convert(item) if convert else item
+            except (TypeError, ValueError):
+                pass
+            if item not in choices:
+                choices_text = ", ".join(str(getattr(c, "value", c)) for c in choices)
+                raise UsageError(f"{at(recipe, lines, key)}: {item!r} is not one of {choices_text}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, ContrastiveSFTConfig, ModelConfig]:
@@ -123,12 +140,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Contrast
         argv = ["--config", argv[0], *argv[1:]]
     parser = make_parser()
     recipe = None
+    if argv.count("--config") > 1:
+        raise UsageError("--config is given twice; give one recipe")
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
             raise UsageError("--config needs a recipe file")
         recipe = argv[index + 1]
         _check_recipe(parser, recipe)
+    options = set(parser._option_string_actions) | {"--config"}
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in options:
+            close = difflib.get_close_matches(name, sorted(options), n=2)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise UsageError(f"{name}: unknown option; {hint}{KEYS_HINT}")
     try:
         with warnings.catch_warnings():
             # TRL's SFTConfig sets `gradient_checkpointing` itself, which transformers reports as deprecated on
@@ -221,7 +247,7 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
     training_args.resume_from_checkpoint = resolve_resume(training_args)
     model = model_args.model_name_or_path
     if model is not None:
-        check_model_reference(model, "model_name_or_path")
+        check_model_reference(model, "model_name_or_path", weights=True)
     _check_cl_layer(training_args, model)
 
 

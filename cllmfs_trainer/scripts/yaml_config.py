@@ -148,7 +148,7 @@ def _matches(value: Any, hint: Any) -> bool | None:
         (item,) = typing.get_args(hint) or (Any,)
         return False if any(_matches(v, item) is False for v in value) else True
     if origin is dict or hint is dict:
-        return isinstance(value, dict) or None
+        return isinstance(value, dict)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return None
     return None
