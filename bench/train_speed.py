@@ -67,11 +67,11 @@ def peak_gflops() -> dict[str, float]:
     """Best matmul GFLOP/s on the model's shapes, per precision."""
     import torch
 
-    from cllmfs_trainer.models.precision import _seconds_per_matmul
+    from cllmfs_trainer.models.precision import seconds_per_matmul
 
     peaks = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        rates = [2 * t * h * o / _seconds_per_matmul(dtype, (t, h, o), repeats=10) / 1e9 for t, h, o in SHAPES]
+        rates = [2 * t * h * o / seconds_per_matmul(dtype, (t, h, o), repeats=10) / 1e9 for t, h, o in SHAPES]
         peaks[name] = round(max(rates), 1)
     return peaks
 

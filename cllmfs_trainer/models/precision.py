@@ -20,7 +20,8 @@ PROBE_SHAPE = (1024, 576, 1536)
 MIN_SPEEDUP = 1.1
 
 
-def _seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> float:
+def seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> float:
+    """Best time of one `[tokens, hidden] @ [hidden, out]` matmul in `dtype`, over three rounds of `repeats`."""
     import torch
 
     tokens, hidden, inner = shape
@@ -46,8 +47,8 @@ def cpu_matmul_speedup_bf16(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: 
     """
     import torch
 
-    fp32 = _seconds_per_matmul(torch.float32, shape, repeats)
-    bf16 = _seconds_per_matmul(torch.bfloat16, shape, repeats)
+    fp32 = seconds_per_matmul(torch.float32, shape, repeats)
+    bf16 = seconds_per_matmul(torch.bfloat16, shape, repeats)
     return fp32 / bf16
 
 
