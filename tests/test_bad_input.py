@@ -110,6 +110,14 @@ def test_an_empty_corpus_warns_and_is_refused_as_a_support_set(tmp_path, caplog,
         make_task("intra", "wnut17", k=1, support_set=path)
 
 
+def test_an_empty_query_split_is_refused(tmp_path):
+    (tmp_path / "wnut17").mkdir()
+    (tmp_path / "wnut17" / "train.txt").write_text("Bo\tB-person\nmet\tO\n")
+    (tmp_path / "wnut17" / "test.txt").write_text("-DOCSTART- -X- O O\n\n")
+    with pytest.raises(DataFormatError, match="wnut17/test.txt: no sentences"):
+        make_task("intra", "wnut17", k=1, n_types=["person"], data_dir=tmp_path)
+
+
 def test_a_given_support_set_refuses_a_k_it_cannot_hold(tiny_run_inputs):
     support = tiny_run_inputs / "support.txt"  # 4 mentions of `person`
     with pytest.raises(DataFormatError, match=r"k=50 but the support set has fewer mentions .*'person': 4.*k <= 4"):
@@ -260,6 +268,13 @@ def test_predict_refuses_a_folder_as_input_or_output(fake_run, text_input, tmp_p
     assert predict(fake_run, source, out) == 2
     assert f"--{which} {folder} is a folder" in one_error_line(capsys, "cllmfs predict")
     assert list(folder.iterdir()) == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_predict_checks_the_output_folder_before_predicting(fake_run, text_input, tmp_path, capsys):
+    out = tmp_path / "missing-folder" / "out.jsonl"
+    assert predict(fake_run, text_input, out) == 2
+    assert f"folder {out.parent} does not exist" in one_error_line(capsys, "cllmfs predict")
+    assert not out.parent.exists()
 
 
 def test_predict_names_a_file_that_is_not_utf8(fake_run, tmp_path, capsys):
