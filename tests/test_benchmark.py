@@ -7,6 +7,7 @@ from helpers import REPO, shared_dataset
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
 from cllmfs_trainer.benchmark.report import table1_markdown
+from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.errors import UsageError
 
 
@@ -454,3 +455,28 @@ def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
     assert kshot.fingerprint() == main.fingerprint()
     assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}
     assert "cllmfs" in set(kshot.methods) & set(main.methods)
+
+
+def test_a_sweep_is_a_benchmark_of_settings_on_the_dev_split(bench_script, tiny_run_inputs, tmp_path):
+    settings = {"lr_low": {"learning_rate": 1.0e-5}, "no_cl": {"cl_weight": 0.0}}
+    config = tiny_config(
+        tiny_run_inputs,
+        tmp_path / "sweep",
+        methods=["lr_low", "no_cl"],
+        settings=settings,
+        query_split="dev",
+        query_size=4,
+        reference="no_cl",
+    )
+    assert config.query_note() == "4 random dev sentences (query_seed 0) per dataset"
+    assert config.fingerprint()["query_split"] == "dev" and config.fingerprint()["settings"] == settings
+    assert "query_split" not in tiny_config(tiny_run_inputs, tmp_path / "b").fingerprint()  # old reports still match
+    records = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
+    assert sorted(r["method"] for r in records) == ["lr_low", "no_cl"]
+    dev_ids = {s.id for s in get_dataset("wnut17").load("dev").sentences}
+    predicted = (tmp_path / "sweep/units/intra-wnut17/k1/seed0/lr_low.predictions.jsonl").read_text().splitlines()
+    assert len(predicted) == 4 and all(json.loads(line)["id"] in dev_ids for line in predicted)
+    out = bench_script.main(bench_script.BenchmarkArguments(config, tmp_path / "report", report_only=True))
+    assert "no_cl" in (out / "paired.md").read_text().splitlines()[2] and "lr_low" in (out / "paired.md").read_text()
+    with pytest.raises(ValueError, match="name of a method"):
+        tiny_config(tiny_run_inputs, tmp_path / "c", settings={"nnshot": {"learning_rate": 1.0}})

@@ -29,7 +29,7 @@ from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cllmfs_trainer.benchmark.methods import get_method
+from cllmfs_trainer.benchmark.methods import METHODS, Method, get_method, register_method
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType, get_dataset
 from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, sample_support_set
@@ -66,6 +66,10 @@ class BenchmarkConfig:
         checkpoint_steps: Save a training's state (adapter, optimizer, scheduler, RNG) every this many steps, so that
             an interrupted training resumes from its last checkpoint instead of step 0; 0 turns it off. Not part of
             the fingerprint: a resumed training gives the model an uninterrupted one gives.
+        query_split: The split predicted and scored: `test` to report, `dev` to choose settings (a sweep).
+        settings: Extra trained methods, each a name and the recipe keys it overrides, e.g. `{lr_5e-4:
+            {learning_rate: 5.0e-4}}`: a sweep is a benchmark whose methods are settings. Add them to `methods`.
+        reference: The method `paired.md` compares every other one with, seed by seed.
     """
 
     output_dir: str
@@ -83,10 +87,22 @@ class BenchmarkConfig:
     fit_on_support: bool = True
     data_dir: str | None = None
     checkpoint_steps: int = 40
+    query_split: str = "test"
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference: str = "cllmfs"
 
     def __post_init__(self) -> None:
         if self.checkpoint_steps < 0:
             raise ValueError(f"checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
+        if self.query_split not in ("test", "dev"):
+            raise ValueError(f"query_split must be 'test' or 'dev', got {self.query_split!r}")
+        for name, overrides in self.settings.items():
+            if name in METHODS and name not in _SETTING_NAMES:
+                raise ValueError(f"setting {name!r} has the name of a method; rename it")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"setting {name!r}: expected a mapping of recipe keys to values, got {overrides!r}")
+            register_method(Method(name, name, "trained", dict(overrides)))
+            _SETTING_NAMES.add(name)
         for method in self.methods:
             get_method(method)  # raises with the known names
         for task in self.tasks:
@@ -98,11 +114,17 @@ class BenchmarkConfig:
             raise ValueError("trained methods need `recipe`, a training YAML such as recipes/smollm2/wnut17_intra.yaml")
         if not self.seeds or not self.ks:
             raise ValueError("seeds and ks must not be empty")
+        if self.reference not in self.methods:
+            self.reference = next(iter(self.methods))
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change results: a resumed run must agree on them (seeds, tasks, methods may grow)."""
         keep = ("query_size", "query_seed", "recipe", "train_overrides", "model", "encoder")
         fields = {key: getattr(self, key) for key in keep}
+        # Only where they differ from the defaults, so that reports written before they existed still match.
+        fields.update(
+            {key: getattr(self, key) for key in ("query_split", "settings") if getattr(self, key) != _DEFAULTS[key]}
+        )
         if self.recipe:
             # The recipe's settings, not its text: editing a comment must not invalidate finished units.
             fields["recipe_settings"] = _recipe_settings(Path(self.recipe).read_text(encoding="utf-8"))
@@ -111,8 +133,12 @@ class BenchmarkConfig:
     def query_note(self) -> str:
         """How the query was drawn, in words: written into reports and checked when units are restored from one."""
         if self.query_size:
-            return f"{self.query_size} random test sentences (query_seed {self.query_seed}) per dataset"
-        return "the full test split"
+            return f"{self.query_size} random {self.query_split} sentences (query_seed {self.query_seed}) per dataset"
+        return f"the full {self.query_split} split"
+
+
+_DEFAULTS = {"query_split": "test", "settings": {}}
+_SETTING_NAMES: set[str] = set()  # methods registered from `settings`, which a later config may redefine
 
 
 def _recipe_settings(text: str) -> dict[str, Any]:
@@ -296,7 +322,7 @@ class Benchmark:
         if dataset not in self._queries:
             from cllmfs_trainer.evaluation.query import query_subset
 
-            full = get_dataset(dataset).load("test", self.config.data_dir).sentences
+            full = get_dataset(dataset).load(self.config.query_split, self.config.data_dir).sentences
             self._queries[dataset] = query_subset(full, self.config.query_size, self.config.query_seed)
         return self._queries[dataset]
 

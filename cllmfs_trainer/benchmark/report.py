@@ -329,6 +329,7 @@ def write_report(
     query_note: str,
     settings_note: str = "",
     fingerprint: dict[str, Any] | None = None,
+    reference: str = "cllmfs",
 ) -> Path:
     """Write results.json, table1.md (per K), details.md, paired.md (CLLMFS against each other method, seed by seed)
     and f1_k<K>.png into `out_dir`, and with several K the K-shot curve (kshot.md, f1_by_k.png); returns the folder.
@@ -354,7 +355,7 @@ def write_report(
     tables = [f"## {k}-shot\n\n" + table1_markdown(summaries, k, model, query_note, settings_note) for k in ks]
     (out / "table1.md").write_text("\n".join(tables), encoding="utf-8")
     (out / "details.md").write_text(details_markdown(summaries), encoding="utf-8")
-    paired = paired_markdown(records)
+    paired = paired_markdown(records, reference)
     if paired:
         (out / "paired.md").write_text(paired, encoding="utf-8")
     for k in ks:

@@ -182,6 +182,7 @@ def main(args: BenchmarkArguments) -> Path:
         query_note=config.query_note(),
         settings_note=overrides,
         fingerprint=config.fingerprint(),
+        reference=config.reference,
     )
 
 
