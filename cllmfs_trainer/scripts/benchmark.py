@@ -135,7 +135,10 @@ def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None
     for key in ("query_size", "batch_size"):
         if raw.get(key) is not None and raw[key] < 1:
             raise UsageError(f"{at(path, lines, key)}: must be >= 1, got {raw[key]}")
+    settings = raw.get("settings") or {}
     for name in raw.get("methods", ()):
+        if name in settings:  # registered by BenchmarkConfig from `settings`
+            continue
         try:
             get_method(name)
         except ValueError as err:
