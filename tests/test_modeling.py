@@ -243,7 +243,7 @@ def test_default_model_folder_is_complete(smollm2_path):
     assert "quantization_config" not in config
     provenance = read_provenance(smollm2_path)
     assert provenance["wheel_sha256"] == DEFAULT_WHEEL.sha256 and provenance["wheel"] == DEFAULT_WHEEL.filename
-    assert provenance["gguf_file"] == DEFAULT_WHEEL.gguf_member
+    assert provenance["gguf_file"] == DEFAULT_WHEEL.member
     assert embedded_model._looks_like_text(provenance["sanity_generation"])
     # No temp folders left behind (other cached models, such as the baselines' encoder, may sit beside it).
     assert [name for name in leftovers(smollm2_path.parent) if smollm2_path.name in name] == [smollm2_path.name]
