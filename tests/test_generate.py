@@ -510,7 +510,7 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
 
 
 def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
-    # The script a GPU session spends its scarce minutes on: it must run, time every variant and check agreement.
+    # The script the GPU check runs with little time to spare: it must run, time every variant and check agreement.
     out = tmp_path / "inference.json"
     subprocess.run(
         [
