@@ -46,9 +46,12 @@ class Sentence:
     """One tokenised sentence with flat entity spans.
 
     Args:
-        tokens: The words, in order. The sentence text is the tokens joined by single spaces.
-        spans: Entities as `Span(start, end, type)` over token indices, end exclusive, sorted and non-overlapping.
-        id: Where the sentence came from, e.g. `train.txt:118` or `wnut_17/train:42`.
+        tokens (`list[str]`):
+            The words, in order. The sentence text is the tokens joined by single spaces.
+        spans (`list[Span]`, *optional*, defaults to `[]`):
+            Entities as `Span(start, end, type)` over token indices, end exclusive, sorted and non-overlapping.
+        id (`str`, *optional*, defaults to `""`):
+            Where the sentence came from, e.g. `train.txt:118` or `wnut_17/train:42`.
     """
 
     tokens: list[str]
@@ -92,9 +95,12 @@ class Corpus:
     """Sentences read from one source, with what the reader had to repair.
 
     Args:
-        sentences: The sentences, in file order.
-        source: The file path or dataset name they came from.
-        repairs: `(location, tag)` of every `I-` tag that did not continue an entity and was read as a start.
+        sentences (`list[Sentence]`):
+            The sentences, in file order.
+        source (`str`, *optional*, defaults to `""`):
+            The file path or dataset name they came from.
+        repairs (`list[tuple[str, str]]`, *optional*, defaults to `[]`):
+            `(location, tag)` of every `I-` tag that did not continue an entity and was read as a start.
     """
 
     sentences: list[Sentence]
@@ -119,12 +125,15 @@ def tags_to_spans(tags: Sequence[str], scheme: str = "bio") -> tuple[list[Span],
     """Decode one sentence's tags into spans.
 
     Args:
-        tags: One tag per token, already validated by `split_tag`.
-        scheme: `bio`, `iob1` or `bioes`.
+        tags (`Sequence[str]`):
+            One tag per token, already validated by `split_tag`.
+        scheme (`str`, *optional*, defaults to `"bio"`):
+            `bio`, `iob1` or `bioes`.
 
     Returns:
-        The spans, and the indices of tags that had to be repaired (an `I-`/`E-` tag that continues no entity of its
-        type starts a new one). In IOB1 such a tag is the normal way to start an entity, so it is not a repair there.
+        `tuple[list[Span], list[int]]`: the spans, and the indices of tags that had to be repaired (an `I-`/`E-` tag
+        that continues no entity of its type starts a new one). In IOB1 such a tag is the normal way to start an entity,
+        so it is not a repair there.
     """
     spans: list[Span] = []
     repaired: list[int] = []
@@ -256,16 +265,19 @@ def read_conll(path: str | Path, scheme: str = "auto", allow_empty: bool = True)
     `\\r`; a leading byte order mark is ignored.
 
     Args:
-        path: The file, UTF-8.
-        scheme: `auto` (BIOES if any E-/S-/L-/U- tag occurs, else BIO), `bio`, `iob1` or `bioes`.
-        allow_empty: Whether a file without sentences is read (with a warning) rather than refused.
+        path (`str` or `Path`):
+            The file, UTF-8.
+        scheme (`str`, *optional*, defaults to `"auto"`):
+            `auto` (BIOES if any E-/S-/L-/U- tag occurs, else BIO), `bio`, `iob1` or `bioes`.
+        allow_empty (`bool`, *optional*, defaults to `True`):
+            Whether a file without sentences is read (with a warning) rather than refused.
 
     Returns:
-        A `Corpus`; `corpus.repairs` lists the `I-` tags that started an entity in a BIO/BIOES file.
+        `Corpus`: `corpus.repairs` lists the `I-` tags that started an entity in a BIO/BIOES file.
 
     Raises:
-        DataFormatError: naming `path:line` for non-UTF-8 bytes, a missing tag, a control character in a token or
-            tag, or a tag outside the scheme; naming `path` for a file without sentences when `allow_empty` is False.
+        `DataFormatError`: naming `path:line` for non-UTF-8 bytes, a missing tag, a control character in a token or tag,
+            or a tag outside the scheme; naming `path` for a file without sentences when `allow_empty` is False.
     """
     _check_scheme(scheme)
     path = Path(path)
@@ -325,11 +337,13 @@ def read_jsonl(path: str | Path, allow_empty: bool = True) -> Corpus:
     Blank lines are skipped.
 
     Args:
-        path: The file, UTF-8.
-        allow_empty: Whether a file without records is read (with a warning) rather than refused.
+        path (`str` or `Path`):
+            The file, UTF-8.
+        allow_empty (`bool`, *optional*, defaults to `True`):
+            Whether a file without records is read (with a warning) rather than refused.
 
     Raises:
-        DataFormatError: naming `path:line` and the field for invalid JSON, missing fields, offsets that are not
+        `DataFormatError`: naming `path:line` and the field for invalid JSON, missing fields, offsets that are not
             integers or lie outside the text, control characters, empty or overlapping entities.
     """
     path = Path(path)
@@ -452,12 +466,18 @@ def from_hf_dataset(
     """Convert a `datasets.Dataset` with token and tag columns (e.g. `conll2003`, `wnut_17`) into a `Corpus`.
 
     Args:
-        dataset: A split of an HF dataset.
-        tokens_column: Column with the list of tokens.
-        tags_column: Column with tag ids (a `Sequence(ClassLabel)`) or tag strings.
-        label_names: Id-to-tag names when the column has no ClassLabel feature.
-        scheme: As in `read_conll`.
-        name: Used in error messages and sentence ids; defaults to the dataset's builder name and split.
+        dataset (`Any`):
+            A split of an HF dataset.
+        tokens_column (`str`, *optional*, defaults to `"tokens"`):
+            Column with the list of tokens.
+        tags_column (`str`, *optional*, defaults to `"ner_tags"`):
+            Column with tag ids (a `Sequence(ClassLabel)`) or tag strings.
+        label_names (`Sequence[str]`, *optional*):
+            Id-to-tag names when the column has no ClassLabel feature.
+        scheme (`str`, *optional*, defaults to `"auto"`):
+            As in `read_conll`.
+        name (`str`, *optional*):
+            Used in error messages and sentence ids; defaults to the dataset's builder name and split.
     """
     _check_scheme(scheme)
     name = name or f"{getattr(dataset.info, 'dataset_name', None) or 'dataset'}/{dataset.split or 'split'}"

@@ -34,9 +34,12 @@ class EntityType:
     """One entity type.
 
     Args:
-        label: The type as written in the tags, e.g. `PER` in `B-PER`.
-        name: Natural-language name used in the instruction, e.g. `person`.
-        description: Completes "the entity of {name} refers to ...", lowercase, no final period.
+        label (`str`):
+            The type as written in the tags, e.g. `PER` in `B-PER`.
+        name (`str`):
+            Natural-language name used in the instruction, e.g. `person`.
+        description (`str`):
+            Completes "the entity of {name} refers to ...", lowercase, no final period.
     """
 
     label: str
@@ -49,13 +52,20 @@ class DatasetInfo:
     """A registry entry.
 
     Args:
-        key: Registry key, e.g. `wnut17`.
-        title: Human-readable name.
-        types: The type inventory, in a fixed order (type ids are 1 + the index; 0 is "outside").
-        license: License of the data, as stated by its source.
-        splits: Split names with files.
-        shipped: Whether the files ship inside this package.
-        hf_id: Hub id for users with hub access (`load_hf_dataset`), if one exists.
+        key (`str`):
+            Registry key, e.g. `wnut17`.
+        title (`str`):
+            Human-readable name.
+        types (`list[EntityType]`):
+            The type inventory, in a fixed order (type ids are 1 + the index; 0 is "outside").
+        license (`str`):
+            License of the data, as stated by its source.
+        splits (`tuple[str, ...]`, *optional*, defaults to `("train", "dev", "test")`):
+            Split names with files.
+        shipped (`bool`, *optional*, defaults to `False`):
+            Whether the files ship inside this package.
+        hf_id (`str`, *optional*):
+            Hub id for users with hub access (`load_hf_dataset`), if one exists.
     """
 
     key: str
@@ -80,7 +90,7 @@ class DatasetInfo:
         """The file of `split`: the shipped copy, or `<data_dir>/<key>/<split>.txt`.
 
         Raises:
-            FileNotFoundError: with what to do, when the split or the data folder is missing.
+            `FileNotFoundError`: with what to do, when the split or the data folder is missing.
         """
         if split not in self.splits:
             raise FileNotFoundError(f"dataset {self.key!r} has no {split!r} split; it has {list(self.splits)}")
@@ -100,9 +110,12 @@ class DatasetInfo:
         """Read a split and check that every tag type is in the registry's inventory.
 
         Args:
-            split: The split name.
-            data_dir: The data folder (see `split_path`).
-            allow_empty: Whether a split without sentences is read with a warning rather than refused.
+            split (`str`):
+                The split name.
+            data_dir (`str` or `Path`, *optional*):
+                The data folder (see `split_path`).
+            allow_empty (`bool`, *optional*, defaults to `True`):
+                Whether a split without sentences is read with a warning rather than refused.
         """
         path = self.split_path(split, data_dir)
         corpus = read_conll(path, allow_empty=allow_empty)
@@ -193,7 +206,7 @@ def _parse_types(raw: Any, source: str) -> list[EntityType]:
     """Parse the `types:` value of a types file: a list of {label, name, description} or a mapping by label.
 
     Raises:
-        DataFormatError: naming the file, line and field for an unknown field, a label, name or description that is
+        `DataFormatError`: naming the file, line and field for an unknown field, a label, name or description that is
             not a string, a missing description, or a label or name that appears twice.
     """
     items: list[tuple[Any, str, Any]] = []  # (item, where, its line anchor)
@@ -274,8 +287,8 @@ def load_types_file(path: str | Path) -> list[EntityType]:
     errors name the file and line.
 
     Raises:
-        UserError: if the file is missing or a folder; `DataFormatError` for bytes that are not UTF-8, invalid YAML,
-            a duplicate key, an unknown field or a bad value.
+        `UserError`: if the file is missing or a folder.
+        `DataFormatError`: for bytes that are not UTF-8, invalid YAML, a duplicate key, an unknown field or a bad value.
     """
     path = Path(path)
     data = _load_types_yaml(read_text_file(path, "types file"), str(path))

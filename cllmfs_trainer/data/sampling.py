@@ -29,12 +29,18 @@ class SupportSet:
     """A few-shot support set.
 
     Args:
-        sentences: The support sentences, spans restricted to `types`.
-        types: The N type labels the set was sampled for.
-        k: Minimum mentions per type.
-        seed: Sampling seed (None for a set loaded from elsewhere).
-        source: Where the sentences came from (a file or `dataset/split`).
-        max_2k: Whether Few-NERD's at-most-2K rule was applied.
+        sentences (`list[Sentence]`):
+            The support sentences, spans restricted to `types`.
+        types (`list[str]`):
+            The N type labels the set was sampled for.
+        k (`int`):
+            Minimum mentions per type.
+        seed (`int`, *optional*):
+            Sampling seed (None for a set loaded from elsewhere).
+        source (`str`, *optional*, defaults to `""`):
+            Where the sentences came from (a file or `dataset/split`).
+        max_2k (`bool`, *optional*, defaults to `False`):
+            Whether Few-NERD's at-most-2K rule was applied.
     """
 
     sentences: list[Sentence]
@@ -71,13 +77,16 @@ class SupportSet:
         """Read a support set BIO file (ours or a published one); the sidecar JSON is used when present.
 
         Args:
-            path: The BIO file.
-            k: Shots per type (`make_task` checks that every type has that many mentions). Default: the sidecar's
-                `k`, else the smallest count of mentions of a type.
-            types: The N types (default: the sidecar's, else those in the file).
+            path (`str` or `Path`):
+                The BIO file.
+            k (`int`, *optional*):
+                Shots per type (`make_task` checks that every type has that many mentions). Default: the sidecar's `k`,
+                else the smallest count of mentions of a type.
+            types (`Sequence[str]`, *optional*):
+                The N types (default: the sidecar's, else those in the file).
 
         Raises:
-            DataFormatError: naming the file for a set without sentences or entities, or a corrupt sidecar.
+            `DataFormatError`: naming the file for a set without sentences or entities, or a corrupt sidecar.
         """
         path = check_input_file(path, "support set")
         corpus = read_conll(path, allow_empty=False)  # nothing to train on
@@ -115,16 +124,23 @@ def sample_support_set(
     """Greedy N-way K-shot sampling (see the module docstring); deterministic for a given seed and input order.
 
     Args:
-        sentences: The pool, e.g. a train split.
-        k: Mentions wanted per type.
-        types: The N types; all types in the pool by default.
-        seed: Random seed.
-        max_2k: Apply Few-NERD's rule that no type gets more than 2K mentions.
-        exclude: Sentences that must not be picked (e.g. the query set); matched by their tokens.
-        source: Recorded in the support set.
+        sentences (`Sequence[Sentence]`):
+            The pool, e.g. a train split.
+        k (`int`):
+            Mentions wanted per type.
+        types (`Sequence[str]`, *optional*):
+            The N types; all types in the pool by default.
+        seed (`int`, *optional*, defaults to `0`):
+            Random seed.
+        max_2k (`bool`, *optional*, defaults to `False`):
+            Apply Few-NERD's rule that no type gets more than 2K mentions.
+        exclude (`Iterable[Sentence]`, *optional*, defaults to `()`):
+            Sentences that must not be picked (e.g. the query set); matched by their tokens.
+        source (`str`, *optional*, defaults to `""`):
+            Recorded in the support set.
 
     Raises:
-        ValueError: if some type cannot reach K mentions from the pool.
+        `ValueError`: if some type cannot reach K mentions from the pool.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise UserError(f"k must be an integer >= 1, got {k!r}")
@@ -169,11 +185,16 @@ class FewShotTask:
     """One few-shot episode: what to train on and what to predict.
 
     Args:
-        setting: `intra` (support and query from one dataset) or `inter` (support from OntoNotes, query elsewhere).
-        support: The support set.
-        query: Sentences to predict, with gold spans.
-        train_types: Types of the support set, with names and descriptions.
-        test_types: Types to extract from the query.
+        setting (`str`):
+            `intra` (support and query from one dataset) or `inter` (support from OntoNotes, query elsewhere).
+        support (`SupportSet`):
+            The support set.
+        query (`list[Sentence]`):
+            Sentences to predict, with gold spans.
+        train_types (`list[EntityType]`):
+            Types of the support set, with names and descriptions.
+        test_types (`list[EntityType]`):
+            Types to extract from the query.
     """
 
     setting: str
@@ -204,18 +225,29 @@ def make_task(
     In both cases no query sentence can be in the support set.
 
     Args:
-        setting: `intra` or `inter`.
-        dataset: Registry key or `DatasetInfo` of the (target) dataset.
-        k: Shots per type.
-        seed: Seed of the support-set sample.
-        n_types: Restrict the support set to these type labels (N-way); all types by default.
-        data_dir: Data folder for datasets that are not shipped (see `DatasetInfo.split_path`).
-        query_split: Split to predict.
-        query_size: Predict a random subset of this many query sentences (the size is recorded in `notes`), drawn by
+        setting (`str`):
+            `intra` or `inter`.
+        dataset (`str` or `DatasetInfo`):
+            Registry key or `DatasetInfo` of the (target) dataset.
+        k (`int`, *optional*, defaults to `5`):
+            Shots per type.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the support-set sample.
+        n_types (`Sequence[str]`, *optional*):
+            Restrict the support set to these type labels (N-way); all types by default.
+        data_dir (`str` or `Path`, *optional*):
+            Data folder for datasets that are not shipped (see `DatasetInfo.split_path`).
+        query_split (`str`, *optional*, defaults to `"test"`):
+            Split to predict.
+        query_size (`int`, *optional*):
+            Predict a random subset of this many query sentences (the size is recorded in `notes`), drawn by
             `cllmfs_trainer.evaluation.query_subset`, the same function the benchmark uses.
-        max_2k: Few-NERD's at-most-2K sampling rule.
-        support_set: Use this BIO file (ours or a published one) instead of sampling; its types become the N.
-        query_seed: Seed of the query subset; it does not depend on `seed`, so every support seed meets one query.
+        max_2k (`bool`, *optional*, defaults to `False`):
+            Few-NERD's at-most-2K sampling rule.
+        support_set (`str` or `Path`, *optional*):
+            Use this BIO file (ours or a published one) instead of sampling; its types become the N.
+        query_seed (`int`, *optional*, defaults to `0`):
+            Seed of the query subset; it does not depend on `seed`, so every support seed meets one query.
     """
     from cllmfs_trainer.evaluation.query import query_subset
 

@@ -84,9 +84,12 @@ def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int
     """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces.
 
     Args:
-        sentence_text: The sentence.
-        entity_type: The queried type.
-        prompt_format: 1 (instruction first) or 2 (sentence first); see the module docstring.
+        sentence_text (`str`):
+            The sentence.
+        entity_type (`EntityType`):
+            The queried type.
+        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
+            1 (instruction first) or 2 (sentence first); see the module docstring.
     """
     before, after = _prompt_parts(entity_type, prompt_format)
     return before + sentence_text + after
@@ -103,15 +106,23 @@ class SFTSample:
     """One prompt/completion pair, with what `cl_labels` needs.
 
     Args:
-        prompt: Instruction, input sentence and the output cue.
-        completion: The target output.
-        type_label: Label of the queried type.
-        type_id: 1 + the index of the queried type in the task's type list (0 marks "outside" in `cl_labels`).
-        sentence_id: Id of the source sentence.
-        sentence_chars: `(start, end)` of the input sentence inside `prompt`.
-        entity_chars: `(start, end)` inside `prompt` of each gold entity of the queried type.
-        gold_chars: `(start, end, type_id)` inside `prompt` of every gold entity of the task's types, for the
-            `gold` contrastive labels (each sentence token's own type, whatever the queried type).
+        prompt (`str`):
+            Instruction, input sentence and the output cue.
+        completion (`str`):
+            The target output.
+        type_label (`str`):
+            Label of the queried type.
+        type_id (`int`):
+            1 + the index of the queried type in the task's type list (0 marks "outside" in `cl_labels`).
+        sentence_id (`str`, *optional*, defaults to `""`):
+            Id of the source sentence.
+        sentence_chars (`tuple[int, int]`, *optional*, defaults to `(0, 0)`):
+            `(start, end)` of the input sentence inside `prompt`.
+        entity_chars (`list[tuple[int, int]]`, *optional*, defaults to `[]`):
+            `(start, end)` inside `prompt` of each gold entity of the queried type.
+        gold_chars (`list[tuple[int, int, int]]`, *optional*, defaults to `[]`):
+            `(start, end, type_id)` inside `prompt` of every gold entity of the task's types, for the `gold` contrastive
+            labels (each sentence token's own type, whatever the queried type).
     """
 
     prompt: str
@@ -130,9 +141,12 @@ def build_samples(
     """One sample per (sentence, type), types absent from the sentence included (they teach the empty output).
 
     Args:
-        sentences: Support sentences with gold spans.
-        types: The task's types; their order defines the type ids.
-        prompt_format: 1 (instruction first) or 2 (sentence first).
+        sentences (`Sequence[Sentence]`):
+            Support sentences with gold spans.
+        types (`Sequence[EntityType]`):
+            The task's types; their order defines the type ids.
+        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
+            1 (instruction first) or 2 (sentence first).
     """
     samples = []
     type_ids = {t.label: i for i, t in enumerate(types, start=1)}
@@ -265,15 +279,22 @@ def build_sft_dataset(
     """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
 
     Args:
-        sentences: Support sentences.
-        types: The task's types (their order defines the `cl_labels` ids).
-        tokenizer: A fast tokenizer (offset mappings are needed).
-        max_length: Cut longer rows (see `tokenize_samples`).
-        keep_text: Also keep `prompt`, `completion` and `type` columns, for inspection.
-        repeat_entity_samples: Put every sample that has entities this many times in the dataset (1: as the paper).
-            Most (sentence, type) pairs have no entity (74% for 5-shot WNUT'17, more with 18 OntoNotes types), and a
-            small model then learns to answer "none" to everything; repeating the others rebalances that decision.
-        prompt_format: 1 (instruction first) or 2 (sentence first); prediction must use the same one.
+        sentences (`Sequence[Sentence]`):
+            Support sentences.
+        types (`Sequence[EntityType]`):
+            The task's types (their order defines the `cl_labels` ids).
+        tokenizer (`Any`):
+            A fast tokenizer (offset mappings are needed).
+        max_length (`int`, *optional*):
+            Cut longer rows (see `tokenize_samples`).
+        keep_text (`bool`, *optional*, defaults to `False`):
+            Also keep `prompt`, `completion` and `type` columns, for inspection.
+        repeat_entity_samples (`int`, *optional*, defaults to `1`):
+            Put every sample that has entities this many times in the dataset (1: as the paper). Most (sentence, type)
+            pairs have no entity (74% for 5-shot WNUT'17, more with 18 OntoNotes types), and a small model then learns
+            to answer "none" to everything; repeating the others rebalances that decision.
+        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
+            1 (instruction first) or 2 (sentence first); prediction must use the same one.
     """
     if repeat_entity_samples < 1:
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")

@@ -29,15 +29,18 @@ def split_sentence(
     """Cut `sentence` into chunks of at most `max_tokens` (by `count_tokens` per word), never inside an entity.
 
     Args:
-        sentence: The sentence to split.
-        max_tokens: Budget per chunk.
-        count_tokens: Cost of one word, e.g. `lambda w: len(tokenizer(" " + w, add_special_tokens=False).input_ids)`;
-            by default every word costs 1.
+        sentence (`Sentence`):
+            The sentence to split.
+        max_tokens (`int`):
+            Budget per chunk.
+        count_tokens (`Callable[[str], int]`, *optional*):
+            Cost of one word, e.g. `lambda w: len(tokenizer(" " + w, add_special_tokens=False).input_ids)`; by default
+            every word costs 1.
 
     Returns:
-        Chunks in order; the concatenation of their tokens is the original. A sentence within budget gives one chunk.
-        A word or an entity longer than the budget is kept whole in a chunk that exceeds it (with a warning):
-        cutting it would lose the annotation.
+        `list[Chunk]`: chunks in order; the concatenation of their tokens is the original. A sentence within budget
+        gives one chunk. A word or an entity longer than the budget is kept whole in a chunk that exceeds it (with a
+        warning): cutting it would lose the annotation.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")

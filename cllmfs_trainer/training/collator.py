@@ -23,8 +23,10 @@ class ContrastiveDataCollator(DataCollatorForLanguageModeling):
     the plain SFT loss. Padding-free batches concatenate `cl_labels` just as TRL concatenates `labels`.
 
     Args:
-        pad_token_id: Token id used for padding.
-        (other fields as in `trl.trainer.sft_trainer.DataCollatorForLanguageModeling`)
+        pad_token_id (`int`):
+            Token id used for padding.
+
+    Other fields are as in `trl.trainer.sft_trainer.DataCollatorForLanguageModeling`.
     """
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -205,7 +205,7 @@ class ContrastiveSFTConfig(SFTConfig):
         """The hidden_states index of the contrastive layer for a model with `num_layers` blocks.
 
         Raises:
-            ValueError: if an integer `cl_layer` exceeds the model's depth.
+            `ValueError`: if an integer `cl_layer` exceeds the model's depth.
         """
         if self.cl_layer < 1:
             return max(1, round(self.cl_layer * num_layers))

@@ -39,7 +39,8 @@ def add_compact_lm_head(model: nn.Module) -> bool:
     (logit soft-capping or scaling, MoE auxiliary losses, pre-shifted labels), are left alone.
 
     Args:
-        model (`nn.Module`): The causal LM whose forward TRL patched.
+        model (`nn.Module`):
+            The causal LM whose forward TRL patched.
 
     Returns:
         `bool`: whether the compact head was installed.

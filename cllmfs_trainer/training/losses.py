@@ -42,10 +42,14 @@ class ContrastiveOutput:
     """Result of `supervised_contrastive_loss`.
 
     Args:
-        loss: Scalar, differentiable. Exactly 0.0 (still attached to the graph) when no anchor contributes.
-        num_anchors: Number of anchors that contributed to the loss.
-        pos_sim: Mean cosine similarity over the (anchor, positive) pairs used; detached scalar, NaN if none.
-        neg_sim: Mean cosine similarity over the (anchor, negative) pairs used; detached scalar, NaN if none.
+        loss (`torch.Tensor`):
+            Scalar, differentiable. Exactly 0.0 (still attached to the graph) when no anchor contributes.
+        num_anchors (`int`):
+            Number of anchors that contributed to the loss.
+        pos_sim (`torch.Tensor`):
+            Mean cosine similarity over the (anchor, positive) pairs used; detached scalar, NaN if none.
+        neg_sim (`torch.Tensor`):
+            Mean cosine similarity over the (anchor, negative) pairs used; detached scalar, NaN if none.
     """
 
     loss: torch.Tensor
@@ -64,16 +68,21 @@ def supervised_contrastive_loss(
     """Supervised contrastive loss over token representations (see the module docstring for the definition).
 
     Args:
-        features: `[M, D]` clean-view token representations, any floating dtype.
-        labels: `[M]` integer labels: 0 for outside (O) tokens, >0 for entity-type ids. Ignored tokens (e.g. -100)
-            must be filtered out by the caller.
-        noised: `[M, D]` noised view of the same M tokens, or None for no second view. Gradients flow into it; detach
-            it beforehand for no-grad positives.
-        temperature: Softmax temperature, > 0.
-        anchor_outside: Also use O tokens (label 0) as anchors.
+        features (`torch.Tensor`):
+            `[M, D]` clean-view token representations, any floating dtype.
+        labels (`torch.Tensor`):
+            `[M]` integer labels: 0 for outside (O) tokens, >0 for entity-type ids. Ignored tokens (e.g. -100) must be
+            filtered out by the caller.
+        noised (`torch.Tensor`, *optional*):
+            `[M, D]` noised view of the same M tokens, or None for no second view. Gradients flow into it; detach it
+            beforehand for no-grad positives.
+        temperature (`float`, *optional*, defaults to `0.07`):
+            Softmax temperature, > 0.
+        anchor_outside (`bool`, *optional*, defaults to `False`):
+            Also use O tokens (label 0) as anchors.
 
     Returns:
-        A `ContrastiveOutput`. The loss is computed in float32 (float64 inputs stay float64).
+        `ContrastiveOutput`: the loss is computed in float32 (float64 inputs stay float64).
     """
     if features.dim() != 2:
         raise ValueError(f"features must be [M, D], got shape {tuple(features.shape)}")
@@ -139,12 +148,15 @@ def select_tokens(
     subsampled, uniformly at random, only when they alone exceed the budget.
 
     Args:
-        labels: `[N]` labels, already filtered to >= 0 (0 = O, >0 = entity type).
-        max_tokens: The budget, >= 0, or None for no limit.
-        generator: Random generator; the selection is deterministic given its state.
+        labels (`torch.Tensor`):
+            `[N]` labels, already filtered to >= 0 (0 = O, >0 = entity type).
+        max_tokens (`int` or `None`):
+            The budget, >= 0, or None for no limit.
+        generator (`torch.Generator`, *optional*):
+            Random generator; the selection is deterministic given its state.
 
     Returns:
-        A sorted LongTensor of indices into `labels`, of length `min(N, max_tokens)`.
+        `torch.Tensor`: a sorted LongTensor of indices into `labels`, of length `min(N, max_tokens)`.
     """
     if labels.dim() != 1:
         raise ValueError(f"labels must be [N], got shape {tuple(labels.shape)}")
@@ -168,13 +180,16 @@ def neftune_scale(lengths: torch.Tensor, hidden_size: int, alpha: float) -> torc
     """Per-sequence NEFTune noise scale `alpha / sqrt(L * d)`.
 
     Args:
-        lengths: `[B]` number of real (attention_mask = 1) tokens of each sequence.
-        hidden_size: d, the size of the vectors the noise is added to.
-        alpha: Noise strength, >= 0.
+        lengths (`torch.Tensor`):
+            `[B]` number of real (attention_mask = 1) tokens of each sequence.
+        hidden_size (`int`):
+            d, the size of the vectors the noise is added to.
+        alpha (`float`):
+            Noise strength, >= 0.
 
     Returns:
-        A float32 tensor of shape `[B, 1, 1]`, ready to broadcast over `[B, T, D]`. Lengths below 1 count as 1, so
-        an all-padding row gets a finite scale (its noise is masked out anyway; inf * 0 would be NaN).
+        `torch.Tensor`: a float32 tensor of shape `[B, 1, 1]`, ready to broadcast over `[B, T, D]`. Lengths below 1
+        count as 1, so an all-padding row gets a finite scale (its noise is masked out anyway; inf * 0 would be NaN).
     """
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -192,15 +207,20 @@ def add_noise(
     """Add NEFTune-style noise to embeddings or hidden states.
 
     Args:
-        x: `[B, T, D]` input embeddings or hidden states.
-        attention_mask: `[B, T]`, 1 for real tokens and 0 for padding (which gets no noise); None means all real.
-        alpha: Noise strength, >= 0; 0 returns `x` itself.
-        distribution: "uniform" for U(-1, 1) * scale (NEFTune, Jain et al. 2023) or "gaussian" for N(0, 1) * scale,
-            with scale = `neftune_scale(real lengths, D, alpha)`.
-        generator: Random generator; the noise is drawn on its device (then moved to `x`'s) for reproducibility.
+        x (`torch.Tensor`):
+            `[B, T, D]` input embeddings or hidden states.
+        attention_mask (`torch.Tensor` or `None`):
+            `[B, T]`, 1 for real tokens and 0 for padding (which gets no noise); None means all real.
+        alpha (`float`):
+            Noise strength, >= 0; 0 returns `x` itself.
+        distribution (`str`, *optional*, defaults to `"uniform"`):
+            "uniform" for U(-1, 1) * scale (NEFTune, Jain et al. 2023) or "gaussian" for N(0, 1) * scale, with scale =
+            `neftune_scale(real lengths, D, alpha)`.
+        generator (`torch.Generator`, *optional*):
+            Random generator; the noise is drawn on its device (then moved to `x`'s) for reproducibility.
 
     Returns:
-        `x + noise`, with the dtype and device of `x`. The noise is drawn in float32 and cast.
+        `torch.Tensor`: `x + noise`, with the dtype and device of `x`. The noise is drawn in float32 and cast.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be [B, T, D], got shape {tuple(x.shape)}")

@@ -27,15 +27,20 @@ class FewShotSampler(Sampler[int]):
     """Indices of one epoch's samples, with the empty-sample ratio and length bucketing described above.
 
     Args:
-        has_entity (`Sequence[bool]`): Per sample, whether its completion names at least one entity.
-        type_ids (`Sequence[int]`): Per sample, the queried type (the ratio is kept per type).
-        lengths (`Sequence[int]`): Per sample, its length in tokens.
-        batch_size (`int`): Rows per batch, as the DataLoader will cut them (per device times accumulation steps).
-        empty_ratio (`float` or `None`, *optional*): Empty samples per non-empty sample of the same type in an
-            epoch; `None` keeps all of them.
-        length_bucket_batches (`int`, *optional*, defaults to 1): Batches per length-sorted group; 1 is plain random
-            order.
-        seed (`int`, *optional*, defaults to 0): Seed of every draw.
+        has_entity (`Sequence[bool]`):
+            Per sample, whether its completion names at least one entity.
+        type_ids (`Sequence[int]`):
+            Per sample, the queried type (the ratio is kept per type).
+        lengths (`Sequence[int]`):
+            Per sample, its length in tokens.
+        batch_size (`int`):
+            Rows per batch, as the DataLoader will cut them (per device times accumulation steps).
+        empty_ratio (`float`, *optional*):
+            Empty samples per non-empty sample of the same type in an epoch; `None` keeps all of them.
+        length_bucket_batches (`int`, *optional*, defaults to `1`):
+            Batches per length-sorted group; 1 is plain random order.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of every draw.
     """
 
     def __init__(

@@ -24,7 +24,8 @@ class SupportFitTracker:
     """Counts, per epoch, the training samples whose completion the model already writes exactly.
 
     Args:
-        model (`nn.Module`): The module that returns TRL's `FusedCausalLMOutput` (the base model under PEFT).
+        model (`nn.Module`):
+            The module that returns TRL's `FusedCausalLMOutput` (the base model under PEFT).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -67,8 +68,10 @@ class SupportFitCallback(TrainerCallback):
     """Logs the epoch's support fit and stops training once both fractions reach `fit_stop`.
 
     Args:
-        trainer: The `ContrastiveSFTTrainer` whose tracker and accelerator to use.
-        fit_stop (`float` or `None`): The fraction to reach; `None` only logs.
+        trainer (`Any`):
+            The `ContrastiveSFTTrainer` whose tracker and accelerator to use.
+        fit_stop (`float` or `None`):
+            The fraction to reach; `None` only logs.
     """
 
     def __init__(self, trainer: Any, fit_stop: float | None) -> None:

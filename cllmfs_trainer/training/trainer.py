@@ -88,11 +88,15 @@ class ContrastiveSFTTrainer(SFTTrainer):
     """`SFTTrainer` whose loss is `CE + cl_weight * CL` (see `ContrastiveSFTConfig` and `training.losses`).
 
     Args:
-        model: As for `SFTTrainer` (a model id, a `PreTrainedModel` or a `PeftModel`).
-        args: A `ContrastiveSFTConfig`. A plain `SFTConfig` is accepted and gets the `cl_*` defaults.
-        data_collator: Defaults to `ContrastiveDataCollator`, which pads `cl_labels` along with the rest.
-        **kwargs: Everything else `SFTTrainer` takes (`train_dataset`, `eval_dataset`, `processing_class`,
-            `peft_config`, `callbacks`, ...). Datasets should come from `cllmfs_trainer.data.build_sft_dataset`.
+        model (`Any`):
+            As for `SFTTrainer` (a model id, a `PreTrainedModel` or a `PeftModel`).
+        args (`ContrastiveSFTConfig`, *optional*):
+            A `ContrastiveSFTConfig`. A plain `SFTConfig` is accepted and gets the `cl_*` defaults.
+        data_collator (`Any`, *optional*):
+            Defaults to `ContrastiveDataCollator`, which pads `cl_labels` along with the rest.
+        kwargs (`dict[str, Any]`, *optional*):
+            Everything else `SFTTrainer` takes (`train_dataset`, `eval_dataset`, `processing_class`, `peft_config`,
+            `callbacks`, ...). Datasets should come from `cllmfs_trainer.data.build_sft_dataset`.
     """
 
     _tag_names = ["trl", "sft", "cllmfs"]
