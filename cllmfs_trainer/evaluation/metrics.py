@@ -103,17 +103,20 @@ def span_scores(
     i.e. the compared items are `(sentence index, start, end, type)`. Duplicated spans in one sentence count once.
 
     Args:
-        gold: Per sentence, a `Sentence` or a sequence of `Span`/`(start, end, type)`.
-        pred: The predictions, aligned with `gold` and in the same form.
-        zero_division: The value of a score whose denominator is 0 (see the module docstring).
+        gold (`Sequence[SentenceSpans]`):
+            Per sentence, a `Sentence` or a sequence of `Span`/`(start, end, type)`.
+        pred (`Sequence[SentenceSpans]`):
+            The predictions, aligned with `gold` and in the same form.
+        zero_division (`float`, *optional*, defaults to `0.0`):
+            The value of a score whose denominator is 0 (see the module docstring).
 
     Returns:
-        `{"precision", "recall", "f1", "tp", "fp", "fn", "support", "per_type"}`, where `support` is the number of
-        distinct gold spans and `per_type` maps each type seen in gold or pred (sorted) to a dict with the same keys
-        except `per_type`.
+        `dict[str, Any]`: `{"precision", "recall", "f1", "tp", "fp", "fn", "support", "per_type"}`, where `support` is
+        the number of distinct gold spans and `per_type` maps each type seen in gold or pred (sorted) to a dict with the
+        same keys except `per_type`.
 
     Raises:
-        ValueError: if `gold` and `pred` differ in length (naming both lengths) or a span is malformed.
+        `ValueError`: if `gold` and `pred` differ in length (naming both lengths) or a span is malformed.
     """
     _check_lengths(gold, pred)
     tp: Counter = Counter()
@@ -164,17 +167,20 @@ def string_scores(
     positions, or strings listed several times, add to the multiset.
 
     Args:
-        gold: The gold sentences; their tokens give the strings of spans on both sides.
-        pred: Per sentence, a `Sentence` (its own tokens are used), or a sequence whose items are spans over the gold
+        gold (`Sequence[Sentence]`):
+            The gold sentences; their tokens give the strings of spans on both sides.
+        pred (`Sequence[Sentence | Sequence[SpanLike | tuple[str, str]]]`):
+            Per sentence, a `Sentence` (its own tokens are used), or a sequence whose items are spans over the gold
             sentence's tokens (`Span`/`(start, end, type)`) or `(text, type)` pairs such as an LLM's raw answer.
-        zero_division: The value of a score whose denominator is 0 (see the module docstring).
+        zero_division (`float`, *optional*, defaults to `0.0`):
+            The value of a score whose denominator is 0 (see the module docstring).
 
     Returns:
-        `{"string_precision", "string_recall", "string_f1", "string_tp", "string_fp", "string_fn",
+        `dict[str, Any]`: `{"string_precision", "string_recall", "string_f1", "string_tp", "string_fp", "string_fn",
         "string_support", "string_per_type"}`; `string_per_type` maps each type to the same keys (but the last).
 
     Raises:
-        ValueError: if `gold` and `pred` differ in length, or a span is malformed or reaches past the tokens.
+        `ValueError`: if `gold` and `pred` differ in length, or a span is malformed or reaches past the tokens.
     """
     _check_lengths(gold, pred)
     tp: Counter = Counter()
@@ -214,15 +220,17 @@ def error_breakdown(gold: Sequence[SentenceSpans], pred: Sequence[SentenceSpans]
     the five prediction categories sum to `n_pred`, and `missed <= fn`.
 
     Args:
-        gold: Per sentence, a `Sentence` or a sequence of `Span`/`(start, end, type)`.
-        pred: The predictions, aligned with `gold` and in the same form.
+        gold (`Sequence[SentenceSpans]`):
+            Per sentence, a `Sentence` or a sequence of `Span`/`(start, end, type)`.
+        pred (`Sequence[SentenceSpans]`):
+            The predictions, aligned with `gold` and in the same form.
 
     Returns:
-        `{"correct", "type", "boundary", "boundary_type", "spurious", "missed", "n_pred", "n_gold"}`, all ints;
-        `n_pred` and `n_gold` are the numbers of distinct predicted and gold spans.
+        `dict[str, int]`: `{"correct", "type", "boundary", "boundary_type", "spurious", "missed", "n_pred", "n_gold"}`,
+        all ints; `n_pred` and `n_gold` are the numbers of distinct predicted and gold spans.
 
     Raises:
-        ValueError: if `gold` and `pred` differ in length (naming both lengths) or a span is malformed.
+        `ValueError`: if `gold` and `pred` differ in length (naming both lengths) or a span is malformed.
     """
     _check_lengths(gold, pred)
     counts = dict.fromkeys(ERROR_CATEGORIES, 0)
@@ -256,16 +264,20 @@ def bio_span_scores(
     """`span_scores` on tag sequences: decode each sentence's tags with `tags_to_spans`, then score the spans.
 
     Args:
-        references: Gold tags, one sequence per sentence (e.g. `["B-PER", "I-PER", "O"]`).
-        predictions: Predicted tags, aligned with `references` sentence by sentence and token by token.
-        scheme: `bio`, `iob1` or `bioes`. In BIO an `I-X` that continues no `X` entity starts one (seqeval's default).
-        zero_division: As in `span_scores`.
+        references (`Sequence[Sequence[str]]`):
+            Gold tags, one sequence per sentence (e.g. `["B-PER", "I-PER", "O"]`).
+        predictions (`Sequence[Sequence[str]]`):
+            Predicted tags, aligned with `references` sentence by sentence and token by token.
+        scheme (`str`, *optional*, defaults to `"bio"`):
+            `bio`, `iob1` or `bioes`. In BIO an `I-X` that continues no `X` entity starts one (seqeval's default).
+        zero_division (`float`, *optional*, defaults to `0.0`):
+            As in `span_scores`.
 
     Returns:
-        The `span_scores` dict.
+        `dict[str, Any]`: the `span_scores` dict.
 
     Raises:
-        ValueError: on different numbers of sentences or of tags in one sentence, or a tag that is not `O`/`P-TYPE`.
+        `ValueError`: on different numbers of sentences or of tags in one sentence, or a tag that is not `O`/`P-TYPE`.
     """
     _check_lengths(references, predictions)
     gold, pred = [], []

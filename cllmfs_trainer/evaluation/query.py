@@ -15,9 +15,12 @@ def query_subset(sentences: Sequence[Sentence], size: int | None, seed: int = 0)
     `query_seed`: the subset never depends on the support-set seed, so all seeds and methods meet the same query.
 
     Args:
-        sentences (`Sequence[Sentence]`): The full split.
-        size (`int` or `None`): How many to keep; `None`, or a size at least the split's, keeps them all.
-        seed (`int`, *optional*, defaults to 0): Seed of the draw.
+        sentences (`Sequence[Sentence]`):
+            The full split.
+        size (`int` or `None`):
+            How many to keep; `None`, or a size at least the split's, keeps them all.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the draw.
 
     Returns:
         `list[Sentence]`: the subset.

@@ -16,8 +16,10 @@ def score_unit(query: Sequence[Sentence], predicted: Sequence[Sequence[Span]]) -
     """`{"span": ..., "string": ..., "errors": ...}` for predictions over `query` (gold spans in the sentences).
 
     Args:
-        query: The query sentences with their gold spans.
-        predicted: Predicted spans per query sentence, in the same order.
+        query (`Sequence[Sentence]`):
+            The query sentences with their gold spans.
+        predicted (`Sequence[Sequence[Span]]`):
+            Predicted spans per query sentence, in the same order.
     """
     gold = [sentence.spans for sentence in query]
     span = span_scores(gold, predicted)
@@ -43,15 +45,22 @@ def evaluate_run(
     Each dataset is asked with its own types (for an INTER run: the target's types, not the source's).
 
     Args:
-        run_dir: A training run folder (`cllmfs_trainer.run_folder`).
-        datasets: Registry keys of the datasets whose test splits to predict.
-        query_size: Predict a fixed random subset of this many sentences per dataset; `None` for all.
-        query_seed: Seed of that subset.
-        data_dir: Folder of datasets that are not shipped.
-        batch_size: Prompts per generation batch.
+        run_dir (`str` or `Path`):
+            A training run folder (`cllmfs_trainer.run_folder`).
+        datasets (`Sequence[str]`):
+            Registry keys of the datasets whose test splits to predict.
+        query_size (`int`, *optional*):
+            Predict a fixed random subset of this many sentences per dataset; `None` for all.
+        query_seed (`int`, *optional*, defaults to `0`):
+            Seed of that subset.
+        data_dir (`str`, *optional*):
+            Folder of datasets that are not shipped.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per generation batch.
 
     Returns:
-        `{dataset: {"query_size", "span", "string", "errors", "parse_stats"}}`, as written to `metrics.json`.
+        `dict[str, Any]`: `{dataset: {"query_size", "span", "string", "errors", "parse_stats"}}`, as written to
+        `metrics.json`.
     """
     from cllmfs_trainer.data.registry import get_dataset
     from cllmfs_trainer.inference.generate import EntityExtractor

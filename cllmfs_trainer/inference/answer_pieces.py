@@ -94,7 +94,7 @@ def _cut(
     the precise error.
 
     Raises:
-        TokenizerMismatchError: A token covers characters of two pieces, the tokens are out of order, or a piece got
+        `TokenizerMismatchError`: a token covers characters of two pieces, the tokens are out of order, or a piece got
             no token.
     """
     starts = [piece.start for piece in pieces]
@@ -182,10 +182,14 @@ class CompletionTemplate:
     """Token ids of the fixed pieces of every answer, as the tokenizer writes them in a completion.
 
     Args:
-        prefix: The answer prefix (`<im_start> I can extract ... entities are`).
-        open: ` <<<`.
-        close: ` >>>`.
-        end: ` <im_end>` (EOS is not part of it: training appends it as an id).
+        prefix (`tuple[int, ...]`):
+            The answer prefix (`<im_start> I can extract ... entities are`).
+        open (`tuple[int, ...]`):
+            ` <<<`.
+        close (`tuple[int, ...]`):
+            ` >>>`.
+        end (`tuple[int, ...]`):
+            ` <im_end>` (EOS is not part of it: training appends it as an id).
     """
 
     prefix: tuple[int, ...]
@@ -198,7 +202,7 @@ class CompletionTemplate:
         """Read the pieces off the tokenisation of an empty, a one-group and a two-group completion.
 
         Raises:
-            TokenizerMismatchError: The pieces' tokens differ between these completions, or a token spans two pieces.
+            `TokenizerMismatchError`: the pieces' tokens differ between these completions, or a token spans two pieces.
         """
         cut = tokenize_and_cut(tokenizer, [[], [_PROBE_WORD], [_PROBE_WORD, _PROBE_WORD]])
         _, empty = cut[0]

@@ -53,10 +53,14 @@ class EntityAutomaton:
     Use `EntityAutomaton.build` to make one from a tokenizer.
 
     Args:
-        template: Token ids of the fixed pieces.
-        runs: Token ids of each allowed entity run (without the space-led markers around it).
-        eos_token_id: The id that ends an answer (training appends it after ` <im_end>`).
-        pad_token_id: Also allowed once the answer is finished (`generate` pads finished rows with it).
+        template (`CompletionTemplate`):
+            Token ids of the fixed pieces.
+        runs (`Mapping[str, tuple[int, ...]]`):
+            Token ids of each allowed entity run (without the space-led markers around it).
+        eos_token_id (`int`):
+            The id that ends an answer (training appends it after ` <im_end>`).
+        pad_token_id (`int`, *optional*):
+            Also allowed once the answer is finished (`generate` pads finished rows with it).
     """
 
     def __init__(
@@ -109,15 +113,21 @@ class EntityAutomaton:
         run's tokens.
 
         Args:
-            tokenizer: A fast tokenizer (offset mappings are needed).
-            sentence: The sentence's tokens, or its text (tokens joined by single spaces).
-            template: The fixed pieces; computed from `tokenizer` if not given.
-            max_entity_words: Longest run allowed, in words.
-            eos_token_id: Defaults to `tokenizer.eos_token_id`.
-            pad_token_id: Defaults to `tokenizer.pad_token_id`.
+            tokenizer (`Any`):
+                A fast tokenizer (offset mappings are needed).
+            sentence (`str` or `Sequence[str]`):
+                The sentence's tokens, or its text (tokens joined by single spaces).
+            template (`CompletionTemplate`, *optional*):
+                The fixed pieces; computed from `tokenizer` if not given.
+            max_entity_words (`int`, *optional*, defaults to `DEFAULT_MAX_ENTITY_WORDS`):
+                Longest run allowed, in words.
+            eos_token_id (`int`, *optional*):
+                Defaults to `tokenizer.eos_token_id`.
+            pad_token_id (`int`, *optional*):
+                Defaults to `tokenizer.pad_token_id`.
 
         Raises:
-            TokenizerMismatchError: The tokenizer merges tokens across pieces or tokenises a piece differently in
+            `TokenizerMismatchError`: the tokenizer merges tokens across pieces or tokenises a piece differently in
                 another context.
         """
         if max_entity_words < 1:
@@ -288,17 +298,24 @@ class EntityConstraintProcessor(LogitsProcessor):
     reordered batch, a new `generate` call) is re-walked from its start, so reusing the processor is safe.
 
     Args:
-        tokenizer: The model's fast tokenizer (offset mappings are needed).
-        sentences: One per prompt: the sentence's tokens, or its text (tokens joined by single spaces). With
+        tokenizer (`Any`):
+            The model's fast tokenizer (offset mappings are needed).
+        sentences (`Sequence[str | Sequence[str]]`):
+            One per prompt: the sentence's tokens, or its text (tokens joined by single spaces). With
             `num_return_sequences` or `num_beams`, `generate` repeats each prompt; rows are mapped back to sentences.
-        prompt_length: Width of the padded prompt batch: the generated tokens start at this column.
-        max_entity_words: Longest entity allowed, in words.
-        eos_token_id: The id that ends an answer; defaults to `tokenizer.eos_token_id`.
-        pad_token_id: Also allowed in finished rows; defaults to `tokenizer.pad_token_id`.
-        cache: A dict to share automata between processors (e.g. across batches) for one tokenizer.
+        prompt_length (`int`):
+            Width of the padded prompt batch: the generated tokens start at this column.
+        max_entity_words (`int`, *optional*, defaults to `DEFAULT_MAX_ENTITY_WORDS`):
+            Longest entity allowed, in words.
+        eos_token_id (`int`, *optional*):
+            The id that ends an answer; defaults to `tokenizer.eos_token_id`.
+        pad_token_id (`int`, *optional*):
+            Also allowed in finished rows; defaults to `tokenizer.pad_token_id`.
+        cache (`MutableMapping[Any, EntityAutomaton]`, *optional*):
+            A dict to share automata between processors (e.g. across batches) for one tokenizer.
 
     Raises:
-        TokenizerMismatchError: The tokenizer does not tokenise answers as the concatenation of their pieces.
+        `TokenizerMismatchError`: the tokenizer does not tokenise answers as the concatenation of their pieces.
     """
 
     supports_continuous_batching = False
@@ -360,11 +377,13 @@ class EntityConstraintProcessor(LogitsProcessor):
         """Mask `scores` to -inf outside each row's allowed tokens.
 
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): prompt and generated ids.
-            scores (`torch.FloatTensor` of shape `(batch_size, vocab_size)`): next-token scores.
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                prompt and generated ids.
+            scores (`torch.FloatTensor` of shape `(batch_size, vocab_size)`):
+                next-token scores.
 
         Returns:
-            `torch.FloatTensor` of the same shape: the masked scores (a new tensor).
+            `torch.FloatTensor`: the masked scores, of the same shape (a new tensor).
         """
         if input_ids.shape[1] < self.prompt_length:
             raise ValueError(

@@ -73,21 +73,33 @@ class EntityExtractor:
     """Extracts entities of given types from sentences with a fine-tuned causal LM.
 
     Args:
-        model: A causal LM (merge LoRA adapters first for speed; `from_run` does).
-        tokenizer: Its tokenizer (must have a pad token).
-        types: Types to extract, with names and descriptions.
-        constrained: Restrict outputs to the template and to runs of the input's words.
-        batch_size: Prompts per `generate` call.
-        max_new_tokens: Bound on generated tokens per prompt (the answer prefix included).
-        max_sentence_words: Longer sentences are split (never inside a gold span) and their predictions re-joined.
-        reuse_prefix: Compute the shared prompt start (the type's instruction in format 1, the sentence in format 2)
-            once and reuse its key/value states in every batch. Ignored with `num_beams` or `num_return_sequences`
-            above 1, and for models whose cache is not a plain key/value cache (sliding windows, linear attention).
-        prefill_answer: With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
-        prompt_format: The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
-        compact_decoding: With `constrained` and plain greedy decoding, decode in our own loop, which drops finished
-            rows from the batch and skips model calls for forced endings (same tokens as `generate`).
-        generation_kwargs: Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
+        model (`Any`):
+            A causal LM (merge LoRA adapters first for speed; `from_run` does).
+        tokenizer (`Any`):
+            Its tokenizer (must have a pad token).
+        types (`Sequence[EntityType]`):
+            Types to extract, with names and descriptions.
+        constrained (`bool`, *optional*, defaults to `True`):
+            Restrict outputs to the template and to runs of the input's words.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per `generate` call.
+        max_new_tokens (`int`, *optional*, defaults to `64`):
+            Bound on generated tokens per prompt (the answer prefix included).
+        max_sentence_words (`int`, *optional*, defaults to `128`):
+            Longer sentences are split (never inside a gold span) and their predictions re-joined.
+        reuse_prefix (`bool`, *optional*, defaults to `True`):
+            Compute the shared prompt start (the type's instruction in format 1, the sentence in format 2) once and
+            reuse its key/value states in every batch. Ignored with `num_beams` or `num_return_sequences` above 1, and
+            for models whose cache is not a plain key/value cache (sliding windows, linear attention).
+        prefill_answer (`bool`, *optional*, defaults to `True`):
+            With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
+        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
+            The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
+        compact_decoding (`bool`, *optional*, defaults to `True`):
+            With `constrained` and plain greedy decoding, decode in our own loop, which drops finished rows from the
+            batch and skips model calls for forced endings (same tokens as `generate`).
+        generation_kwargs (`dict[str, Any]`, *optional*):
+            Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
 
     SENTENCES_PER_BLOCK = 128  # format 2: chunks whose prefixes are cached at once
@@ -139,12 +151,16 @@ class EntityExtractor:
         """Load a training run folder (`cllmfs_trainer.run_folder.RunFolder`), merging its LoRA weights.
 
         Args:
-            run_dir: The run folder the training script wrote.
-            types: Types to extract (default: the run's test types).
-            dtype: Cast the merged model to this dtype (e.g. `"bfloat16"` to halve its memory). The scores change
-                slightly, so answers can differ from float32 ones. The LoRA weights are merged before the cast, in
-                the precision the base model loads in.
-            kwargs: `EntityExtractor` arguments.
+            run_dir (`str` or `Path`):
+                The run folder the training script wrote.
+            types (`Sequence[EntityType]`, *optional*):
+                Types to extract (default: the run's test types).
+            dtype (`str` or `torch.dtype`, *optional*):
+                Cast the merged model to this dtype (e.g. `"bfloat16"` to halve its memory). The scores change slightly,
+                so answers can differ from float32 ones. The LoRA weights are merged before the cast, in the precision
+                the base model loads in.
+            kwargs (`dict[str, Any]`, *optional*):
+                `EntityExtractor` arguments.
         """
         from peft import PeftModel
 
@@ -266,11 +282,13 @@ class EntityExtractor:
         """Generate an answer for every job, in batches of similar length; returns decoded answers in job order.
 
         Args:
-            jobs: Prompts, with the words the constraint allows and the group whose prompts share a prefix.
-            progress: Show a progress bar over batches.
+            jobs (`Sequence[Job]`):
+                Prompts, with the words the constraint allows and the group whose prompts share a prefix.
+            progress (`bool`, *optional*, defaults to `False`):
+                Show a progress bar over batches.
 
         Returns:
-            The decoded answers (special tokens skipped), answer prefix included.
+            `list[str]`: the decoded answers (special tokens skipped), answer prefix included.
         """
         if not jobs:
             return []

@@ -72,13 +72,19 @@ def constrained_greedy(
     """Greedy decoding under per-row answer automata; returns each row's generated token ids (EOS included).
 
     Args:
-        input_ids: `(rows, width)` left-padded prompts; a given `cache` already holds their first columns.
-        attention_mask: `(rows, width)`, 0 on padding and gaps; positions follow its cumulative sum, as in `generate`.
-        automata: One per row: the answers each row may write.
-        max_new_tokens: Bound on generated tokens per row (forced endings included), as `generate`'s.
-        cache: A `DynamicCache` holding a prefix of every row (e.g. from `SharedPrefixes`), or None.
-        written: Answer tokens already at the end of every prompt (a prefilled answer prefix): the automata start
-            after them, and they are not part of the returned ids or of `max_new_tokens`.
+        input_ids (`torch.Tensor`):
+            `(rows, width)` left-padded prompts; a given `cache` already holds their first columns.
+        attention_mask (`torch.Tensor`):
+            `(rows, width)`, 0 on padding and gaps; positions follow its cumulative sum, as in `generate`.
+        automata (`Sequence[EntityAutomaton]`):
+            One per row: the answers each row may write.
+        max_new_tokens (`int`):
+            Bound on generated tokens per row (forced endings included), as `generate`'s.
+        cache (`Any`, *optional*):
+            A `DynamicCache` holding a prefix of every row (e.g. from `SharedPrefixes`), or None.
+        written (`Sequence[int]`, *optional*, defaults to `()`):
+            Answer tokens already at the end of every prompt (a prefilled answer prefix): the automata start after them,
+            and they are not part of the returned ids or of `max_new_tokens`.
     """
     from transformers import DynamicCache
 

@@ -71,8 +71,10 @@ class ParsedOutput:
     """What `parse_output` read from one generated answer.
 
     Args:
-        entities: Entity strings in output order, whitespace-normalised, repeats kept.
-        problems: Problem kinds found (each at most once, in the order of `PROBLEM_KINDS`); `[]` for a clean answer.
+        entities (`list[str]`, *optional*, defaults to `[]`):
+            Entity strings in output order, whitespace-normalised, repeats kept.
+        problems (`list[str]`, *optional*, defaults to `[]`):
+            Problem kinds found (each at most once, in the order of `PROBLEM_KINDS`); `[]` for a clean answer.
     """
 
     entities: list[str] = field(default_factory=list)
@@ -83,10 +85,11 @@ def parse_output(text: str) -> ParsedOutput:
     """Read the entity strings out of one generated answer; never raises (see the module docstring for the policy).
 
     Args:
-        text: The decoded generation (prompt excluded).
+        text (`str`):
+            The decoded generation (prompt excluded).
 
     Returns:
-        The entities and the kinds of problems met.
+        `ParsedOutput`: the entities and the kinds of problems met.
     """
     found: set[str] = set()
     end = text.find(IM_END)
@@ -139,9 +142,11 @@ class SpanMatch:
     """Entity strings mapped onto a sentence.
 
     Args:
-        spans: The matched spans over token indices, sorted.
-        not_found: Entity strings that are no token-aligned run of the sentence, or were predicted more often than
-            they occur (once per unmatched prediction).
+        spans (`list[Span]`, *optional*, defaults to `[]`):
+            The matched spans over token indices, sorted.
+        not_found (`list[str]`, *optional*, defaults to `[]`):
+            Entity strings that are no token-aligned run of the sentence, or were predicted more often than they occur
+            (once per unmatched prediction).
     """
 
     spans: list[Span] = field(default_factory=list)
@@ -172,12 +177,15 @@ def entities_to_spans(tokens: Sequence[str], entities: Sequence[str], entity_typ
     often than it occurs has its extra predictions in `not_found`.
 
     Args:
-        tokens: The sentence's words.
-        entities: Predicted entity strings (as `parse_output` returns them).
-        entity_type: Type given to every span.
+        tokens (`Sequence[str]`):
+            The sentence's words.
+        entities (`Sequence[str]`):
+            Predicted entity strings (as `parse_output` returns them).
+        entity_type (`str`):
+            Type given to every span.
 
     Returns:
-        The spans (sorted) and the strings that could not be placed.
+        `SpanMatch`: the spans (sorted) and the strings that could not be placed.
     """
     taken = [False] * len(tokens)
     match = SpanMatch()
@@ -201,14 +209,16 @@ def char_offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]]:
     offsets point into that text, not into the single-space join.
 
     Args:
-        text: The original text.
-        tokens: `text.split()`, e.g. the tokens predictions were made on.
+        text (`str`):
+            The original text.
+        tokens (`Sequence[str]`):
+            `text.split()`, e.g. the tokens predictions were made on.
 
     Returns:
-        One `(start, end)` per token, end exclusive.
+        `list[tuple[int, int]]`: one `(start, end)` per token, end exclusive.
 
     Raises:
-        ValueError: If `text.split()` differs from `tokens`.
+        `ValueError`: if `text.split()` differs from `tokens`.
     """
     words = text.split()
     if words != list(tokens):
@@ -238,14 +248,16 @@ def resolve_overlaps(spans: Sequence[Span], type_order: Sequence[str]) -> list[S
     Times" as an organisation over "New York" as a place); identical spans are also dropped.
 
     Args:
-        spans: Predicted spans of one sentence, any types, any order.
-        type_order: Type labels by priority, e.g. the task's type list.
+        spans (`Sequence[Span]`):
+            Predicted spans of one sentence, any types, any order.
+        type_order (`Sequence[str]`):
+            Type labels by priority, e.g. the task's type list.
 
     Returns:
-        The kept spans, sorted by start. Every dropped span overlaps a kept one.
+        `list[Span]`: the kept spans, sorted by start. Every dropped span overlaps a kept one.
 
     Raises:
-        ValueError: For an empty or negative span (`end <= start`), which overlaps nothing and would always be kept.
+        `ValueError`: for an empty or negative span (`end <= start`), which overlaps nothing and would always be kept.
     """
     rank = {label: i for i, label in enumerate(type_order)}
     for span in spans:
@@ -270,11 +282,16 @@ class ParseStats:
     """Parsing outcomes aggregated over a run.
 
     Args:
-        outputs: Answers parsed.
-        clean: Answers with no problem.
-        problems: Problem kind -> number of answers that had it.
-        not_found: Predicted entity strings that could not be placed in their sentence.
-        entities: Entity strings read (the denominator for `not_found`).
+        outputs (`int`, *optional*, defaults to `0`):
+            Answers parsed.
+        clean (`int`, *optional*, defaults to `0`):
+            Answers with no problem.
+        problems (`Counter[str]`, *optional*):
+            Problem kind -> number of answers that had it.
+        not_found (`int`, *optional*, defaults to `0`):
+            Predicted entity strings that could not be placed in their sentence.
+        entities (`int`, *optional*, defaults to `0`):
+            Entity strings read (the denominator for `not_found`).
     """
 
     outputs: int = 0

@@ -41,8 +41,10 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]], keep: int = 1) -> i
     token's logits).
 
     Args:
-        sequences: Token ids of the prompts of one group (at least one).
-        keep: Tokens of each sequence to leave out of the prefix.
+        sequences (`Sequence[Sequence[int]]`):
+            Token ids of the prompts of one group (at least one).
+        keep (`int`, *optional*, defaults to `1`):
+            Tokens of each sequence to leave out of the prefix.
     """
     if not sequences:
         raise ValueError("no sequences given")
@@ -69,11 +71,13 @@ class SharedPrefixes:
     """Key/value states of the shared prompt prefix of each group, assembled per batch into a fresh `DynamicCache`.
 
     Args:
-        model: The causal LM (eval mode).
-        prefixes: Group key -> token ids of its prefix (may be empty: nothing is cached for that group).
+        model (`Any`):
+            The causal LM (eval mode).
+        prefixes (`Mapping[Hashable, Sequence[int]]`):
+            Group key -> token ids of its prefix (may be empty: nothing is cached for that group).
 
     Raises:
-        NotImplementedError: The model's cache layers are not plain growing key/value layers (sliding windows, linear
+        `NotImplementedError`: the model's cache layers are not plain growing key/value layers (sliding windows, linear
             attention): use the extractor without prefix reuse.
     """
 

