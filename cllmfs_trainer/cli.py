@@ -180,7 +180,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     """The sentences to predict: `--text`, the lines or JSONL records of `--input`, or a `--dataset` split.
 
     Raises:
-        `UserError` naming the file and line for unreadable input, and for input without any text.
+        `UserError`: naming the file and line for unreadable input, and for input without any text.
     """
     if args.text is not None:
         if not args.text.strip():

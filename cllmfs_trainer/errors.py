@@ -82,10 +82,11 @@ def pop_debug_flag(argv: Sequence[str], keep_with_value: bool = False) -> tuple[
     """Remove `--debug` from `argv`; returns the rest and whether it was there.
 
     Args:
-        argv (`Sequence[str]`): The arguments.
-        keep_with_value (`bool`, *optional*, defaults to `False`): Leave a `--debug` that is followed by a value
-            (`--debug underflow_overflow` is the `debug` field of transformers' `TrainingArguments`); only one that
-            is last or followed by another option is taken.
+        argv (`Sequence[str]`):
+            The arguments.
+        keep_with_value (`bool`, *optional*, defaults to `False`):
+            Leave a `--debug` that is followed by a value (`--debug underflow_overflow` is the `debug` field of
+            transformers' `TrainingArguments`); only one that is last or followed by another option is taken.
     """
     argv = list(argv)
     rest, found = [], False
@@ -118,11 +119,14 @@ def run_entry_point(
     """Run a command line body, turning user errors into one line on stderr and an exit code.
 
     Args:
-        prog (`str`): The program name that starts the error line, e.g. `cllmfs predict` or `train.py`.
-        body (`Callable[[list[str]], Any]`): Parses the arguments it is given and does the work.
-        argv (`Sequence[str]`, *optional*): The arguments; `sys.argv[1:]` by default. `--debug` is removed before
-            `body` sees them.
-        keep_debug_with_value (`bool`, *optional*, defaults to `False`): See `pop_debug_flag`.
+        prog (`str`):
+            The program name that starts the error line, e.g. `cllmfs predict` or `train.py`.
+        body (`Callable[[list[str]], Any]`):
+            Parses the arguments it is given and does the work.
+        argv (`Sequence[str]`, *optional*):
+            The arguments; `sys.argv[1:]` by default. `--debug` is removed before `body` sees them.
+        keep_debug_with_value (`bool`, *optional*, defaults to `False`):
+            See `pop_debug_flag`.
 
     Returns:
         `int`: 0 on success, 2 for a `UserError` or an `OSError`, 130 when interrupted. Other exceptions propagate
@@ -153,11 +157,13 @@ def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
     """`path` as a `Path` if it is a readable file.
 
     Args:
-        path (`str` or `os.PathLike`): The file.
-        what (`str`, *optional*, defaults to `"input"`): What the file is, for the message (e.g. `--types-file`).
+        path (`str` or `os.PathLike`):
+            The file.
+        what (`str`, *optional*, defaults to `"input"`):
+            What the file is, for the message (e.g. `--types-file`).
 
     Raises:
-        `UserError` naming the file when it is missing, a folder or unreadable.
+        `UserError`: naming the file when it is missing, a folder or unreadable.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -175,12 +181,15 @@ def check_output_file(
     """`path` as a `Path` if a file can be written there without harming an input.
 
     Args:
-        path (`str` or `os.PathLike`): The output file.
-        what (`str`, *optional*, defaults to `"--output"`): The option or field it came from, for the message.
-        inputs (`Sequence`, *optional*): Files the command reads; the output must not be one of them.
+        path (`str` or `os.PathLike`):
+            The output file.
+        what (`str`, *optional*, defaults to `"--output"`):
+            The option or field it came from, for the message.
+        inputs (`Sequence`, *optional*, defaults to `()`):
+            Files the command reads; the output must not be one of them.
 
     Raises:
-        `UserError` when the path is a folder, its folder does not exist or is not writable, or it is an input.
+        `UserError`: when the path is a folder, its folder does not exist or is not writable, or it is an input.
     """
     path = Path(path).expanduser()
     if not path.name or path.is_dir():
@@ -200,7 +209,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
     """`path` as a `Path` if it is a folder, or can become one, that is writable.
 
     Raises:
-        `UserError` when the path is a file or the folder (or its nearest existing parent) is not writable.
+        `UserError`: when the path is a file or the folder (or its nearest existing parent) is not writable.
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
@@ -270,8 +279,8 @@ def read_text_lines(path: str | os.PathLike, what: str = "input") -> list[str]:
     As with `str.splitlines`, a line end at the end of the file does not start another (empty) line.
 
     Raises:
-        `UserError` naming the file if it is missing or a folder, and `DataFormatError` naming `file:line` for a
-        byte that is not UTF-8.
+        `UserError`: naming the file if it is missing or a folder.
+        `DataFormatError`: naming `file:line` for a byte that is not UTF-8.
     """
     path = check_input_file(path, what)
     lines = []

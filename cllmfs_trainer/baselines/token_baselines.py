@@ -44,8 +44,10 @@ def token_labels(sentence: Sentence, types: Sequence[str]) -> list[str]:
     """One label per word: the type of the span covering it if that type is in `types`, else `O`.
 
     Args:
-        sentence (`Sentence`): a sentence with gold spans.
-        types (`Sequence[str]`): the entity types of the episode.
+        sentence (`Sentence`):
+            a sentence with gold spans.
+        types (`Sequence[str]`):
+            the entity types of the episode.
 
     Returns:
         `list[str]`: `len(sentence.tokens)` labels.
@@ -62,7 +64,8 @@ def labels_to_spans(labels: Sequence[str]) -> list[Span]:
     """Decode IO word labels: each maximal run of one non-`O` label is a span.
 
     Args:
-        labels (`Sequence[str]`): one label per word, `O` or an entity type.
+        labels (`Sequence[str]`):
+            one label per word, `O` or an entity type.
 
     Returns:
         `list[Span]`: sorted, non-overlapping spans (end exclusive).
@@ -98,12 +101,16 @@ def classify_words(
     """Label query word embeddings from labelled support word embeddings.
 
     Args:
-        query (`torch.Tensor`): `(n_query_words, hidden)`.
-        support (`torch.Tensor`): `(n_support_words, hidden)`.
-        support_labels (`Sequence[str]`): the label of each support row.
-        method (`str`, *optional*, defaults to `"proto"`): `"proto"` (nearest class mean) or `"nnshot"` (nearest
-            support word).
-        metric (`str`, *optional*, defaults to `"euclidean"`): `"euclidean"` (squared) or `"dot"`.
+        query (`torch.Tensor`):
+            `(n_query_words, hidden)`.
+        support (`torch.Tensor`):
+            `(n_support_words, hidden)`.
+        support_labels (`Sequence[str]`):
+            the label of each support row.
+        method (`str`, *optional*, defaults to `"proto"`):
+            `"proto"` (nearest class mean) or `"nnshot"` (nearest support word).
+        metric (`str`, *optional*, defaults to `"euclidean"`):
+            `"euclidean"` (squared) or `"dot"`.
 
     Returns:
         `list[str]`: one label per query row.
@@ -138,10 +145,14 @@ class TokenPrototypeNER:
     """ProtoBERT (`method="proto"`) or NNShot (`method="nnshot"`) over a frozen `Encoder`; see the module doc.
 
     Args:
-        encoder (`Encoder`): embeds words.
-        types (`Sequence[str]`): the episode's entity types; support spans of other types count as `O`.
-        method (`str`, *optional*, defaults to `"proto"`): `"proto"` or `"nnshot"`.
-        metric (`str`, *optional*, defaults to `"euclidean"`): `"euclidean"` (squared, as Few-NERD) or `"dot"`.
+        encoder (`Encoder`):
+            embeds words.
+        types (`Sequence[str]`):
+            the episode's entity types; support spans of other types count as `O`.
+        method (`str`, *optional*, defaults to `"proto"`):
+            `"proto"` or `"nnshot"`.
+        metric (`str`, *optional*, defaults to `"euclidean"`):
+            `"euclidean"` (squared, as Few-NERD) or `"dot"`.
 
     Example:
         ```python
@@ -166,7 +177,8 @@ class TokenPrototypeNER:
         """Embed and label the support words (no training: the encoder is frozen).
 
         Args:
-            support (`Sequence[Sentence]`): the labelled support sentences.
+            support (`Sequence[Sentence]`):
+                the labelled support sentences.
 
         Returns:
             `TokenPrototypeNER`: `self`.
@@ -205,7 +217,8 @@ class TokenPrototypeNER:
         """Predicted spans (IO-decoded) for each query sentence; gold spans of `query` are ignored.
 
         Args:
-            query (`Sequence[Sentence]`): the sentences to label.
+            query (`Sequence[Sentence]`):
+                the sentences to label.
 
         Returns:
             `list[list[Span]]`: per sentence, sorted `Span(start, end, type)` over its word indices.
@@ -247,14 +260,22 @@ def protobert_predict(
     """ProtoBERT: label each query word by its nearest class prototype (mean support embedding), decode IO spans.
 
     Args:
-        encoder (`PreTrainedModel` or `Encoder`): a frozen encoder (e.g. `AutoModel`), or an `Encoder` wrapping one.
-        tokenizer (`PreTrainedTokenizerBase` or `None`): the encoder's fast tokenizer; `None` with an `Encoder`.
-        support (`Sequence[Sentence]`): labelled support sentences.
-        query (`Sequence[Sentence]`): sentences to label (their spans are ignored).
-        types (`Sequence[str]`): entity type labels of the episode.
-        metric (`str`, *optional*, defaults to `"euclidean"`): `"euclidean"` (squared) or `"dot"`.
-        batch_size (`int`, *optional*, defaults to 32): chunks per forward pass (bare model only).
-        progress (`bool`, *optional*, defaults to `False`): progress bars while encoding (bare model only).
+        encoder (`PreTrainedModel` or `Encoder`):
+            a frozen encoder (e.g. `AutoModel`), or an `Encoder` wrapping one.
+        tokenizer (`PreTrainedTokenizerBase` or `None`):
+            the encoder's fast tokenizer; `None` with an `Encoder`.
+        support (`Sequence[Sentence]`):
+            labelled support sentences.
+        query (`Sequence[Sentence]`):
+            sentences to label (their spans are ignored).
+        types (`Sequence[str]`):
+            entity type labels of the episode.
+        metric (`str`, *optional*, defaults to `"euclidean"`):
+            `"euclidean"` (squared) or `"dot"`.
+        batch_size (`int`, *optional*, defaults to `32`):
+            chunks per forward pass (bare model only).
+        progress (`bool`, *optional*, defaults to `False`):
+            progress bars while encoding (bare model only).
 
     Returns:
         `list[list[Span]]`: predicted spans per query sentence.

@@ -37,11 +37,16 @@ class Method:
     """One benchmark method.
 
     Args:
-        name (`str`): The key used in configs and unit files.
-        title (`str`): The label in reports.
-        kind (`str`): `trained`, `zero_shot` or `support` (see the module docstring).
-        overrides (`dict`, *optional*): For `trained` methods, the recipe keys this method changes.
-        fit_predict (`FitPredict`, *optional*): For `support` methods, the function that fits and predicts.
+        name (`str`):
+            The key used in configs and unit files.
+        title (`str`):
+            The label in reports.
+        kind (`str`):
+            `trained`, `zero_shot` or `support` (see the module docstring).
+        overrides (`dict`, *optional*, defaults to `{}`):
+            For `trained` methods, the recipe keys this method changes.
+        fit_predict (`FitPredict`, *optional*):
+            For `support` methods, the function that fits and predicts.
     """
 
     name: str
@@ -75,7 +80,7 @@ def get_method(name: str) -> Method:
     """The registered method called `name`.
 
     Raises:
-        `ValueError` naming the known methods.
+        `ValueError`: naming the known methods.
     """
     try:
         return METHODS[name]

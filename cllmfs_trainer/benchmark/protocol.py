@@ -47,29 +47,47 @@ class BenchmarkConfig:
     """What to run. Read from a flat YAML by `recipes/benchmark.py`.
 
     Args:
-        output_dir: Where units, run folders and support sets go (see the module docstring).
-        tasks: `intra:<dataset>` or `inter:<dataset>` registry keys, e.g. `intra:wnut17`, `inter:conll2003`.
-        methods: Names registered in `cllmfs_trainer.benchmark.methods` (`cllmfs`, `lora`, `lora_cl`,
-            `cllmfs_format2`, `zero_shot`, `protobert`, `nnshot`, ...).
-        seeds: Support-set seeds (the paper averages 5 runs).
-        ks: Shots per type; several values give a K-shot curve.
-        query_size: Predict this many test sentences (a fixed random subset); `None` for the whole split.
-        query_seed: Seed of that subset, the same for every support seed.
-        recipe: Training recipe YAML for the trained methods (its dataset/support keys are set per unit).
-        train_overrides: Recipe keys to override for every trained method (e.g. `max_steps`).
-        model: Base LLM for the trained methods and zero-shot prompting (`default` = SmolLM2-135M-Instruct).
-        encoder: Encoder of ProtoBERT/NNShot, and the one CONTaiNER/ProML start from (`minilm` = the offline
+        output_dir (`str`):
+            Where units, run folders and support sets go (see the module docstring).
+        tasks (`list[str]`):
+            `intra:<dataset>` or `inter:<dataset>` registry keys, e.g. `intra:wnut17`, `inter:conll2003`.
+        methods (`list[str]`, *optional*):
+            Names registered in `cllmfs_trainer.benchmark.methods` (`cllmfs`, `lora`, `lora_cl`, `cllmfs_format2`,
+            `zero_shot`, `protobert`, `nnshot`, ...).
+        seeds (`list[int]`, *optional*):
+            Support-set seeds (the paper averages 5 runs).
+        ks (`list[int]`, *optional*):
+            Shots per type; several values give a K-shot curve.
+        query_size (`int`, *optional*):
+            Predict this many test sentences (a fixed random subset); `None` for the whole split.
+        query_seed (`int`, *optional*, defaults to `0`):
+            Seed of that subset, the same for every support seed.
+        recipe (`str`, *optional*):
+            Training recipe YAML for the trained methods (its dataset/support keys are set per unit).
+        train_overrides (`dict[str, Any]`, *optional*, defaults to `{}`):
+            Recipe keys to override for every trained method (e.g. `max_steps`).
+        model (`str`, *optional*, defaults to `"default"`):
+            Base LLM for the trained methods and zero-shot prompting (`default` = SmolLM2-135M-Instruct).
+        encoder (`str`, *optional*, defaults to `"minilm"`):
+            Encoder of ProtoBERT/NNShot, and the one CONTaiNER/ProML start from (`minilm` = the offline
             all-MiniLM-L6-v2, or any HF encoder id).
-        batch_size: Prompts per generation batch.
-        fit_on_support: Also predict the support set with each trained model and report that F1 (training fit).
-        data_dir: Folder of datasets that are not shipped (default `$CLLMFS_DATA_DIR`).
-        checkpoint_steps: Save a training's state (adapter, optimizer, scheduler, RNG) every this many steps, so that
-            an interrupted training resumes from its last checkpoint instead of step 0; 0 turns it off. Not part of
-            the fingerprint: a resumed training gives the model an uninterrupted one gives.
-        query_split: The split predicted and scored: `test` to report, `dev` to choose settings (a sweep).
-        settings: Extra trained methods, each a name and the recipe keys it overrides, e.g. `{lr_5e-4:
-            {learning_rate: 5.0e-4}}`: a sweep is a benchmark whose methods are settings. Add them to `methods`.
-        reference: The method `paired.md` compares every other one with, seed by seed.
+        batch_size (`int`, *optional*, defaults to `32`):
+            Prompts per generation batch.
+        fit_on_support (`bool`, *optional*, defaults to `True`):
+            Also predict the support set with each trained model and report that F1 (training fit).
+        data_dir (`str`, *optional*):
+            Folder of datasets that are not shipped (default `$CLLMFS_DATA_DIR`).
+        checkpoint_steps (`int`, *optional*, defaults to `40`):
+            Save a training's state (adapter, optimizer, scheduler, RNG) every this many steps, so that an interrupted
+            training resumes from its last checkpoint instead of step 0; 0 turns it off. Not part of the fingerprint: a
+            resumed training gives the model an uninterrupted one gives.
+        query_split (`str`, *optional*, defaults to `"test"`):
+            The split predicted and scored: `test` to report, `dev` to choose settings (a sweep).
+        settings (`dict[str, dict[str, Any]]`, *optional*, defaults to `{}`):
+            Extra trained methods, each a name and the recipe keys it overrides, e.g. `{lr_5e-4: {learning_rate:
+            5.0e-4}}`: a sweep is a benchmark whose methods are settings. Add them to `methods`.
+        reference (`str`, *optional*, defaults to `"cllmfs"`):
+            The method `paired.md` compares every other one with, seed by seed.
     """
 
     output_dir: str
@@ -187,9 +205,12 @@ class Benchmark:
     """Runs a `BenchmarkConfig`, unit by unit, skipping units whose scores already exist.
 
     Args:
-        config: The benchmark.
-        train_fn: How to train a run folder (see `TrainFn`); needed only for trained methods.
-        overwrite: Start over when `output_dir` holds a run with a different config, instead of raising.
+        config (`BenchmarkConfig`):
+            The benchmark.
+        train_fn (`TrainFn`, *optional*):
+            How to train a run folder (see `TrainFn`); needed only for trained methods.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Start over when `output_dir` holds a run with a different config, instead of raising.
     """
 
     def __init__(self, config: BenchmarkConfig, train_fn: TrainFn | None = None, overwrite: bool = False) -> None:
@@ -274,7 +295,8 @@ class Benchmark:
         fingerprint was saved are checked on model and query only, with a warning).
 
         Args:
-            results: Path of a `results.json` written by `write_report`.
+            results (`str` or `Path`):
+                Path of a `results.json` written by `write_report`.
         """
         self.prepare()
         path = Path(results)

@@ -44,10 +44,11 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± std over seeds of every (setting, dataset, K, method), with summed error counts.
 
     Args:
-        records: Unit scores as written by `Benchmark.run_unit`.
+        records (`Sequence[dict[str, Any]]`):
+            Unit scores as written by `Benchmark.run_unit`.
 
     Returns:
-        One summary per group, sorted by setting, dataset, K and method.
+        `list[dict[str, Any]]`: one summary per group, sorted by setting, dataset, K and method.
     """
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -95,11 +96,16 @@ def table1_markdown(
     """Markdown in the paper's Table 1 layout (settings x methods as rows, datasets as columns), span micro-F1.
 
     Args:
-        summaries: From `aggregate`.
-        k: Which K to tabulate.
-        model: The base model the figures come from, printed in the caption.
-        query_note: How the query was drawn (e.g. "200 random test sentences"), printed in the caption.
-        settings_note: What the trained methods changed from their recipe (e.g. "prompt_format=2"), if anything.
+        summaries (`Sequence[dict[str, Any]]`):
+            From `aggregate`.
+        k (`int`):
+            Which K to tabulate.
+        model (`str`):
+            The base model the figures come from, printed in the caption.
+        query_note (`str`):
+            How the query was drawn (e.g. "200 random test sentences"), printed in the caption.
+        settings_note (`str`, *optional*, defaults to `""`):
+            What the trained methods changed from their recipe (e.g. "prompt_format=2"), if anything.
     """
     rows = [s for s in summaries if s["k"] == k]
     columns = [c for c in TABLE1_COLUMNS if any(s["dataset"] == c for s in rows)]
@@ -194,11 +200,13 @@ def paired_markdown(records: Sequence[dict[str, Any]], reference: str = "cllmfs"
     boundary errors among its predictions that overlap a gold span.
 
     Args:
-        records: Unit scores as written by `Benchmark.run_unit`.
-        reference: The method every other one is compared with.
+        records (`Sequence[dict[str, Any]]`):
+            Unit scores as written by `Benchmark.run_unit`.
+        reference (`str`, *optional*, defaults to `"cllmfs"`):
+            The method every other one is compared with.
 
     Returns:
-        Markdown, or an empty string when no other method shares a seed with the reference.
+        `str`: Markdown, or an empty string when no other method shares a seed with the reference.
     """
     units: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for record in records:

@@ -193,7 +193,8 @@ def cli(argv: list[str] | None = None) -> None:
     """Entry point of `recipes/benchmark.py`: exits with 2 after one line on stderr for a mistake in the config.
 
     Args:
-        argv (`list[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
+        argv (`list[str]`, *optional*):
+            The arguments; `sys.argv[1:]` by default.
     """
 
     def body(rest: list[str]) -> None:

@@ -132,8 +132,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Contrast
     """Parse `argv` (default: `sys.argv[1:]`), taking a recipe YAML as an optional first positional argument.
 
     Raises:
-        `UserError` naming the recipe's line or the option: a missing or unreadable recipe, a duplicate or unknown
-        key, a value of the wrong type, or one the argument classes refuse.
+        `UserError`: naming the recipe's line or the option: a missing or unreadable recipe, a duplicate or unknown key,
+            a value of the wrong type, or one the argument classes refuse.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
@@ -176,7 +176,7 @@ def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
     """The checkpoint folder `resume_from_checkpoint` names: `true` means the latest one in `output_dir`.
 
     Raises:
-        `UserError` when there is no checkpoint to resume from.
+        `UserError`: when there is no checkpoint to resume from.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -209,7 +209,7 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
     latest checkpoint's folder.
 
     Raises:
-        `UserError` naming the key (and file) at fault and what it accepts.
+        `UserError`: naming the key (and file) at fault and what it accepts.
     """
     script_args.n_types = _as_list(script_args.n_types)
     script_args.evaluate_on = _as_list(script_args.evaluate_on)
@@ -353,7 +353,8 @@ def cli(argv: list[str] | None = None) -> None:
     """Entry point of `recipes/train.py`: exits with 2 after one line on stderr for a mistake in the recipe or files.
 
     Args:
-        argv (`list[str]`, *optional*): The arguments; `sys.argv[1:]` by default.
+        argv (`list[str]`, *optional*):
+            The arguments; `sys.argv[1:]` by default.
     """
     # `--debug VALUE` is transformers' own `debug` option; only a bare `--debug` asks for tracebacks.
     code = run_entry_point(PROG, lambda rest: main(*parse_args(rest)), argv, keep_debug_with_value=True)

@@ -48,15 +48,17 @@ def load_yaml_mapping(path: str | os.PathLike, what: str = "config") -> tuple[di
     """Read a YAML file whose top level is a mapping.
 
     Args:
-        path (`str` or `os.PathLike`): The file.
-        what (`str`, *optional*, defaults to `"config"`): What the file is, for messages (`recipe`, ...).
+        path (`str` or `os.PathLike`):
+            The file.
+        what (`str`, *optional*, defaults to `"config"`):
+            What the file is, for messages (`recipe`, ...).
 
     Returns:
-        `tuple[dict, dict]`: the mapping, and the line (1-based) of each top-level key.
+        `tuple[dict[str, Any], dict[str, int]]`: the mapping, and the line (1-based) of each top-level key.
 
     Raises:
-        `UserError` naming the file (and line): missing, not UTF-8, not YAML, duplicate keys, empty, or not a
-        mapping with string keys.
+        `UserError`: naming the file (and line): missing, not UTF-8, not YAML, duplicate keys, empty, or not a mapping
+            with string keys.
     """
     text = read_text_file(path, what)
     try:
@@ -98,7 +100,8 @@ def check_known_keys(
     """Refuse a key outside `known`, suggesting the closest known ones.
 
     Args:
-        where (`str`): Where the known keys are documented, ending the message (e.g. "see --help").
+        where (`str`):
+            Where the known keys are documented, ending the message (e.g. "see --help").
     """
     known = sorted(set(known))
     for key in data:
@@ -176,11 +179,17 @@ def check_value_types(
     """Refuse values of the wrong type: YAML values that are not strings reach the dataclasses unconverted.
 
     Args:
-        data (`dict`): The file's mapping (see `load_yaml_mapping`).
-        hints (`dict`): Type annotations by key (see `field_hints`); keys without one are not checked.
-        path (`str` or `os.PathLike`), lines (`dict`): The file and its key lines, for messages.
-        strings_are_parsed (`bool`, *optional*, defaults to `True`): Whether a string value is converted later like
-            a command-line value (TRL's parser does: `1e-4`, `true`), so only values of other types are checked here.
+        data (`dict`):
+            The file's mapping (see `load_yaml_mapping`).
+        hints (`dict`):
+            Type annotations by key (see `field_hints`); keys without one are not checked.
+        path (`str` or `os.PathLike`):
+            The file, for messages.
+        lines (`dict`):
+            Its key lines, for messages.
+        strings_are_parsed (`bool`, *optional*, defaults to `True`):
+            Whether a string value is converted later like a command-line value (TRL's parser does: `1e-4`, `true`), so
+            only values of other types are checked here.
     """
     for key, value in data.items():
         hint = hints.get(key)
