@@ -71,13 +71,19 @@ def container_loss(
     """CONTaiNER's contrastive loss over the words of one batch (see the module docstring).
 
     Args:
-        mu, var: `(n, dim)` Gaussian means and variances.
-        labels: `(n,)` label ids, 0 being `O`.
-        outside_anchors: Whether `O` words are anchors too (the adaptation's setting; source training uses only
-            entity words as anchors, while `O` words still count in every denominator).
+        mu (`torch.Tensor`):
+            `(n, dim)` Gaussian means.
+        var (`torch.Tensor`):
+            `(n, dim)` Gaussian variances.
+        labels (`torch.Tensor`):
+            `(n,)` label ids, 0 being `O`.
+        outside_anchors (`bool`, *optional*, defaults to `False`):
+            Whether `O` words are anchors too (the adaptation's setting; source training uses only entity words as
+            anchors, while `O` words still count in every denominator).
 
     Returns:
-        A scalar: the mean over anchors with at least one positive; 0 (still attached to the graph) without any.
+        `torch.Tensor`: a scalar, the mean over anchors with at least one positive; 0 (still attached to the graph)
+        without any.
     """
     import torch
 
@@ -103,8 +109,9 @@ def transition_priors(tag_rows: Iterable[Sequence[str]]) -> dict[str, float]:
     """StructShot's abstract transition probabilities, counted on IO label sequences (`O` or a type per word).
 
     Returns:
-        `dict` over `PRIOR_KEYS`: from the start (to O, to an entity), from O (to O, to an entity), from an entity (to
-        O, to the same type, to another type); each group sums to 1 (uniform where it was never seen).
+        `dict[str, float]`: the priors over `PRIOR_KEYS`: from the start (to O, to an entity), from O (to O, to an
+        entity), from an entity (to O, to the same type, to another type); each group sums to 1 (uniform where it was
+        never seen).
     """
     counts = dict.fromkeys(PRIOR_KEYS, 0)
     for tags in tag_rows:
@@ -171,16 +178,26 @@ class ContainerConfig:
     """CONTaiNER's settings: the published domain-transfer command's, except the CPU caps (see the module docstring).
 
     Args:
-        embedding_dim: Gaussian embedding size (128).
-        max_length: Encoder window in pieces (128).
-        batch_size: Source sentences per step (32 published; 16 here).
-        source_steps: Source training steps (the cap; the public code trains whole epochs).
-        lr: Learning rate of source training (5e-5).
-        finetune_lr: Learning rate of the adaptation (5e-5).
-        max_finetune_steps: Cap on adaptation steps; it also stops as soon as the loss rises.
-        viterbi: Decode with the abstract transitions.
-        temperature: Exponent flattening the transition probabilities (0.01).
-        max_grad_norm: Gradient clipping (1.0).
+        embedding_dim (`int`, *optional*, defaults to `128`):
+            Gaussian embedding size (128).
+        max_length (`int`, *optional*, defaults to `128`):
+            Encoder window in pieces (128).
+        batch_size (`int`, *optional*, defaults to `16`):
+            Source sentences per step (32 published; 16 here).
+        source_steps (`int`, *optional*, defaults to `100`):
+            Source training steps (the cap; the public code trains whole epochs).
+        lr (`float`, *optional*, defaults to `5e-5`):
+            Learning rate of source training (5e-5).
+        finetune_lr (`float`, *optional*, defaults to `5e-5`):
+            Learning rate of the adaptation (5e-5).
+        max_finetune_steps (`int`, *optional*, defaults to `20`):
+            Cap on adaptation steps; it also stops as soon as the loss rises.
+        viterbi (`bool`, *optional*, defaults to `True`):
+            Decode with the abstract transitions.
+        temperature (`float`, *optional*, defaults to `0.01`):
+            Exponent flattening the transition probabilities (0.01).
+        max_grad_norm (`float`, *optional*, defaults to `1.0`):
+            Gradient clipping (1.0).
     """
 
     embedding_dim: int = 128
@@ -199,10 +216,14 @@ class ContainerNER(GaussianMetricNER):
     """CONTaiNER over any HF encoder; see the module docstring.
 
     Args:
-        encoder: Encoder reference (see `GaussianMetricNER`).
-        config: Settings.
-        seed: Seed of the heads, dropout and data order.
-        device: Where to train.
+        encoder (`str`):
+            Encoder reference (see `GaussianMetricNER`).
+        config (`ContainerConfig`, *optional*):
+            Settings.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the heads, dropout and data order.
+        device (`str`, *optional*):
+            Where to train.
 
     Example:
         ```python
@@ -245,8 +266,10 @@ class ContainerNER(GaussianMetricNER):
         """Contrastive training on the source data: `source_steps` batches in a seeded random order.
 
         Args:
-            sentences: The source sentences (e.g. OntoNotes train without the run's queries).
-            types: The source's type labels.
+            sentences (`Sequence[Sentence]`):
+                The source sentences (e.g. OntoNotes train without the run's queries).
+            types (`Sequence[str]`):
+                The source's type labels.
 
         Returns:
             `dict`: steps, sentences used, seconds, last loss and the transition priors of the source's tags.
@@ -285,8 +308,10 @@ class ContainerNER(GaussianMetricNER):
         """Adapt to the support set (one batch, `O` anchors included, until the loss rises) and store its words.
 
         Args:
-            support: The labelled support sentences.
-            types: The episode's type labels; spans of other types count as `O`.
+            support (`Sequence[Sentence]`):
+                The labelled support sentences.
+            types (`Sequence[str]`):
+                The episode's type labels; spans of other types count as `O`.
         """
         import torch
         from torch.nn import functional as F

@@ -66,8 +66,10 @@ def chunk_ranges(costs: Sequence[Sequence[int]], budgets: Sequence[int]) -> list
     """Cut a sentence into consecutive word ranges `[start, end)`, as long as each stays within every budget.
 
     Args:
-        costs: One list per prompt form, the pieces each word costs in it.
-        budgets: The pieces each form may spend per chunk; a single word always forms a chunk, even over budget.
+        costs (`Sequence[Sequence[int]]`):
+            One list per prompt form, the pieces each word costs in it.
+        budgets (`Sequence[int]`):
+            The pieces each form may spend per chunk; a single word always forms a chunk, even over budget.
     """
     n = len(costs[0])
     ranges, start, used = [], 0, [0] * len(costs)
@@ -96,11 +98,16 @@ def encode_words(
     the caller disabled them.
 
     Args:
-        model: The encoder (`AutoModel`).
-        tokenizer: Its fast tokenizer.
-        inputs: `(words, kept positions)` per input; the words must fit `max_length` (see `chunk_ranges`).
-        max_length: Window in pieces, special tokens included.
-        layers: How many top layers to average (1 = the last hidden state).
+        model (`PreTrainedModel`):
+            The encoder (`AutoModel`).
+        tokenizer (`PreTrainedTokenizerBase`):
+            Its fast tokenizer.
+        inputs (`Sequence[tuple[list[str], list[int]]]`):
+            `(words, kept positions)` per input; the words must fit `max_length` (see `chunk_ranges`).
+        max_length (`int`):
+            Window in pieces, special tokens included.
+        layers (`int`, *optional*, defaults to `1`):
+            How many top layers to average (1 = the last hidden state).
 
     Returns:
         `list[torch.Tensor]`: per input, `(len(kept), hidden)`.
@@ -136,10 +143,14 @@ def gaussian_heads(hidden_size: int, dim: int, scale: float = 1.0, dropout: floa
     """The mean and variance heads of CONTaiNER, randomly initialised from the current torch seed.
 
     Args:
-        hidden_size: The encoder's width.
-        dim: The Gaussian embedding size.
-        scale: Divide the initial weights and biases by this (ProML scales them by `sqrt(dim / 32)`).
-        dropout: Dropout on the hidden states before the heads, in training mode.
+        hidden_size (`int`):
+            The encoder's width.
+        dim (`int`):
+            The Gaussian embedding size.
+        scale (`float`, *optional*, defaults to `1.0`):
+            Divide the initial weights and biases by this (ProML scales them by `sqrt(dim / 32)`).
+        dropout (`float`, *optional*, defaults to `0.1`):
+            Dropout on the hidden states before the heads, in training mode.
     """
     import torch
     from torch import nn
@@ -194,14 +205,20 @@ class GaussianMetricNER:
     """A trainable encoder with Gaussian heads; the common part of `ContainerNER` and `ProMLNER`.
 
     Args:
-        encoder: Encoder reference (`minilm`, a folder or a hub id; see `resolve_encoder`). It is copied, never
-            changed on disk.
-        seed: Seeds the heads, dropout and data order; every training stage reseeds from it, so a source model loaded
-            from the cache gives the same result as one trained in the same process.
-        dim: Gaussian embedding size.
-        head_scale: See `gaussian_heads`.
-        max_length: Window in pieces (less if the encoder allows less).
-        device: Where to train; CUDA if available by default.
+        encoder (`str`):
+            Encoder reference (`minilm`, a folder or a hub id; see `resolve_encoder`). It is copied, never changed on
+            disk.
+        seed (`int`, *optional*, defaults to `0`):
+            Seeds the heads, dropout and data order; every training stage reseeds from it, so a source model loaded from
+            the cache gives the same result as one trained in the same process.
+        dim (`int`, *optional*, defaults to `128`):
+            Gaussian embedding size.
+        head_scale (`float`, *optional*, defaults to `1.0`):
+            See `gaussian_heads`.
+        max_length (`int`, *optional*, defaults to `128`):
+            Window in pieces (less if the encoder allows less).
+        device (`str`, *optional*):
+            Where to train; CUDA if available by default.
     """
 
     def __init__(
@@ -323,7 +340,7 @@ def cached_source_training(
     (other caps, encoder or excluded queries) is retrained. Writes go to a `.partial` folder renamed when complete.
 
     Returns:
-        What `train` returned when the folder was written (e.g. steps, seconds), with `source_cached`.
+        `dict[str, Any]`: what `train` returned when the folder was written (e.g. steps, seconds), with `source_cached`.
     """
     meta_path = folder / "source.json"
     if meta_path.is_file():

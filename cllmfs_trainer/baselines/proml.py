@@ -87,9 +87,12 @@ def label_aware_prompt(
     """The sentence with each span written `[ words | name ]`, and where the sentence's words are in it.
 
     Args:
-        words: The sentence's words.
-        spans: Its entities (types present in `names`; others are ignored).
-        names: Type label -> natural-language name.
+        words (`Sequence[str]`):
+            The sentence's words.
+        spans (`Sequence[Span]`):
+            Its entities (types present in `names`; others are ignored).
+        names (`dict[str, str]`):
+            Type label -> natural-language name.
     """
     opens = {s.start for s in spans if s.type in names}
     closes = {s.end - 1: names[s.type] for s in spans if s.type in names}
@@ -116,15 +119,24 @@ def proml_loss(
     """ProML's NCA loss between query and support words' Gaussians (see the module docstring).
 
     Args:
-        query_mu, query_var: `(n, dim)`.
-        query_labels: `(n,)` label ids.
-        support_mu, support_var: `(m, dim)`.
-        support_labels: `(m,)` label ids.
-        exclude_self: The query is the support (same words, same order): a word is not its own neighbour.
+        query_mu (`torch.Tensor`):
+            `(n, dim)`.
+        query_var (`torch.Tensor`):
+            `(n, dim)`.
+        query_labels (`torch.Tensor`):
+            `(n,)` label ids.
+        support_mu (`torch.Tensor`):
+            `(m, dim)`.
+        support_var (`torch.Tensor`):
+            `(m, dim)`.
+        support_labels (`torch.Tensor`):
+            `(m,)` label ids.
+        exclude_self (`bool`, *optional*, defaults to `False`):
+            The query is the support (same words, same order): a word is not its own neighbour.
 
     Returns:
-        A scalar: the mean over query words with at least one support word of their label; 0 (attached to the
-        graph) if there is none.
+        `torch.Tensor`: a scalar, the mean over query words with at least one support word of their label; 0 (attached
+        to the graph) if there is none.
     """
     import torch
 
@@ -146,20 +158,36 @@ class ProMLConfig:
     """ProML's settings: the published domain-transfer ones, except the CPU caps (see the module docstring).
 
     Args:
-        projection_dim: Gaussian embedding size (128).
-        mix_rate: Weight of the option prompt in a support word's representation (0.7).
-        layers: Top encoder layers averaged (4).
-        max_length: Encoder window in pieces (the code cuts sentences to 64 or 32 pieces; we allow 128).
-        source_steps: Source training steps (10,000 in the code).
-        episode_ways, episode_shots, episode_queries: Source episodes are N-way K-shot with Q query mentions per type
-            (5, 1, 1 in the code's 1-shot run).
-        episodes_per_step: Episodes per optimizer step (4 in the code's 1-shot run).
-        lr: Learning rate (3e-5), with linear warmup over `warmup_ratio` of the steps (1,000 of 10,000) then decay.
-        weight_decay: AdamW weight decay except on biases and LayerNorm (0.01).
-        finetune_lr: Learning rate of the fine-tuning on the support set (3e-5).
-        max_finetune_steps: Fine-tuning steps at most (11).
-        finetune_tolerance: Fine-tuning stops once a loss exceeds the previous one by this factor (1.05).
-        topk: Support words per label averaged at prediction (1).
+        projection_dim (`int`, *optional*, defaults to `128`):
+            Gaussian embedding size (128).
+        mix_rate (`float`, *optional*, defaults to `0.7`):
+            Weight of the option prompt in a support word's representation (0.7).
+        layers (`int`, *optional*, defaults to `4`):
+            Top encoder layers averaged (4).
+        max_length (`int`, *optional*, defaults to `128`):
+            Encoder window in pieces (the code cuts sentences to 64 or 32 pieces; we allow 128).
+        source_steps (`int`, *optional*, defaults to `100`):
+            Source training steps (10,000 in the code).
+        episode_ways (`int`, *optional*, defaults to `5`):
+            Source episodes are N-way K-shot with Q query mentions per type; this is N (5 in the code's 1-shot run).
+        episode_shots (`int`, *optional*, defaults to `1`):
+            K, the shots per type of a source episode (1 in the code's 1-shot run).
+        episode_queries (`int`, *optional*, defaults to `1`):
+            Q, the query mentions per type of a source episode (1 in the code's 1-shot run).
+        episodes_per_step (`int`, *optional*, defaults to `1`):
+            Episodes per optimizer step (4 in the code's 1-shot run).
+        lr (`float`, *optional*, defaults to `3e-5`):
+            Learning rate (3e-5), with linear warmup over `warmup_ratio` of the steps (1,000 of 10,000) then decay.
+        weight_decay (`float`, *optional*, defaults to `0.01`):
+            AdamW weight decay except on biases and LayerNorm (0.01).
+        finetune_lr (`float`, *optional*, defaults to `3e-5`):
+            Learning rate of the fine-tuning on the support set (3e-5).
+        max_finetune_steps (`int`, *optional*, defaults to `11`):
+            Fine-tuning steps at most (11).
+        finetune_tolerance (`float`, *optional*, defaults to `1.05`):
+            Fine-tuning stops once a loss exceeds the previous one by this factor (1.05).
+        topk (`int`, *optional*, defaults to `1`):
+            Support words per label averaged at prediction (1).
     """
 
     projection_dim: int = 128
@@ -184,10 +212,14 @@ class ProMLNER(GaussianMetricNER):
     """ProML over any HF encoder; see the module docstring.
 
     Args:
-        encoder: Encoder reference (see `GaussianMetricNER`).
-        config: Settings.
-        seed: Seed of the heads, dropout, episodes and data order.
-        device: Where to train.
+        encoder (`str`):
+            Encoder reference (see `GaussianMetricNER`).
+        config (`ProMLConfig`, *optional*):
+            Settings.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the heads, dropout, episodes and data order.
+        device (`str`, *optional*):
+            Where to train.
 
     Example:
         ```python
@@ -307,8 +339,10 @@ class ProMLNER(GaussianMetricNER):
         """Episodic training on the source data: `source_steps` optimizer steps.
 
         Args:
-            sentences: The source sentences (e.g. OntoNotes train without the run's queries).
-            types: The source's entity types (their names go into the prompts).
+            sentences (`Sequence[Sentence]`):
+                The source sentences (e.g. OntoNotes train without the run's queries).
+            types (`Sequence[EntityType]`):
+                The source's entity types (their names go into the prompts).
 
         Returns:
             `dict`: steps, episodes, seconds and the last loss.
@@ -354,8 +388,10 @@ class ProMLNER(GaussianMetricNER):
         """Fine-tune on the support set (both sides of the loss) and store its words' representations.
 
         Args:
-            support: The labelled support sentences.
-            types: The episode's entity types, in the order the option prompt lists them.
+            support (`Sequence[Sentence]`):
+                The labelled support sentences.
+            types (`Sequence[EntityType]`):
+                The episode's entity types, in the order the option prompt lists them.
         """
         cfg, self.types = self.config, list(types)
         if not any(s.tokens for s in support):
