@@ -30,14 +30,19 @@ decoded from per-token tags. A predicted entity counts only when sentence, start
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions: Predicted tags, one list per sentence, e.g. `["B-PER", "I-PER", "O"]`.
-    references: Gold tags, aligned with `predictions` sentence by sentence and token by token.
-    scheme: `"bio"` (default), `"iob1"` or `"bioes"`. In BIO an `I-X` that continues no `X` entity starts one, as in
+    predictions (`list[list[str]]`):
+        Predicted tags, one list per sentence, e.g. `["B-PER", "I-PER", "O"]`.
+    references (`list[list[str]]`):
+        Gold tags, aligned with `predictions` sentence by sentence and token by token.
+    scheme (`str`, *optional*, defaults to `"bio"`):
+        `"bio"` (default), `"iob1"` or `"bioes"`. In BIO an `I-X` that continues no `X` entity starts one, as in
         seqeval's default mode.
-    zero_division: Value of a precision or recall whose denominator is 0 (default 0.0).
+    zero_division (`float`, *optional*, defaults to `0.0`):
+        Value of a precision or recall whose denominator is 0 (default 0.0).
 
 Returns:
-    `precision`, `recall`, `f1`, `tp`, `fp`, `fn`, `support` and `per_type` (type -> the same keys but `per_type`).
+    `dict`: `precision`, `recall`, `f1`, `tp`, `fp`, `fn`, `support` and `per_type` (type -> the same keys but
+    `per_type`).
 
 Examples:
     >>> metric = evaluate.load("path/to/cllmfs_trainer/evaluation/span_f1")
