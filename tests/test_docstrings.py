@@ -83,14 +83,22 @@ def _problems(kind: str, body: list[str]) -> list[str]:
     return problems
 
 
+def _definitions(node: ast.AST):
+    """Every function and class under `node`, nested ones included; expressions are not entered (that is faster)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                yield child
+            yield from _definitions(child)
+
+
 def _documented(tree: ast.Module):
     """Yield `(name, text, first line)` for every function and class docstring, and for module-level strings that
     become one (e.g. the `_KWARGS_DESCRIPTION` an `evaluate` metric adds to its class docstring)."""
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            doc = ast.get_docstring(node, clean=False)
-            if doc:
-                yield node.name, doc, node.body[0].lineno
+    for node in _definitions(tree):
+        doc = ast.get_docstring(node, clean=False)
+        if doc:
+            yield node.name, doc, node.body[0].lineno
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             yield ast.unparse(node.targets[0]), node.value.value, node.value.lineno
