@@ -1,12 +1,16 @@
 """Training cost of the default SmolLM2 recipe against the landed baseline, side by side on this machine.
 
     python bench/train_speed.py                      # speed: 2 alternating rounds of 6 timed steps per variant
+    python bench/train_speed.py --levers             # also one lever at a time
     python bench/train_speed.py --fit                # also time each variant's full training until its fit stop
 
 Variants, each run in its own process on the same 5-shot WNUT'17 support set (seed 0):
 - `baseline`: bench/configs/smollm2_wnut17_intra_landed.yaml, the recipe as it was before the training-cost levers
-  (TRL's LM head over every position, all samples every epoch, random batches, bfloat16, LoRA dropout, 240 steps);
-- `default`: recipes/smollm2/wnut17_intra.yaml as shipped.
+  (TRL's LM head over every position, random batches, bfloat16 fixed);
+- `default`: recipes/smollm2/wnut17_intra.yaml as shipped (completion-only LM head, length-bucketed batches,
+  precision from the probe);
+- with `--levers`, one lever at a time: `baseline+compact_head`, `default+no_dropout` (LoRA dropout 0, a setting
+  of the dev sweep), `default+float32`.
 
 Speed rounds alternate the order (A B, B A, ...) so that drift of a shared machine hits both alike. Per variant:
 `s_per_step` (median over timed steps, after one warm-up step), `tokens_per_s` (non-padding tokens),
@@ -32,9 +36,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LANDED = ROOT / "bench" / "configs" / "smollm2_wnut17_intra_landed.yaml"
+RECIPE = ROOT / "recipes" / "smollm2" / "wnut17_intra.yaml"
+# name -> (recipe, overrides). `baseline` and `default` are compared; the others show one lever each.
 VARIANTS = {
-    "baseline": ROOT / "bench" / "configs" / "smollm2_wnut17_intra_landed.yaml",
-    "default": ROOT / "recipes" / "smollm2" / "wnut17_intra.yaml",
+    "baseline": (LANDED, []),
+    "default": (RECIPE, []),
+    "baseline+compact_head": (LANDED, ["--compact_lm_head", "true"]),
+    "default+no_dropout": (RECIPE, ["--lora_dropout", "0.0"]),
+    "default+float32": (RECIPE, ["--dtype", "float32"]),
 }
 SHAPES = [(1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576)]  # tokens x hidden @ hidden x out: MLP and attention
 
@@ -44,6 +54,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=2, help="alternating speed rounds")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per speed run (after one warm-up step)")
     parser.add_argument("--fit", action="store_true", help="also time whole trainings until the fit stop")
+    parser.add_argument("--levers", action="store_true", help="also time the one-lever variants")
     parser.add_argument("--fit-stop", type=float, default=0.95, help="support-fit threshold of the --fit runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
@@ -85,8 +96,10 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
     from cllmfs_trainer.scripts import train
 
     out = tempfile.mkdtemp(prefix=f"train_speed_{variant}_")
+    recipe, overrides = VARIANTS[variant]
     argv = [
-        str(VARIANTS[variant]),
+        str(recipe),
+        *overrides,
         "--output_dir",
         out,
         "--report_to",
@@ -187,7 +200,7 @@ def run_worker(variant: str, mode: str, args: argparse.Namespace) -> dict:
 def summarise(runs: list[dict], peaks: dict[str, float]) -> dict:
     """Per variant: median step time over all timed steps (the first step of each run is warm-up)."""
     summary = {}
-    for variant in VARIANTS:
+    for variant in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == variant]
         timed = [t for r in mine for t in r["step_seconds"][1:]]  # the first step warmed up and counted FLOPs
         s_per_step = statistics.median(timed)
@@ -216,8 +229,9 @@ def main(args: argparse.Namespace) -> dict:
     peaks = peak_gflops()
     print(f"matmul peak on the model's shapes: {peaks} GFLOP/s")
     runs = []
+    variants = list(VARIANTS) if args.levers else ["baseline", "default"]
     for r in range(args.rounds):
-        for variant in VARIANTS if r % 2 == 0 else reversed(list(VARIANTS)):
+        for variant in variants if r % 2 == 0 else reversed(variants):
             runs.append(run_worker(variant, "speed", args))
     summary = summarise(runs, peaks)
     report = {
