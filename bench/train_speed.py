@@ -233,6 +233,8 @@ def main(args: argparse.Namespace) -> dict:
     for r in range(args.rounds):
         for variant in variants if r % 2 == 0 else reversed(variants):
             runs.append(run_worker(variant, "speed", args))
+    # Measured again after the rounds: on a shared machine the best of the two is the closer to the CPU's limit.
+    peaks = {dtype: max(value, peak) for (dtype, value), peak in zip(peak_gflops().items(), peaks.values())}
     summary = summarise(runs, peaks)
     report = {
         "command": " ".join(["python", "bench/train_speed.py", *sys.argv[1:]]),
