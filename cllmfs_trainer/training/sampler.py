@@ -34,7 +34,7 @@ class FewShotSampler(Sampler[int]):
         lengths (`Sequence[int]`):
             Per sample, its length in tokens.
         batch_size (`int`):
-            Rows per batch, as the DataLoader will cut them (per device times accumulation steps).
+            Rows of one optimizer step over all processes (per device x accumulation steps x processes).
         empty_ratio (`float`, *optional*):
             Empty samples per non-empty sample of the same type in an epoch; `None` keeps all of them.
         length_bucket_batches (`int`, *optional*, defaults to `1`):

@@ -159,7 +159,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
             has_entity=dataset["has_entity"] if "has_entity" in columns else [True] * n,
             type_ids=dataset["type_id"] if "type_id" in columns else [0] * n,
             lengths=[len(ids) for ids in dataset["input_ids"]],
-            batch_size=args.train_batch_size * args.gradient_accumulation_steps,
+            # One optimizer step's rows, over all processes: accelerate hands consecutive batches to the ranks.
+            batch_size=args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
             empty_ratio=args.empty_ratio,
             length_bucket_batches=args.length_bucket_batches,
             seed=args.seed,
