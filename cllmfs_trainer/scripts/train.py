@@ -297,6 +297,11 @@ def main(
         repeat_entity_samples=script_args.repeat_entity_samples,
         prompt_format=script_args.prompt_format,
     )
+    if model_args.dtype == "auto" and not torch.accelerator.is_available():
+        # Resolved here, not in load_model: the 4-bit config takes its compute dtype from this field too.
+        from cllmfs_trainer.models.precision import probe_cpu_dtype
+
+        model_args.dtype = probe_cpu_dtype()
     quantization = get_quantization_config(model_args)
     model = load_model(
         model_args.model_name_or_path,
