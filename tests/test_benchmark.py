@@ -358,7 +358,13 @@ def test_report_tables_and_chart(bench_script, tmp_path):
     assert table.index("| INTRA |") < table.index("| INTER |") and "overrides" not in table
     assert "in INTER they use the target's K-shot support set" not in table  # no INTER baseline rows here
     inter_nnshot = aggregate([*records, record("nnshot", 0, 0.1, "conll2003", "inter")])
-    assert "in INTER they use the target's K-shot support set" in table1_markdown(inter_nnshot, 5, "tiny", "20")
+    caption = table1_markdown(inter_nnshot, 5, "tiny", "20")
+    assert "NNShot cannot label types they have no examples of, so in INTER they use the target's K-shot" in caption
+    assert "NNShot with their frozen encoder" in caption and "OntoNotes" not in caption
+    both = aggregate([*records, *(record(m, 0, 0.1, "conll2003", "inter") for m in ("nnshot", "container", "proml"))])
+    caption = table1_markdown(both, 5, "tiny", "20")
+    assert "NNShot, CONTaiNER and ProML cannot label types" in caption
+    assert "; CONTaiNER and ProML after training their encoder on OntoNotes." in caption
     # A run whose trained methods changed the recipe says so in the caption.
     assert "recipe overrides: prompt_format=2." in table1_markdown(summaries, 5, "tiny", "20", "prompt_format=2")
     from cllmfs_trainer.benchmark import write_report

@@ -47,6 +47,8 @@ class Method:
             For `trained` methods, the recipe keys this method changes.
         fit_predict (`FitPredict`, *optional*):
             For `support` methods, the function that fits and predicts.
+        trains_on_source (`bool`, *optional*, defaults to `False`):
+            For `support` methods, whether INTER first trains on the source (OntoNotes) data; reports say so.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Method:
     kind: str
     overrides: dict[str, Any] = field(default_factory=dict)
     fit_predict: FitPredict | None = None
+    trains_on_source: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -131,5 +134,7 @@ def _trains_encoder(module: str) -> FitPredict:
     return fit_predict
 
 
-register_method(Method("container", "CONTaiNER", "support", fit_predict=_trains_encoder("container")))
-register_method(Method("proml", "ProML", "support", fit_predict=_trains_encoder("proml")))
+register_method(
+    Method("container", "CONTaiNER", "support", fit_predict=_trains_encoder("container"), trains_on_source=True)
+)
+register_method(Method("proml", "ProML", "support", fit_predict=_trains_encoder("proml"), trains_on_source=True))

@@ -143,12 +143,27 @@ def table1_markdown(
         key=method_order,
     )
     if target_support:
-        names = " and ".join(method_title(m) for m in target_support)
+        frozen = [method_title(m) for m in target_support if not get_method(m).trains_on_source]
+        source = [method_title(m) for m in target_support if get_method(m).trains_on_source]
         caption += (
-            f" {names} cannot label types they have no examples of, so in INTER they use the target's K-shot "
-            "support set."
+            f" {_names(frozen + source)} cannot label types they have no examples of, so in INTER they use the "
+            "target's K-shot support set"
         )
+        caption += "".join(
+            [
+                f"; {_names(frozen)} with their frozen encoder, which makes those rows equal to INTRA's"
+                if frozen
+                else "",
+                f"; {_names(source)} after training their encoder on OntoNotes" if source else "",
+            ]
+        )
+        caption += "."
     return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _names(titles: Sequence[str]) -> str:
+    """ "A", "A and B", "A, B and C"."""
+    return " and ".join(titles) if len(titles) < 3 else ", ".join(titles[:-1]) + " and " + titles[-1]
 
 
 def details_markdown(summaries: Sequence[dict[str, Any]]) -> str:
