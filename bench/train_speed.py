@@ -3,23 +3,27 @@
     python bench/train_speed.py                      # speed: 2 alternating rounds of 6 timed steps per variant
     python bench/train_speed.py --levers             # also one lever at a time
     python bench/train_speed.py --fit                # also time each variant's full training until its fit stop
+    python bench/train_speed.py --profile            # also profile two steps of the default variant
 
 Variants, each run in its own process on the same 5-shot WNUT'17 support set (seed 0):
 - `baseline`: bench/configs/smollm2_wnut17_intra_landed.yaml, the recipe as it was before the training-cost levers
   (TRL's LM head over every position, random batches, bfloat16 fixed);
 - `default`: recipes/smollm2/wnut17_intra.yaml as shipped (completion-only LM head, length-bucketed batches,
   precision from the probe);
-- with `--levers`, one lever at a time: `baseline+compact_head`, `default+no_dropout` (LoRA dropout 0, a setting
-  of the dev sweep), `default+float32`.
+- with `--levers`, one lever at a time: `baseline+compact_head`, `default+torch_dropout` (LoRA dropout masks from
+  torch's `bernoulli_` instead of NumPy's generator), `default+no_dropout` (LoRA dropout 0, a setting of the dev
+  sweep), `default+float32`.
 
 Speed rounds alternate the order (A B, B A, ...) so that drift of a shared machine hits both alike. Per variant:
 `s_per_step` (median over timed steps, after one warm-up step), `tokens_per_s` (non-padding tokens),
 `padding_fraction` (padded positions among all positions), `flops_per_step` (the matmul FLOPs of one training step,
 counted by `torch.utils.flop_counter`: forward, backward, the noised pass and the LM head) and `model_gflops_per_s`.
-`peak_gflops` is the float32 and bfloat16 matmul throughput of this CPU on the model's shapes, measured in the same
-run. With `--fit`, `seconds_to_fit` is the wall time of a whole training that stops at the support-fit threshold
-(`fit_stop`, the same for both; the baseline keeps its 240-step cap), and `fit` the fit it reached. Writes
-bench/results/train_speed.json.
+`cores_busy` is the median over steps of the process's CPU seconds per wall second (2.0: both cores of this machine
+busy all the time). `peak_gflops` is the float32 and bfloat16 matmul throughput of this CPU on the model's shapes,
+measured in the same run. With `--fit`, `seconds_to_fit` is the wall time of a whole training that stops at the
+support-fit threshold (`fit_stop`, the same for both; the baseline keeps its 240-step cap), and `fit` the fit it
+reached. With `--profile`, `profile_default` lists the ops that take the time of two profiled steps and the share of
+the matmuls. Writes bench/results/train_speed.json.
 """
 
 from __future__ import annotations
@@ -43,8 +47,15 @@ VARIANTS = {
     "baseline": (LANDED, []),
     "default": (RECIPE, []),
     "baseline+compact_head": (LANDED, ["--compact_lm_head", "true"]),
+    "default+torch_dropout": (RECIPE, ["--lora_dropout_rng", "torch"]),
     "default+no_dropout": (RECIPE, ["--lora_dropout", "0.0"]),
     "default+float32": (RECIPE, ["--dtype", "float32"]),
+}
+PROFILE_WARMUP, PROFILE_STEPS = 2, 2  # profile steps 3-4 of the default variant
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+MATMUL_OPS |= {
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
 }
 SHAPES = [(1024, 576, 1536), (1024, 1536, 576), (1024, 576, 576)]  # tokens x hidden @ hidden x out: MLP and attention
 
@@ -55,10 +66,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per speed run (after one warm-up step)")
     parser.add_argument("--fit", action="store_true", help="also time whole trainings until the fit stop")
     parser.add_argument("--levers", action="store_true", help="also time the one-lever variants")
+    parser.add_argument("--profile", action="store_true", help="also profile two steps of the default variant")
     parser.add_argument("--fit-stop", type=float, default=0.95, help="support-fit threshold of the --fit runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=["speed", "fit"], default="speed", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["speed", "fit", "profile"], default="speed", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -87,6 +99,40 @@ def peak_gflops() -> dict[str, float]:
     return peaks
 
 
+def top_ops(profiler, top: int = 12) -> dict:
+    """The ops that take a profiled step's time (self time on the main thread, which waits for an op's intra-op
+    threads), as shares of the total, and the share of the matmul ops."""
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    return {
+        "matmul_share": round(matmul / total, 3),
+        "top_ops": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3)} for e in events[:top]],
+    }
+
+
+def limits(report: dict) -> str:
+    """What keeps the default variant's model GFLOP/s below the peak, in words, from its profile."""
+    profile = report.get("profile_default")
+    default = report["variants"]["default"]
+    if not profile:
+        return "not profiled (run with --profile)"
+    matmul = profile["matmul_share"]
+    # The matmuls' own rate: the step's FLOPs over the part of the step they take.
+    matmul_rate = default["model_gflops_per_s"] / matmul
+    others = [
+        f"{op['op'].removeprefix('aten::')} {op['share']:.0%}"
+        for op in profile["top_ops"]
+        if op["op"] not in MATMUL_OPS
+    ]
+    return (
+        f"matmuls (attention included) take {matmul:.0%} of a profiled step and run at about {matmul_rate:.0f} "
+        f"GFLOP/s ({matmul_rate / report['peak_gflops'][default['dtype']]:.0%} of the {default['dtype']} peak; "
+        "PEFT keeps the LoRA matmuls in float32); the rest is elementwise work: " + ", ".join(others[:6])
+    )
+
+
 def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -> None:
     """One training in this process; writes its measurements to `result`."""
     import torch
@@ -111,18 +157,29 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
     ]
     if mode == "speed":
         argv += ["--max_steps", str(steps + 1)]  # the first step warms up and counts FLOPs
+    elif mode == "profile":
+        argv += ["--max_steps", str(PROFILE_WARMUP + PROFILE_STEPS)]
     script_args, training_args, model_args = train.parse_args(argv)
     training_args.fit_stop = None if mode == "speed" else fit_stop
     positions = {"real": 0, "all": 0}
     times: list[float] = []
+    cpu_times: list[float] = []  # CPU seconds of all this process's threads per step: how many cores were busy
     flops = {}
+    profile = {}
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            if mode == "profile" and state.global_step == PROFILE_WARMUP:
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profiler.__enter__()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
+            cpu_times.append(time.process_time() - self.cpu_start)
+            if mode == "profile" and state.global_step == PROFILE_WARMUP + PROFILE_STEPS:
+                self.profiler.__exit__(None, None, None)
+                profile.update(top_ops(self.profiler))
 
     original_init = train.ContrastiveSFTTrainer.__init__
 
@@ -162,6 +219,7 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
         "dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
         "steps": trainer.state.global_step,
         "step_seconds": [round(t, 3) for t in times],
+        "step_cpu_seconds": [round(t, 3) for t in cpu_times],
         "real_positions": positions["real"],
         "all_positions": positions["all"],
         "flops_per_step": flops.get("per_step"),
@@ -170,6 +228,8 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
         "support_fit": history,
         "threads": torch.get_num_threads(),
     }
+    if profile:
+        record["profile"] = profile
     result.write_text(json.dumps(record) + "\n")
 
 
@@ -204,6 +264,7 @@ def summarise(runs: list[dict], peaks: dict[str, float]) -> dict:
         mine = [r for r in runs if r["variant"] == variant]
         timed = [t for r in mine for t in r["step_seconds"][1:]]  # the first step warmed up and counted FLOPs
         s_per_step = statistics.median(timed)
+        busy = statistics.median(c / t for r in mine for c, t in zip(r["step_cpu_seconds"][1:], r["step_seconds"][1:]))
         real = sum(r["real_positions"] for r in mine) / sum(r["steps"] for r in mine)
         padded = 1 - sum(r["real_positions"] for r in mine) / sum(r["all_positions"] for r in mine)
         flops = statistics.median(r["flops_per_step"] for r in mine)
@@ -217,6 +278,7 @@ def summarise(runs: list[dict], peaks: dict[str, float]) -> dict:
             "flops_per_step": flops,
             "model_gflops_per_s": round(gflops, 1),
             "fraction_of_peak": round(gflops / peaks[dtype], 3),
+            "cores_busy": round(busy, 2),
         }
     return summary
 
@@ -244,6 +306,9 @@ def main(args: argparse.Namespace) -> dict:
         "ratio_tokens_per_s": round(summary["default"]["tokens_per_s"] / summary["baseline"]["tokens_per_s"], 2),
         "runs": runs,
     }
+    if args.profile:
+        report["profile_default"] = run_worker("default", "profile", args)["profile"]
+        report["limits"] = limits(report)
     if args.fit:
         fits = {v: run_worker(v, "fit", args) for v in ("default", "baseline")}
         for variant, record in fits.items():

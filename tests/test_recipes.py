@@ -99,6 +99,24 @@ def test_evaluate_on_scores_test_splits_into_the_run_folder(train_script, tiny_r
     assert "wnut17: span micro-F1" in capsys.readouterr().out
 
 
+def test_eval_split_dev_scores_the_dev_split(train_script, tiny_run_inputs, tmp_path, capsys):
+    args = tiny_args(tiny_run_inputs, tmp_path)
+    args += ["--evaluate_on", "wnut17", "--eval_query_size", "4", "--eval_split", "dev", "--max_steps", "1"]
+    train_script.main(*train_script.parse_args(args))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["wnut17"]
+    assert metrics["split"] == "dev" and metrics["query_size"] == 4
+    assert "on 4 dev sentences" in capsys.readouterr().out
+
+
+def test_eval_split_must_exist(train_script, tiny_run_inputs, tmp_path):
+    from cllmfs_trainer.errors import UsageError
+
+    for bad, message in (("train", "eval_split must be"), ("dev", "evaluate_on gum: the dataset has no dev split")):
+        args = tiny_args(tiny_run_inputs, tmp_path) + ["--evaluate_on", "gum", "--eval_split", bad]
+        with pytest.raises(UsageError, match=message):
+            train_script.main(*train_script.parse_args(args))
+
+
 def test_qlora_4bit_recipe_trains_on_cpu(train_script, tiny_run_inputs, tmp_path):
     pytest.importorskip("bitsandbytes")
     from bitsandbytes.nn import Linear4bit

@@ -39,8 +39,9 @@ def evaluate_run(
     query_seed: int = 0,
     data_dir: str | None = None,
     batch_size: int = 32,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Predict the test split of each dataset with a trained run folder and score it; writes `metrics.json` there.
+    """Predict a split of each dataset with a trained run folder and score it; writes `metrics.json` there.
 
     Each dataset is asked with its own types (for an INTER run: the target's types, not the source's).
 
@@ -48,7 +49,7 @@ def evaluate_run(
         run_dir (`str` or `Path`):
             A training run folder (`cllmfs_trainer.run_folder`).
         datasets (`Sequence[str]`):
-            Registry keys of the datasets whose test splits to predict.
+            Registry keys of the datasets whose split to predict.
         query_size (`int`, *optional*):
             Predict a fixed random subset of this many sentences per dataset; `None` for all.
         query_seed (`int`, *optional*, defaults to `0`):
@@ -57,9 +58,11 @@ def evaluate_run(
             Folder of datasets that are not shipped.
         batch_size (`int`, *optional*, defaults to `32`):
             Prompts per generation batch.
+        split (`str`, *optional*, defaults to `"test"`):
+            `"test"` to report, `"dev"` to choose settings on (a dataset without a dev split raises).
 
     Returns:
-        `dict[str, Any]`: `{dataset: {"query_size", "span", "string", "errors", "parse_stats"}}`, as written to
+        `dict[str, Any]`: `{dataset: {"split", "query_size", "span", "string", "errors", "parse_stats"}}`, as written to
         `metrics.json`.
     """
     from cllmfs_trainer.data.registry import get_dataset
@@ -68,10 +71,11 @@ def evaluate_run(
     results: dict[str, Any] = {}
     for name in datasets:
         dataset = get_dataset(name)
-        query = query_subset(dataset.load("test", data_dir).sentences, query_size, query_seed)
+        query = query_subset(dataset.load(split, data_dir).sentences, query_size, query_seed)
         extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size)
         predicted = [p.spans for p in extractor.predict(query, progress=True)]
         results[name] = {
+            "split": split,
             "query_size": len(query),
             **score_unit(query, predicted),
             "parse_stats": extractor.stats.as_dict(),

@@ -76,15 +76,17 @@ class ScriptArguments:
     evaluate_on: list[str] | None = field(
         default=None,
         metadata={
-            "help": "After training, predict and score these datasets' test splits (each with its own types) into "
-            "metrics.json in the run folder, e.g. the dataset itself, or an INTER run's targets."
+            "help": "After training, predict and score these datasets (each with its own types) into metrics.json in "
+            "the run folder, e.g. the dataset itself, or an INTER run's targets."
         },
+    )
+    eval_split: str = field(
+        default="test",
+        metadata={"help": "The split `evaluate_on` scores: test (to report) or dev (to choose settings on)."},
     )
     eval_query_size: int | None = field(
         default=None,
-        metadata={
-            "help": "Score a fixed random subset of this many test sentences per dataset instead of the whole split."
-        },
+        metadata={"help": "Score a fixed random subset of this many sentences per dataset instead of the whole split."},
     )
 
 
@@ -229,8 +231,12 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         if getattr(script_args, name) is not None:
             check_input_file(getattr(script_args, name), name)
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)  # unknown names, bad types file
+    if script_args.eval_split not in ("test", "dev"):
+        raise UsageError(f"eval_split must be 'test' or 'dev', got {script_args.eval_split!r}")
     for name in script_args.evaluate_on or ():
-        get_dataset(name)
+        target = get_dataset(name)
+        if script_args.eval_split not in target.splits:
+            raise UsageError(f"evaluate_on {name}: the dataset has no {script_args.eval_split} split")
     if script_args.n_types is not None:
         source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
         for label in script_args.n_types:
@@ -347,10 +353,17 @@ def main(
         run.save()
         if script_args.evaluate_on:
             metrics = evaluate_run(
-                run.path, script_args.evaluate_on, script_args.eval_query_size, data_dir=script_args.data_dir
+                run.path,
+                script_args.evaluate_on,
+                script_args.eval_query_size,
+                data_dir=script_args.data_dir,
+                split=script_args.eval_split,
             )
             for name, scores in metrics.items():
-                print(f"{name}: span micro-F1 {scores['span']['f1']:.4f} on {scores['query_size']} test sentences")
+                print(
+                    f"{name}: span micro-F1 {scores['span']['f1']:.4f} on {scores['query_size']} "
+                    f"{script_args.eval_split} sentences"
+                )
     return trainer
 
 

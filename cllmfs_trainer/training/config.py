@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from cllmfs_trainer.training.dropout import LORA_DROPOUT_RNGS
 from cllmfs_trainer.training.losses import NOISE_DISTRIBUTIONS
 
 NOISE_SITES = ("embeddings", "hidden", "none")
@@ -146,6 +147,14 @@ class ContrastiveSFTConfig(SFTConfig):
             "scores every position (the CPU). Same loss and metrics; about four fifths of our positions are prompt."
         },
     )
+    lora_dropout_rng: str = field(
+        default="auto",
+        metadata={
+            "help": "Where LoRA dropout masks are drawn on the CPU: 'torch' (bernoulli_, a serial loop on CPUs where "
+            "torch does not use MKL's generator), 'numpy' (PCG64 bits, seeded from torch's generator) or 'auto' "
+            "(a probe keeps the faster here). Accelerators always use torch's."
+        },
+    )
     bf16: bool | None = field(
         default=None,
         metadata={
@@ -198,6 +207,8 @@ class ContrastiveSFTConfig(SFTConfig):
             raise ValueError(f"fit_stop must be in (0, 1] or None, got {self.fit_stop}")
         if self.length_bucket_batches < 1:
             raise ValueError(f"length_bucket_batches must be >= 1, got {self.length_bucket_batches}")
+        if self.lora_dropout_rng not in LORA_DROPOUT_RNGS:
+            raise ValueError(f"lora_dropout_rng must be one of {LORA_DROPOUT_RNGS}, got {self.lora_dropout_rng!r}")
         if self.cl_max_tokens is not None and self.cl_max_tokens < 2:
             raise ValueError(f"cl_max_tokens must be >= 2 or None, got {self.cl_max_tokens}")
 

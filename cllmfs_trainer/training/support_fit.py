@@ -12,6 +12,7 @@ they slightly understate the fit at the epoch's end.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -78,6 +79,11 @@ class SupportFitCallback(TrainerCallback):
         self.trainer = trainer
         self.fit_stop = fit_stop
         self.history: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+        return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
         trainer = self.trainer
@@ -87,7 +93,8 @@ class SupportFitCallback(TrainerCallback):
         if int(counts[1] + counts[3]) == 0:
             return control
         fit = fit_fractions(counts)
-        self.history.append({"step": state.global_step, "epoch": round(state.epoch or 0, 2), **fit})
+        seconds = round(time.perf_counter() - self._start, 1)  # since this process began training: the cost of the fit
+        self.history.append({"step": state.global_step, "epoch": round(state.epoch or 0, 2), "seconds": seconds, **fit})
         trainer._metrics["train"]["support_fit_entity"].append(fit["support_fit_entity"])
         trainer._metrics["train"]["support_fit_empty"].append(fit["support_fit_empty"])
         if self.fit_stop is not None and min(fit.values()) >= self.fit_stop:

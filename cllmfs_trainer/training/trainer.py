@@ -26,6 +26,7 @@ from trl import SFTTrainer
 
 from cllmfs_trainer.training.collator import ContrastiveDataCollator
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
+from cllmfs_trainer.training.dropout import use_numpy_lora_dropout
 from cllmfs_trainer.training.lm_head import add_compact_lm_head, fused_model
 from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
 from cllmfs_trainer.training.sampler import FewShotSampler
@@ -125,6 +126,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
             )
         if args.compact_lm_head:
             add_compact_lm_head(fused_model(self.model))
+        if self.args.device.type == "cpu":
+            use_numpy_lora_dropout(self.model, args.lora_dropout_rng)
         self.support_fit = SupportFitTracker(fused_model(self.model))
         self.support_fit_callback = SupportFitCallback(self, args.fit_stop)
         self.add_callback(self.support_fit_callback)

@@ -1,0 +1,89 @@
+"""How fast does each candidate recipe fit its support set, and what does it score on dev?
+
+    python experiments/fit_budget.py [--candidates shipped,short_120] [--dev-size 100]
+
+Each candidate is the shipped SmolLM2 recipe (recipes/smollm2/wnut17_intra.yaml, 5-shot WNUT'17, support seed 0)
+with a few overrides, trained in its own process with the support fit logged at every epoch's end. After training
+the run predicts a fixed random subset of the WNUT'17 **dev** split (the test split is never read here). Per
+candidate the script records the fit curve (`support_fit`: step, epoch and the teacher-forced fit of the samples
+with and without an entity), the steps trained, the training wall time and the dev span scores.
+
+Results are appended to experiments/results/fit_budget.json after each candidate; a candidate already there is
+skipped, so an interrupted run resumes where it stopped (`--redo` trains one again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cllmfs_trainer.run_folder import RunFolder
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "smollm2" / "wnut17_intra.yaml"
+OUT = ROOT / "experiments" / "results" / "fit_budget.json"
+# name -> overrides of the shipped recipe
+CANDIDATES = {
+    "shipped": [],
+    "steps_80": ["--max_steps", "80"],
+    "empty_1_steps_80": ["--max_steps", "80", "--empty_ratio", "1.0", "--repeat_entity_samples", "1"],
+    "no_dropout_steps_80": ["--max_steps", "80", "--lora_dropout", "0.0"],
+    "format2_steps_80": ["--max_steps", "80", "--prompt_format", "2"],
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names, run in order")
+    parser.add_argument("--dev-size", type=int, default=100, help="dev sentences scored after training")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "fit-budget", help="where the run folders go")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--redo", action="store_true", help="train candidates that already have a result again")
+    return parser
+
+
+def train(name: str, args: argparse.Namespace) -> dict:
+    """Train and score one candidate in its own process; its record."""
+    run_dir = args.runs / name
+    cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), str(RECIPE), *CANDIDATES[name]]
+    cmd += ["--output_dir", str(run_dir), "--evaluate_on", "wnut17", "--eval_split", "dev"]
+    cmd += ["--eval_query_size", str(args.dev_size), "--disable_tqdm", "true"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    wall = time.perf_counter() - start
+    run = RunFolder.load(run_dir)
+    metrics = json.loads(run.metrics_file.read_text())["wnut17"]
+    train_results = json.loads((run_dir / "train_results.json").read_text())
+    return {
+        "candidate": name,
+        "overrides": CANDIDATES[name],
+        "train_steps": run.extra["train_steps"],
+        "train_seconds": round(train_results.get("train_runtime", 0.0), 1),
+        "wall_seconds": round(wall, 1),  # training, the dev prediction and loading
+        "support_fit": run.extra["support_fit"],
+        "dev": {"query_size": metrics["query_size"], **{k: metrics["span"][k] for k in ("precision", "recall", "f1")}},
+    }
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    for name in args.candidates.split(","):
+        if name not in CANDIDATES:
+            raise SystemExit(f"unknown candidate {name!r}; known: {', '.join(CANDIDATES)}")
+        if any(r["candidate"] == name for r in results) and not args.redo:
+            continue
+        record = train(name, args)
+        results = [r for r in results if r["candidate"] != name] + [record]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({k: record[k] for k in ("candidate", "train_steps", "train_seconds", "dev")}), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(make_parser().parse_args())
