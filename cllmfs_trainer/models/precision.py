@@ -20,6 +20,19 @@ PROBE_SHAPE = (1024, 576, 1536)
 MIN_SPEEDUP = 1.1
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """Best time of one call of `fn` over three rounds of `repeats` calls, after one warm-up call (the first call pays
+    for kernel selection and allocation)."""
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
 def seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> float:
     """Best time of one `[tokens, hidden] @ [hidden, out]` matmul in `dtype`, over three rounds of `repeats`."""
     import torch
@@ -27,14 +40,7 @@ def seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> floa
     tokens, hidden, inner = shape
     a = torch.randn(tokens, hidden).to(dtype)
     b = torch.randn(hidden, inner).to(dtype)
-    a @ b  # warm-up: the first call pays for kernel selection
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best
+    return best_seconds(lambda: a @ b, repeats)
 
 
 @functools.cache

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
 import numpy as np
 import torch
 from torch import nn
+
+from cllmfs_trainer.models.precision import best_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +81,6 @@ class NumpyDropout(nn.Dropout):
         return _ScaledMask.apply(x, keep, scale)
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return best
-
-
 @functools.cache
 def numpy_dropout_speedup(shape: tuple[int, int] = PROBE_SHAPE, repeats: int = 5) -> float:
     """torch's dropout time over `NumpyDropout`'s on this CPU, in bfloat16 and forward only (above 1: NumPy's is
@@ -105,8 +95,8 @@ def numpy_dropout_speedup(shape: tuple[int, int] = PROBE_SHAPE, repeats: int = 5
     x = torch.randn(shape).to(torch.bfloat16)
     ours = NumpyDropout(0.05).train()
     with torch.no_grad():
-        theirs_s = _best_seconds(lambda: nn.functional.dropout(x, 0.05, training=True), repeats)
-        ours_s = _best_seconds(lambda: ours(x), repeats)
+        theirs_s = best_seconds(lambda: nn.functional.dropout(x, 0.05, training=True), repeats)
+        ours_s = best_seconds(lambda: ours(x), repeats)
     return theirs_s / ours_s
 
 
