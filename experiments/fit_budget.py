@@ -36,6 +36,8 @@ CANDIDATES = {
     "empty_1_steps_80": ["--max_steps", "80", "--empty_ratio", "1.0", "--repeat_entity_samples", "1"],
     "no_dropout_steps_80": ["--max_steps", "80", "--lora_dropout", "0.0"],
     "format2_steps_80": ["--max_steps", "80", "--prompt_format", "2"],
+    # length-sorted groups put short (mostly empty) samples of one type together: does mixing them calm the swing?
+    "no_bucket_steps_80": ["--max_steps", "80", "--length_bucket_batches", "1"],
 }
 
 

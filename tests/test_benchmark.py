@@ -232,6 +232,22 @@ def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
         Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10)).prepare()
 
 
+def test_resume_accepts_new_settings_but_not_a_changed_one(tiny_run_inputs, tmp_path):
+    out = tmp_path / "b"
+    first = {"fast": {"max_steps": 2}}
+    Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], settings=first)).prepare()
+    grown = {"fast": {"max_steps": 2}, "slow": {"max_steps": 4}}
+    Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], settings=grown)).prepare()  # a sweep grows
+    saved = json.loads((out / "benchmark.json").read_text())
+    assert saved["fingerprint"]["settings"] == grown
+    # Leaving a setting out keeps its definition on record, so redefining it later is still caught.
+    Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], settings=first)).prepare()
+    assert json.loads((out / "benchmark.json").read_text())["fingerprint"]["settings"] == grown
+    changed = {"slow": {"max_steps": 8}}
+    with pytest.raises(ValueError, match="settings"):
+        Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], settings=changed)).prepare()
+
+
 def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")

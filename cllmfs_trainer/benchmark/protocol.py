@@ -165,6 +165,19 @@ def _recipe_settings(text: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
+def _changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Fingerprint fields that differ. `settings` may grow like `methods`: only names defined in both must agree."""
+    changed = []
+    for key in sorted(ours):
+        if key == "settings":
+            mine, other = ours[key] or {}, theirs.get(key) or {}
+            if any(mine[name] != other[name] for name in mine.keys() & other.keys()):
+                changed.append(key)
+        elif theirs.get(key) != ours[key]:
+            changed.append(key)
+    return changed
+
+
 def _upgrade_fingerprint(saved: dict[str, Any]) -> dict[str, Any]:
     """Fingerprints written before `recipe_settings` held the recipe's raw text; compare those by its settings."""
     saved = dict(saved)
@@ -242,18 +255,18 @@ class Benchmark:
         if saved.is_file():
             previous = json.loads(saved.read_text(encoding="utf-8"))
             previous["fingerprint"] = _upgrade_fingerprint(previous.get("fingerprint", {}))
-            if previous["fingerprint"] != current["fingerprint"]:
+            changed = _changed_fields(previous["fingerprint"], current["fingerprint"])
+            if changed:
                 if not overwrite:
-                    changed = sorted(
-                        k
-                        for k in current["fingerprint"]
-                        if previous.get("fingerprint", {}).get(k) != current["fingerprint"][k]
-                    )
                     raise ValueError(
                         f"{self.root} holds a benchmark run with different settings ({', '.join(changed)})"
                         "; resume with the same ones, pick another output_dir, or pass --overwrite"
                     )
                 shutil.rmtree(self.root)
+            elif previous["fingerprint"].get("settings"):
+                # Keep the definitions of settings this config leaves out: their finished units stay on disk.
+                merged = {**previous["fingerprint"]["settings"], **current["fingerprint"].get("settings", {})}
+                current["fingerprint"]["settings"] = merged
         self.root.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
 
@@ -307,7 +320,7 @@ class Benchmark:
                 raise ValueError(f"{path}: its {key} is {report.get(key)!r}, this benchmark's is {ours!r}")
         if "fingerprint" in report:
             theirs, ours = _upgrade_fingerprint(report["fingerprint"]), cfg.fingerprint()
-            changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+            changed = _changed_fields(theirs, ours)
             if changed:
                 raise ValueError(f"{path} comes from a benchmark with different settings ({', '.join(changed)})")
         else:
