@@ -137,15 +137,18 @@ def main() -> None:
     import torch
 
     from cllmfs_trainer.data.registry import get_dataset
-    from cllmfs_trainer.data.sft import IM_END, build_prompt
+    from cllmfs_trainer.data.sft import ANSWER_FORMAT, IM_END, build_prompt
     from cllmfs_trainer.inference.generate import EntityExtractor, Job
     from cllmfs_trainer.inference.parse import parse_output
+    from cllmfs_trainer.run_folder import RunFolder
 
     if args.threads:
         torch.set_num_threads(args.threads)
     wnut = get_dataset("wnut17")
     peft, merged, tokenizer, types = load_models(args.run, args.seed, args.model, args.device, args.dtype)
     types = types or wnut.types
+    # A trained run's answers are parsed in its answer format; a random adapter answers in none, the default will do.
+    answer_format = RunFolder.load(args.run).answer_format if args.run else ANSWER_FORMAT
     sentences = wnut.load("test").sentences[: args.sentences]
     # Format 1 prompts share their type's instruction, format 2 prompts their sentence: that is the prefix group.
     jobs = [
@@ -161,6 +164,7 @@ def main() -> None:
             batch_size=args.batch,
             max_new_tokens=args.max_new_tokens,
             prompt_format=args.prompt_format,
+            answer_format=answer_format,
             **options,
         )
         for name, options in EXTRACTOR_VARIANTS.items()
@@ -175,6 +179,7 @@ def main() -> None:
             batch_size=args.batch,
             max_new_tokens=args.max_new_tokens,
             prompt_format=args.prompt_format,
+            answer_format=answer_format,
         )
 
     # Where the time goes, per variant (first round): forward passes over prompts vs one-token decoding steps.
@@ -225,7 +230,7 @@ def main() -> None:
             work.update(prompt_s=0.0, decode_s=0.0, decode_calls=0, decode_rows=0)
             start = time.perf_counter()
             outputs = run(name, jobs_of(name))
-            [parse_output(text) for text in outputs]
+            [parse_output(text, answer_format) for text in outputs]
             times[name].append(time.perf_counter() - start)
             forward_work.setdefault(name, dict(work))
             if texts.setdefault(name, outputs) != outputs:
@@ -241,7 +246,8 @@ def main() -> None:
             compared = min(len(texts[left]), len(texts[right]))  # zip stops at the shorter (naive) list
             same_text = sum(answer(a) == answer(b) for a, b in zip(texts[left], texts[right]))
             same_entities = sum(
-                parse_output(a).entities == parse_output(b).entities for a, b in zip(texts[left], texts[right])
+                parse_output(a, answer_format).entities == parse_output(b, answer_format).entities
+                for a, b in zip(texts[left], texts[right])
             )
             differ = [
                 (job.prompt.split("Input: ")[1].split("\n")[0], job.group, answer(a), answer(b))

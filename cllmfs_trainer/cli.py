@@ -22,7 +22,7 @@ from typing import Any
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
 from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.sampling import FewShotTask
-from cllmfs_trainer.data.sft import PROMPT_FORMAT, PROMPT_FORMATS
+from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
 from cllmfs_trainer.errors import (
     OneLineArgumentParser,
     UsageError,
@@ -89,7 +89,8 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     out = check_output_dir(args.output)
     task = _task(args)
     prompt_format = getattr(args, "prompt_format", PROMPT_FORMAT)
-    samples = build_samples(task.support.sentences, task.train_types, prompt_format)
+    answer_format = getattr(args, "answer_format", ANSWER_FORMAT)
+    samples = build_samples(task.support.sentences, task.train_types, prompt_format, answer_format)
     if not samples:
         raise DataFormatError(f"{task.support.source}: the support set gives no SFT samples")
     out.mkdir(parents=True, exist_ok=True)
@@ -111,10 +112,11 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
         "k": args.k,
         "seed": args.seed,
         "prompt_format": prompt_format,
+        "answer_format": answer_format,
         "support_sentences": len(task.support.sentences),
         "support_mentions": task.support.mention_counts(),
         "sft_samples": len(samples),
-        "samples_with_entities": sum("<<<" in s.completion for s in samples),
+        "samples_with_entities": sum(bool(s.entity_chars) for s in samples),
         **task.notes,
     }
     if tokenizer is not None:
@@ -291,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=PROMPT_FORMAT,
         choices=sorted(PROMPT_FORMATS),
         help="1: instruction first (default); 2: sentence first",
+    )
+    prep.add_argument(
+        "--answer-format",
+        default=ANSWER_FORMAT,
+        choices=list(ANSWER_FORMATS),
+        help="marked: ' <<< X >>>' groups (default, the paper's); pointer: ' X >>>'",
     )
     prep.add_argument("--model", help="also tokenise with this model's tokenizer and report lengths")
     prep.add_argument("--output", required=True)

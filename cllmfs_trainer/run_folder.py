@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS
 from cllmfs_trainer.errors import UserError
 
 RUN_FILE = "cllmfs_run.json"
@@ -67,6 +68,8 @@ class RunFolder:
             Types the model was trained on.
         test_types (`list[EntityType]`):
             Types prediction asks for by default (an INTER run: the target's).
+        answer_format (`str`, *optional*, defaults to `"marked"`):
+            The SFT answer format (`marked`: ` <<< X >>>` groups, `pointer`: ` X >>>`).
         cl_layer (`int`, *optional*):
             Layer of the contrastive term, resolved for the model's depth.
         world_size (`int`, *optional*, defaults to `1`):
@@ -88,6 +91,7 @@ class RunFolder:
     k: int
     train_types: list[EntityType]
     test_types: list[EntityType]
+    answer_format: str = ANSWER_FORMAT
     cl_layer: int | None = None
     world_size: int = 1
     distributed_type: str = "NO"
@@ -180,6 +184,7 @@ class RunFolder:
         if "weights" not in record:  # records before format 1 did not say; the files do
             record["weights"] = "adapter" if (folder / "adapter_config.json").is_file() else "full"
         record.setdefault("prompt_format", 1)  # runs before prompt format 2 had no choice
+        record.setdefault("answer_format", ANSWER_FORMAT)  # nor before the pointer answer format
         record["format_version"] = FORMAT_VERSION
         known = {f.name for f in fields(cls)} - {"path", "extra"}
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - {"path"}
@@ -192,6 +197,11 @@ class RunFolder:
         for name, kind in (("prompt_format", int), ("k", int), *((name, str) for name in strings)):
             if not isinstance(record[name], kind) or isinstance(record[name], bool):
                 raise RunFolderError(f"{run_file}: field {name!r} must be {kind.__name__}, got {record[name]!r}")
+        if record["answer_format"] not in ANSWER_FORMATS:
+            raise RunFolderError(
+                f"{run_file}: field 'answer_format' must be one of {list(ANSWER_FORMATS)}, "
+                f"got {record['answer_format']!r}"
+            )
         run = cls(
             path=folder,
             **{k: v for k, v in record.items() if k in known},

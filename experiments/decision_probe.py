@@ -6,7 +6,10 @@ After "... the extracted entities are" the model writes ` <<` (an entity group f
 entity). Everything else in a completion is template or copying, so the averaged CE can be tiny while this decision
 is wrong. Trains the default model on the 5-shot WNUT'17 support set (seed 0) and reports, separately for samples
 with and without entities, how often the argmax at that position is the gold token. `--mask-prefix` leaves the
-fixed answer prefix out of the loss. Writes experiments/results/decision_probe.json (appending runs).
+fixed answer prefix out of the loss. `--answer-format pointer` drops the opening ` <<<`, so that the first answer
+token is the entity's own first word (copied from the sentence) or the start of ` <im_end>`: the decision and the
+pointing become one choice. The decision is read as "does the model end the answer at its first token"; its mean
+probability of not ending is `mean_p_entity`. Writes experiments/results/decision_probe.json (appending runs).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from transformers import TrainerCallback
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_samples, get_dataset, sample_support_set, tokenize_samples
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, IGNORE_INDEX, OPEN
+from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IGNORE_INDEX, IM_END
 from cllmfs_trainer.models import load_model, load_tokenizer
 
 
@@ -45,21 +48,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0, help="warmup steps")
     parser.add_argument("--prompt-format", type=int, default=1, help="1: instruction first; 2: sentence first")
     parser.add_argument("--eval-every", type=int, default=0, help="also probe every N steps (a learning curve)")
+    parser.add_argument("--support-seed", type=int, default=0, help="seed of the 5-shot WNUT'17 support set")
+    parser.add_argument(
+        "--answer-format",
+        default="marked",
+        choices=["marked", "pointer"],
+        help="marked: the paper's ` <<< X >>>` groups, so the first answer token is a yes/no marker; pointer: "
+        "` X >>>` without the opening marker, so the first answer token is the entity's own first token (a choice "
+        "among the sentence's words) or the start of ` <im_end>`",
+    )
     args = parser.parse_args()
 
     tokenizer = load_tokenizer("default")
     wnut = get_dataset("wnut17")
-    support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
+    support = sample_support_set(wnut.load("train").sentences, 5, seed=args.support_seed)
     samples = build_samples(support.sentences, wnut.types, args.prompt_format)
+    if args.answer_format == "pointer":
+        for sample in samples:
+            entities = [sample.prompt[start:end] for start, end in sample.entity_chars]
+            sample.completion = ANSWER_PREFIX + "".join(f" {e} {CLOSE}" for e in entities) + f" {IM_END}"
     rows, _ = tokenize_samples(samples, tokenizer)
-    train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if OPEN in s.completion else 1)]
+    train_rows = [r for r, s in zip(rows, samples) for _ in range(args.oversample if s.entity_chars else 1)]
     prefix_len = len(tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
-    entity_token = next(
-        row["input_ids"][d]
-        for row, d, s in zip(rows, decision_positions(rows, prefix_len), samples)
-        if OPEN in s.completion
-    )
     decisions = decision_positions(rows, prefix_len)
+    # The first token of the empty answer (` <` of ` <im_end>`): every other choice at the decision means "an entity
+    # follows", whichever answer format.
+    end_token = next(row["input_ids"][d] for row, d, s in zip(rows, decisions, samples) if not s.entity_chars)
     for row, position in zip(rows, decisions):
         first = position - prefix_len
         if args.mask_prefix:
@@ -95,7 +109,8 @@ def main() -> None:
     curve = []
 
     def probe(step: int) -> None:
-        """Teacher-forced decision over all 96 support samples, at the current weights."""
+        """Teacher-forced decision over all support samples, at the current weights: the mean probability of not
+        ending the answer at its first token, with and without entities."""
         model = trainer.model
         was_training = model.training
         model.eval()
@@ -104,9 +119,10 @@ def main() -> None:
         with torch.no_grad():
             for row, sample, position in zip(rows, samples, decisions):
                 logits = model(input_ids=torch.tensor([row["input_ids"][:position]])).logits[0, -1]
-                key = "with_entities" if OPEN in sample.completion else "empty"
-                counts[key][0] += int(logits.argmax().item() == row["input_ids"][position])
-                p_entity[key] += logits.float().softmax(-1)[entity_token].item()
+                key = "with_entities" if sample.entity_chars else "empty"
+                says_entity = logits.argmax().item() != end_token
+                counts[key][0] += int(says_entity == bool(sample.entity_chars))
+                p_entity[key] += 1.0 - logits.float().softmax(-1)[end_token].item()
                 counts[key][1] += 1
         model.train(was_training)
         mean = {key: round(p_entity[key] / counts[key][1], 3) for key in counts}

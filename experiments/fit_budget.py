@@ -38,6 +38,8 @@ CANDIDATES = {
     "format2_steps_80": ["--max_steps", "80", "--prompt_format", "2"],
     # length-sorted groups put short (mostly empty) samples of one type together: does mixing them calm the swing?
     "no_bucket_steps_80": ["--max_steps", "80", "--length_bucket_batches", "1"],
+    # no opening `<<<`: the first answer token points at the entity or ends (experiments/decision_probe.py)
+    "pointer_steps_80": ["--max_steps", "80", "--answer_format", "pointer"],
 }
 
 

@@ -201,6 +201,25 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, 
     assert record["span"] == baseline["span"]
 
 
+def test_pointer_setting_trains_and_predicts_in_its_answer_format(bench_script, tiny_run_inputs, tmp_path, monkeypatch):
+    from cllmfs_trainer.inference import generate
+
+    formats = []
+
+    def spy(text, answer_format):
+        formats.append(answer_format)
+        return parse_output(text, answer_format)
+
+    parse_output = generate.parse_output
+    monkeypatch.setattr(generate, "parse_output", spy)
+    settings = {"pointer": {"answer_format": "pointer"}}
+    config = tiny_config(tiny_run_inputs, tmp_path, methods=["pointer"], settings=settings, fit_on_support=False)
+    [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
+    run = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "pointer" / "cllmfs_run.json").read_text())
+    assert run["answer_format"] == "pointer" and record["method"] == "pointer"
+    assert formats and set(formats) == {"pointer"} and record["parse_stats"]["outputs"] == len(formats)
+
+
 def test_format2_method_trains_and_predicts_with_the_sentence_first(
     bench_script, tiny_run_inputs, tmp_path, monkeypatch
 ):

@@ -123,6 +123,23 @@ def test_template_pieces_concatenate_to_the_training_tokens(tok):
         assert list(expected + template.end) == gold_ids(tok, entities)[:-1]
 
 
+def test_pointer_template_has_no_opening_marker_and_concatenates_to_the_training_tokens(tok):
+    template = CompletionTemplate.from_tokenizer(tok, "pointer")
+    marked = CompletionTemplate.from_tokenizer(tok)
+    assert template.open == () and template.answer_format == "pointer"
+    assert (template.prefix, template.close, template.end) == (marked.prefix, marked.close, marked.end)
+    entities = ["Andrew Little", "Bo"]
+    automaton = EntityAutomaton.build(tok, "Andrew Little met Bo".split(), template)
+    expected = template.prefix + sum((automaton.runs[e] + template.close for e in entities), ())
+    ids = tok(build_completion(entities, "pointer"), add_special_tokens=False)["input_ids"]
+    assert list(expected + template.end) == ids
+    # After the prefix the model chooses between every run's first token and the end: no yes/no marker first.
+    choice = automaton.walk(template.prefix)
+    assert set(automaton.allowed(choice)) == {automaton.runs[w][0] for w in ("Andrew", "Little", "met", "Bo")} | {
+        template.end[0]
+    }
+
+
 @pytest.mark.parametrize(
     "added, pieces", [("are <<<", "the answer prefix and the marker ' <<<'"), ("Bo >>>", "the run 'Bo' and the marker")]
 )
@@ -217,17 +234,18 @@ def test_hand_made_gold_answers_are_allowed(tok, one_batch):
             teacher_force(tok, [sentence], [gold])
 
 
-def test_wnut17_gold_answers_are_allowed(tok):
+@pytest.mark.parametrize("answer_format", ["marked", "pointer"])
+def test_wnut17_gold_answers_are_allowed(tok, answer_format):
     dataset = get_dataset("wnut17")
     sentences = dataset.load("dev").sentences
     # The tweets with emoji, URLs, mentions and other non-ASCII text, then ordinary ones with entities.
     odd = [s for s in sentences if any(ord(c) > 127 for c in s.text) or "http" in s.text or "@" in s.text]
     plain = [s for s in sentences if s.spans and s not in odd][:60]
-    template = CompletionTemplate.from_tokenizer(tok)
+    template = CompletionTemplate.from_tokenizer(tok, answer_format)
     checked = 0
     for sentence in odd + plain:
         automaton = EntityAutomaton.build(tok, sentence.tokens, template)
-        for sample in build_samples([sentence], dataset.types):
+        for sample in build_samples([sentence], dataset.types, answer_format=answer_format):
             row = tokenize_sample(sample, tok)
             target = [label for label in row["labels"] if label != -100]  # exactly what training teaches
             state = automaton.start

@@ -264,15 +264,16 @@ EQUALITY_SENTENCES = [
 ]
 
 
-def plain_generate(model, tokenizer, job: Job, constrained: bool, max_new_tokens: int) -> str:
+def plain_generate(
+    model, tokenizer, job: Job, constrained: bool, max_new_tokens: int, answer_format: str = "marked"
+) -> str:
     """The reference: one prompt, no padding, no cache reuse, `generate` as a user calls it."""
     ids = tokenizer(job.prompt, return_tensors="pt")["input_ids"]
     if constrained:
-        extra = {
-            "logits_processor": LogitsProcessorList(
-                [EntityConstraintProcessor(tokenizer, [job.words], prompt_length=ids.shape[1])]
-            )
-        }
+        processor = EntityConstraintProcessor(
+            tokenizer, [job.words], prompt_length=ids.shape[1], answer_format=answer_format
+        )
+        extra = {"logits_processor": LogitsProcessorList([processor])}
     else:
         extra = {"stop_strings": [IM_END], "tokenizer": tokenizer}
     out = model.generate(
@@ -297,11 +298,18 @@ def equality_jobs(types, sentences=EQUALITY_SENTENCES, prompt_format: int = 1) -
 
 
 def assert_fast_equals_plain(
-    model, tokenizer, types, max_new_tokens: int, batch_size: int, sentences=None, prompt_format: int = 1
+    model,
+    tokenizer,
+    types,
+    max_new_tokens: int,
+    batch_size: int,
+    sentences=None,
+    prompt_format: int = 1,
+    answer_format: str = "marked",
 ):
     jobs = equality_jobs(types, sentences or EQUALITY_SENTENCES, prompt_format)
     for constrained in (True, False):
-        expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens) for job in jobs]
+        expected = [plain_generate(model, tokenizer, job, constrained, max_new_tokens, answer_format) for job in jobs]
         # The last flag, our own greedy loop (`compact_decoding`), only applies to constrained decoding.
         levers = ((True, True, True), (True, True, False), (True, False, True), (False, False, True))
         for reuse_prefix, prefill_answer, compact in levers if constrained else levers[:1]:
@@ -315,6 +323,7 @@ def assert_fast_equals_plain(
                 reuse_prefix=reuse_prefix,
                 prefill_answer=prefill_answer,
                 compact_decoding=compact,
+                answer_format=answer_format,
             )
             outputs = extractor.generate(jobs)
             mismatches = [(job.prompt, want, got) for job, want, got in zip(jobs, expected, outputs) if want != got]
@@ -337,6 +346,13 @@ def test_sentence_first_fast_path_equals_plain_generate(tiny_llama, sp_left):
     # Groups are sentences here: prefixes of very different lengths (1 to 17 words) share batches.
     assert_fast_equals_plain(
         tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4, prompt_format=2
+    )
+
+
+def test_pointer_answers_fast_path_equals_plain_generate(tiny_llama, sp_left):
+    # No opening marker: the automaton's choice node offers every run's first token and the end at once.
+    assert_fast_equals_plain(
+        tiny_llama(sp_left), sp_left, [PERSON, PLACE, WORK], max_new_tokens=40, batch_size=4, answer_format="pointer"
     )
 
 

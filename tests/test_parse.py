@@ -61,6 +61,36 @@ def test_round_trip_with_build_completion(entities):
     assert parsed.problems == []
 
 
+@given(st.lists(st.one_of(entity_strings, punctuated), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_pointer_round_trip_with_build_completion(entities):
+    parsed = parse_output(build_completion(entities, "pointer"), "pointer")
+    assert parsed.entities == entities
+    assert parsed.problems == []
+
+
+@pytest.mark.parametrize(
+    "body, entities, problems",
+    [
+        (" <im_end>", [], []),
+        (" Bo >>> Ann Lee >>> <im_end>", ["Bo", "Ann Lee"], []),
+        (" Bo >>> >>> <im_end>", ["Bo"], ["empty_entity"]),
+        (" Bo >>> Ann <im_end>", ["Bo"], ["unbalanced"]),  # an entity never closed
+        (" Bo >>> <im", ["Bo"], ["no_end"]),  # cut inside the end marker
+        (" Bo >>> Ann", ["Bo"], ["no_end", "unbalanced"]),  # cut inside an entity
+        (" <<< Bo >>> <im_end>", ["<<< Bo"], []),  # `<<<` is text in this format
+    ],
+)
+def test_pointer_format_groups_end_at_close(body, entities, problems):
+    parsed = parse_output(P + body, "pointer")
+    assert (parsed.entities, parsed.problems) == (entities, problems)
+
+
+def test_unknown_answer_format_is_an_error():
+    with pytest.raises(ValueError, match="answer_format"):
+        parse_output(EMPTY, "brackets")
+
+
 @given(st.lists(st.sampled_from(["Bo", "Bo", "Andrew Little", "x"]), max_size=6))
 def test_round_trip_keeps_repeats_in_order(entities):
     assert parse_output(build_completion(entities)).entities == entities

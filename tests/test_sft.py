@@ -237,3 +237,16 @@ def test_query_and_gold_cl_labels_against_hand_built_ones(sp_tokenizer, prompt_f
     row = tokenize_samples(build_samples([sentence], types, prompt_format), sp_tokenizer)[0][0]
     assert row["type_id"] == 1 and row["has_entity"] == 1
     assert len(row["cl_gold_labels"]) == len(row["cl_labels"]) == len(row["input_ids"])
+
+
+def test_pointer_answer_format_drops_the_opening_marker():
+    assert build_completion(["Andrew Little", "Bo"], "pointer") == (
+        f"{IM_START} I can extract entities for you, the extracted entities are Andrew Little >>> Bo >>> {IM_END}"
+    )
+    assert build_completion([], "pointer") == build_completion([])
+    sentence = Sentence(["Andrew", "Little", "met", "Bo"], [Span(0, 2, "PER"), Span(3, 4, "PER")])
+    person = EntityType("PER", "person", "a human")
+    (sample,) = build_samples([sentence], [person], answer_format="pointer")
+    assert sample.completion.endswith("are Andrew Little >>> Bo >>> <im_end>")
+    with pytest.raises(ValueError, match="answer_format"):
+        build_completion(["Bo"], "brackets")

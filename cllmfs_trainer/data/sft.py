@@ -23,6 +23,14 @@ A sentence without entities of the queried type gets the same sentence with no `
 
     <im_start> I can extract entities for you, the extracted entities are <im_end>
 
+Answer format `pointer` (ours, not the paper's) drops the opening `<<<`::
+
+    <im_start> I can extract entities for you, the extracted entities are Andrew Little >>> <im_end>
+
+With `<<<` first, the model must decide "an entity follows" before it points at one, and a small model learns that
+yes/no token last (`experiments/decision_probe.py`). Without it, the first answer token is the entity's own first
+word, copied from the sentence, or the start of `<im_end>`: deciding and pointing are one choice.
+
 Markers `<im_start>`, `<im_end>`, `<<<`, `>>>` are plain text, not added special tokens: nothing in the vocabulary or
 the embedding matrix changes, so a LoRA adapter stays small and works on any tokenizer (SmolLM2's byte-level BPE and
 LLaMA-2's SentencePiece alike). Generation stops at the EOS token that follows `<im_end>` in every training sample,
@@ -43,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 PROMPT_FORMAT = 1  # the default format
 IM_START, IM_END, OPEN, CLOSE = "<im_start>", "<im_end>", "<<<", ">>>"
+ANSWER_FORMAT = "marked"  # the paper's ` <<< X >>>` groups
+ANSWER_FORMATS = ("marked", "pointer")  # pointer: ` X >>>`, no opening marker
 INSTRUCTION = (
     "Please extract the entity of {name} in the input sentence given {where}, "
     "the entity of {name} refers to {description}."
@@ -64,6 +74,21 @@ def check_prompt_format(prompt_format: int) -> int:
             "(1: instruction first, 2: sentence first)"
         )
     return prompt_format
+
+
+def check_answer_format(answer_format: str) -> str:
+    """Return `answer_format` if it is a known format, else raise a `ValueError` listing the known ones."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(
+            f"unknown answer_format {answer_format!r}; known: {list(ANSWER_FORMATS)} "
+            "(marked: ' <<< X >>>' groups, as the paper; pointer: ' X >>>', no opening marker)"
+        )
+    return answer_format
+
+
+def open_marker(answer_format: str = ANSWER_FORMAT) -> str:
+    """The text that opens an entity group: `<<<`, or nothing in the `pointer` format."""
+    return OPEN if check_answer_format(answer_format) == "marked" else ""
 
 
 def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> str:
@@ -95,9 +120,17 @@ def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int
     return before + sentence_text + after
 
 
-def build_completion(entities: Sequence[str]) -> str:
-    """The target output for the given entity strings (in sentence order); no entities gives the empty form."""
-    groups = "".join(f" {OPEN} {entity} {CLOSE}" for entity in entities)
+def build_completion(entities: Sequence[str], answer_format: str = ANSWER_FORMAT) -> str:
+    """The target output for the given entity strings (in sentence order); no entities gives the empty form.
+
+    Args:
+        entities (`Sequence[str]`):
+            The entity strings.
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            `marked` (` <<< X >>>` groups) or `pointer` (` X >>>`); see the module docstring.
+    """
+    opening = f" {OPEN}" if open_marker(answer_format) else ""
+    groups = "".join(f"{opening} {entity} {CLOSE}" for entity in entities)
     return f"{ANSWER_PREFIX}{groups} {IM_END}"
 
 
@@ -136,7 +169,10 @@ class SFTSample:
 
 
 def build_samples(
-    sentences: Sequence[Sentence], types: Sequence[EntityType], prompt_format: int = PROMPT_FORMAT
+    sentences: Sequence[Sentence],
+    types: Sequence[EntityType],
+    prompt_format: int = PROMPT_FORMAT,
+    answer_format: str = ANSWER_FORMAT,
 ) -> list[SFTSample]:
     """One sample per (sentence, type), types absent from the sentence included (they teach the empty output).
 
@@ -147,7 +183,10 @@ def build_samples(
             The task's types; their order defines the type ids.
         prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
             1 (instruction first) or 2 (sentence first).
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            `marked` or `pointer` (see `build_completion`).
     """
+    check_answer_format(answer_format)
     samples = []
     type_ids = {t.label: i for i, t in enumerate(types, start=1)}
     for sentence in sentences:
@@ -166,7 +205,7 @@ def build_samples(
             samples.append(
                 SFTSample(
                     prompt=prompt,
-                    completion=build_completion([sentence.span_text(s) for s in spans]),
+                    completion=build_completion([sentence.span_text(s) for s in spans], answer_format),
                     type_label=entity_type.label,
                     type_id=type_id,
                     sentence_id=sentence.id,
@@ -275,6 +314,7 @@ def build_sft_dataset(
     keep_text: bool = False,
     repeat_entity_samples: int = 1,
     prompt_format: int = PROMPT_FORMAT,
+    answer_format: str = ANSWER_FORMAT,
 ) -> Any:
     """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
 
@@ -295,6 +335,8 @@ def build_sft_dataset(
             to answer "none" to everything; repeating the others rebalances that decision.
         prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
             1 (instruction first) or 2 (sentence first); prediction must use the same one.
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            `marked` or `pointer` (see `build_completion`); prediction must use the same one.
     """
     if repeat_entity_samples < 1:
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
@@ -302,7 +344,7 @@ def build_sft_dataset(
 
     samples = [
         sample
-        for sample in build_samples(sentences, types, prompt_format)
+        for sample in build_samples(sentences, types, prompt_format, answer_format)
         for _ in range(repeat_entity_samples if sample.entity_chars else 1)
     ]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)

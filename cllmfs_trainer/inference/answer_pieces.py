@@ -1,14 +1,14 @@
 """The pieces of an answer and their tokens: what the constraint may let the model write, read off the tokenizer.
 
 An answer (`cllmfs_trainer.data.sft.build_completion`) is the answer prefix, then ` <<<`, ` RUN`, ` >>>` for each
-entity, then ` <im_end>`. The constraint works on token ids, so it must know which token sequences the model learnt
-for each of these pieces. We take them from the tokenizer itself, in context: full completions are tokenised exactly
-as in training (`add_special_tokens=False`) and cut into pieces with the offset mapping. This relies on a
-completion's tokens being the concatenation of its pieces' tokens, which holds for byte-level BPE (SmolLM2, GPT-2
-style) and SentencePiece/Metaspace (LLaMA-2) because every piece after the prefix starts with a space and neither
-merges a token across a space. Cutting checks it: a token that covers characters of two pieces, or a piece whose
-tokens change with its context, raises `TokenizerMismatchError` naming the piece, rather than producing silently
-wrong masks.
+entity (` RUN`, ` >>>` in the `pointer` answer format), then ` <im_end>`. The constraint works on token ids, so it
+must know which token sequences the model learnt for each of these pieces. We take them from the tokenizer itself, in
+context: full completions are tokenised exactly as in training (`add_special_tokens=False`) and cut into pieces with
+the offset mapping. This relies on a completion's tokens being the concatenation of its pieces' tokens, which holds
+for byte-level BPE (SmolLM2, GPT-2 style) and SentencePiece/Metaspace (LLaMA-2) because every piece after the prefix
+starts with a space and neither merges a token across a space. Cutting checks it: a token that covers characters of
+two pieces, or a piece whose tokens change with its context, raises `TokenizerMismatchError` naming the piece, rather
+than producing silently wrong masks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IM_END, OPEN, build_completion
+from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_PREFIX, CLOSE, IM_END, OPEN, build_completion, open_marker
 
 DEFAULT_MAX_ENTITY_WORDS = 10
 # Any word does for the template probe: pre-tokenisation splits at the spaces around it.
@@ -43,13 +43,14 @@ class _Piece(NamedTuple):  # a NamedTuple: hundreds are made per sentence, and i
         return f"the run {self.text[1:]!r}" if self.kind == RUN else f"the marker {self.text!r}"
 
 
-def _pieces(entities: Sequence[str]) -> tuple[str, list[_Piece]]:
-    """`build_completion(entities)` and its pieces' character ranges (each piece after the prefix starts with a
-    space)."""
-    text = build_completion(entities)
+def _pieces(entities: Sequence[str], answer_format: str = ANSWER_FORMAT) -> tuple[str, list[_Piece]]:
+    """`build_completion(entities, answer_format)` and its pieces' character ranges (each piece after the prefix
+    starts with a space)."""
+    text = build_completion(entities, answer_format)
+    opening = [(OPEN_PIECE, f" {OPEN}")] if open_marker(answer_format) else []
     parts = [(PREFIX, ANSWER_PREFIX)]
     for entity in entities:
-        parts += [(OPEN_PIECE, f" {OPEN}"), (RUN, f" {entity}"), (CLOSE_PIECE, f" {CLOSE}")]
+        parts += [*opening, (RUN, f" {entity}"), (CLOSE_PIECE, f" {CLOSE}")]
     parts.append((END, f" {IM_END}"))
     pieces, pos = [], 0
     for kind, part in parts:
@@ -102,7 +103,7 @@ def _cut(
     def piece_at(pos: int) -> int:
         return min(max(bisect.bisect_right(starts, pos) - 1, 0), len(pieces) - 1)
 
-    if template is not None and len(pieces) == 5:
+    if template is not None and len(pieces) == len(template.one_group()):
         split = _split_by_template(text, pieces, ids, offsets, template)
         if split is not None:
             return split
@@ -143,8 +144,8 @@ def _split_by_template(
     offsets: Sequence[Sequence[int]],
     template: CompletionTemplate,
 ) -> list[tuple[int, ...]] | None:
-    """The fast path of `_cut` for `prefix, open, run, close, end`; `None` if it does not apply cleanly."""
-    fixed = (template.prefix, template.open, None, template.close, template.end)
+    """The fast path of `_cut` for a one-group completion; `None` if it does not apply cleanly."""
+    fixed = template.one_group()
     run_length = len(ids) - sum(len(piece_ids) for piece_ids in fixed if piece_ids is not None)
     if run_length < 1:
         return None
@@ -164,12 +165,19 @@ def _split_by_template(
 
 
 def tokenize_and_cut(
-    tokenizer: Any, entity_lists: Sequence[Sequence[str]], template: CompletionTemplate | None = None
+    tokenizer: Any,
+    entity_lists: Sequence[Sequence[str]],
+    template: CompletionTemplate | None = None,
+    answer_format: str | None = None,
 ) -> list[tuple[list[_Piece], list[tuple[int, ...]]]]:
-    """Tokenise the completions of `entity_lists` in one batched call, as in training, and cut each into pieces."""
+    """Tokenise the completions of `entity_lists` in one batched call, as in training, and cut each into pieces.
+
+    The answer format is `template`'s, else `answer_format`, else the default."""
     if not entity_lists:  # a tokenizer called on an empty batch fails
         return []
-    built = [_pieces(entities) for entities in entity_lists]
+    if template is not None:
+        answer_format = template.answer_format
+    built = [_pieces(entities, answer_format or ANSWER_FORMAT) for entities in entity_lists]
     encoded = tokenizer([text for text, _ in built], add_special_tokens=False, return_offsets_mapping=True)
     return [
         (pieces, _cut(tokenizer, text, pieces, ids, offsets, template))
@@ -185,32 +193,41 @@ class CompletionTemplate:
         prefix (`tuple[int, ...]`):
             The answer prefix (`<im_start> I can extract ... entities are`).
         open (`tuple[int, ...]`):
-            ` <<<`.
+            ` <<<`; `()` in the `pointer` answer format, which has no opening marker.
         close (`tuple[int, ...]`):
             ` >>>`.
         end (`tuple[int, ...]`):
             ` <im_end>` (EOS is not part of it: training appends it as an id).
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            The answer format these pieces belong to.
     """
 
     prefix: tuple[int, ...]
     open: tuple[int, ...]
     close: tuple[int, ...]
     end: tuple[int, ...]
+    answer_format: str = ANSWER_FORMAT
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> CompletionTemplate:
+    def from_tokenizer(cls, tokenizer: Any, answer_format: str = ANSWER_FORMAT) -> CompletionTemplate:
         """Read the pieces off the tokenisation of an empty, a one-group and a two-group completion.
 
         Raises:
             `TokenizerMismatchError`: the pieces' tokens differ between these completions, or a token spans two pieces.
         """
-        cut = tokenize_and_cut(tokenizer, [[], [_PROBE_WORD], [_PROBE_WORD, _PROBE_WORD]])
+        cut = tokenize_and_cut(tokenizer, [[], [_PROBE_WORD], [_PROBE_WORD, _PROBE_WORD]], answer_format=answer_format)
         _, empty = cut[0]
         _, one = cut[1]
-        template = cls(prefix=empty[0], open=one[1], close=one[3], end=empty[-1])
+        opening = one[1] if open_marker(answer_format) else ()
+        template = cls(prefix=empty[0], open=opening, close=one[-2], end=empty[-1], answer_format=answer_format)
         for pieces, piece_ids in cut:
             template.check(tokenizer, pieces, piece_ids)
         return template
+
+    def one_group(self) -> tuple[tuple[int, ...] | None, ...]:
+        """The fixed pieces' ids of a one-group completion in order, `None` where the run goes."""
+        opening = (self.open,) if self.open else ()
+        return (self.prefix, *opening, None, self.close, self.end)
 
     def check(self, tokenizer: Any, pieces: Sequence[_Piece], piece_ids: Sequence[tuple[int, ...]]) -> None:
         """Raise `TokenizerMismatchError` if a fixed piece of a cut completion has other tokens than the template."""

@@ -3,7 +3,8 @@ run of the input sentence's words.
 
 The allowed answers are (see `cllmfs_trainer.data.sft.build_completion`)::
 
-    ANSWER_PREFIX ( " <<<" " RUN" " >>>" )* " <im_end>" EOS
+    ANSWER_PREFIX ( " <<<" " RUN" " >>>" )* " <im_end>" EOS      (answer format `marked`, the paper's)
+    ANSWER_PREFIX ( " RUN" " >>>" )* " <im_end>" EOS              (answer format `pointer`)
 
 where RUN is one to `max_entity_words` consecutive words of the sentence, joined by single spaces. The constraint works
 on token ids; `answer_pieces` reads each piece's tokens off the tokenizer and checks that answers tokenise as the
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from cllmfs_trainer.data.sft import build_completion
+from cllmfs_trainer.data.sft import ANSWER_FORMAT, build_completion
 from cllmfs_trainer.inference.answer_pieces import (  # noqa: F401 (some are re-exported: users import them here)
     DEFAULT_MAX_ENTITY_WORDS,
     RUN,
@@ -104,6 +105,7 @@ class EntityAutomaton:
         max_entity_words: int = DEFAULT_MAX_ENTITY_WORDS,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
+        answer_format: str = ANSWER_FORMAT,
     ) -> EntityAutomaton:
         """Tokenise the sentence's candidate runs in context and build the automaton.
 
@@ -118,13 +120,15 @@ class EntityAutomaton:
             sentence (`str` or `Sequence[str]`):
                 The sentence's tokens, or its text (tokens joined by single spaces).
             template (`CompletionTemplate`, *optional*):
-                The fixed pieces; computed from `tokenizer` if not given.
+                The fixed pieces; computed from `tokenizer` and `answer_format` if not given.
             max_entity_words (`int`, *optional*, defaults to `DEFAULT_MAX_ENTITY_WORDS`):
                 Longest run allowed, in words.
             eos_token_id (`int`, *optional*):
                 Defaults to `tokenizer.eos_token_id`.
             pad_token_id (`int`, *optional*):
                 Defaults to `tokenizer.pad_token_id`.
+            answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+                `marked` or `pointer`; a given `template` brings its own.
 
         Raises:
             `TokenizerMismatchError`: the tokenizer merges tokens across pieces or tokenises a piece differently in
@@ -136,7 +140,7 @@ class EntityAutomaton:
         if eos_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no EOS token: answers could not end")
         pad_token_id = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
-        template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
+        template = CompletionTemplate.from_tokenizer(tokenizer, answer_format) if template is None else template
         words = sentence_words(sentence)
         runs = candidate_runs(words, max_entity_words)
         entity_lists = [[run] for run in runs] + ([words] if len(words) > 1 else [])
@@ -151,7 +155,8 @@ class EntityAutomaton:
                     raise TokenizerMismatchError(
                         f"{type(tokenizer).__name__} tokenises {piece.describe()} differently after ' >>>' than after "
                         f"the answer prefix: {tokenizer.convert_ids_to_tokens(list(ids))} vs "
-                        f"{tokenizer.convert_ids_to_tokens(list(known))} in {build_completion(entities)!r}"
+                        f"{tokenizer.convert_ids_to_tokens(list(known))} in "
+                        f"{build_completion(entities, template.answer_format)!r}"
                     )
         # A run whose text tokenises to the EOS id (a literal '</s>' in the sentence) would end generation mid-group.
         unusable = [run for run, ids in run_ids.items() if eos_token_id in ids]
@@ -251,6 +256,7 @@ def build_automata(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     cache: MutableMapping[Any, EntityAutomaton] | None = None,
+    answer_format: str = ANSWER_FORMAT,
 ) -> list[EntityAutomaton]:
     """One `EntityAutomaton` per sentence (arguments as `EntityConstraintProcessor`'s), shared through `cache`."""
     eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -261,10 +267,10 @@ def build_automata(
     for sentence in sentences:
         words = tuple(sentence_words(sentence))
         # Each sentence is asked once per entity type, so duplicates within a batch are the rule.
-        key = (words, max_entity_words, eos_token_id, pad_token_id)
+        key = (words, max_entity_words, eos_token_id, pad_token_id, answer_format)
         automaton = cache.get(key)
         if automaton is None:
-            template = CompletionTemplate.from_tokenizer(tokenizer) if template is None else template
+            template = CompletionTemplate.from_tokenizer(tokenizer, answer_format) if template is None else template
             automaton = cache[key] = EntityAutomaton.build(
                 tokenizer, words, template, max_entity_words, eos_token_id, pad_token_id
             )
@@ -313,6 +319,8 @@ class EntityConstraintProcessor(LogitsProcessor):
             Also allowed in finished rows; defaults to `tokenizer.pad_token_id`.
         cache (`MutableMapping[Any, EntityAutomaton]`, *optional*):
             A dict to share automata between processors (e.g. across batches) for one tokenizer.
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            The answer format the model was trained on: `marked` (` <<< X >>>`) or `pointer` (` X >>>`).
 
     Raises:
         `TokenizerMismatchError`: the tokenizer does not tokenise answers as the concatenation of their pieces.
@@ -329,13 +337,16 @@ class EntityConstraintProcessor(LogitsProcessor):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         cache: MutableMapping[Any, EntityAutomaton] | None = None,
+        answer_format: str = ANSWER_FORMAT,
     ) -> None:
         if prompt_length < 0:
             raise ValueError(f"prompt_length must be non-negative, got {prompt_length}")
         if not sentences:
             raise ValueError("no sentences given")
         self.prompt_length = prompt_length
-        self.automata = build_automata(tokenizer, sentences, max_entity_words, eos_token_id, pad_token_id, cache)
+        self.automata = build_automata(
+            tokenizer, sentences, max_entity_words, eos_token_id, pad_token_id, cache, answer_format
+        )
         self._states: list[State] = []
         self._seen: torch.Tensor | None = None  # generated ids at the previous call
 

@@ -42,7 +42,14 @@ from transformers import LogitsProcessorList
 
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import IM_END, PROMPT_FORMAT, build_prompt, check_prompt_format
+from cllmfs_trainer.data.sft import (
+    ANSWER_FORMAT,
+    IM_END,
+    PROMPT_FORMAT,
+    build_prompt,
+    check_answer_format,
+    check_prompt_format,
+)
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
@@ -95,6 +102,8 @@ class EntityExtractor:
             With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
         prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
             The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            The answer format the model was trained with: `marked` (` <<< X >>>`) or `pointer` (` X >>>`).
         compact_decoding (`bool`, *optional*, defaults to `True`):
             With `constrained` and plain greedy decoding, decode in our own loop, which drops finished rows from the
             batch and skips model calls for forced endings (same tokens as `generate`).
@@ -116,6 +125,7 @@ class EntityExtractor:
         reuse_prefix: bool = True,
         prefill_answer: bool = True,
         prompt_format: int = PROMPT_FORMAT,
+        answer_format: str = ANSWER_FORMAT,
         compact_decoding: bool = True,
         **generation_kwargs: Any,
     ) -> None:
@@ -134,6 +144,7 @@ class EntityExtractor:
         self.reuse_prefix = reuse_prefix
         self.prefill_answer = prefill_answer
         self.prompt_format = check_prompt_format(prompt_format)
+        self.answer_format = check_answer_format(answer_format)
         self.compact_decoding = compact_decoding
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.stats = ParseStats()
@@ -185,6 +196,7 @@ class EntityExtractor:
         if types is None:
             types = run.test_types
         kwargs.setdefault("prompt_format", run.prompt_format)
+        kwargs.setdefault("answer_format", run.answer_format)
         return cls(model, tokenizer, types, **kwargs)
 
     def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:
@@ -241,7 +253,7 @@ class EntityExtractor:
     def _collect(self, chunks, places, texts, found: dict[tuple[int, int], list[Span]]) -> None:
         """Parse answers into spans of their chunks, counting malformed outputs in `self.stats`."""
         for (i, j, t), text in zip(places, texts):
-            parsed = parse_output(text)
+            parsed = parse_output(text, self.answer_format)
             match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
             self.stats.update(parsed, match)
             found.setdefault((i, j), []).extend(match.spans)
@@ -251,7 +263,7 @@ class EntityExtractor:
         if not (self.constrained and self.prefill_answer):
             return ()
         if self._template is None:
-            self._template = CompletionTemplate.from_tokenizer(self.tokenizer)
+            self._template = CompletionTemplate.from_tokenizer(self.tokenizer, self.answer_format)
         prefix = self._template.prefix
         # Keep at least one generated token: a budget that ends inside the prefix is left to plain generation.
         return prefix if len(prefix) < self.max_new_tokens else ()
@@ -323,7 +335,9 @@ class EntityExtractor:
             answer_start = width - len(answer)  # the column of the answer's first token, fed or generated
             batch_groups = [groups[k] for k in batch]
             if self.constrained and own_loop:
-                automata = build_automata(tokenizer, [jobs[k].words for k in batch], cache=self._automata)
+                automata = build_automata(
+                    tokenizer, [jobs[k].words for k in batch], cache=self._automata, answer_format=self.answer_format
+                )
                 answers = constrained_greedy(
                     self.model,
                     ids.to(device),
@@ -339,7 +353,11 @@ class EntityExtractor:
             extra: dict[str, Any] = shared.generate_kwargs(batch_groups)
             if self.constrained:
                 processor = EntityConstraintProcessor(
-                    tokenizer, [jobs[k].words for k in batch], prompt_length=answer_start, cache=self._automata
+                    tokenizer,
+                    [jobs[k].words for k in batch],
+                    prompt_length=answer_start,
+                    cache=self._automata,
+                    answer_format=self.answer_format,
                 )
                 extra["logits_processor"] = LogitsProcessorList([processor])
             else:  # without the constraint, also stop at the marker in case the model skips EOS

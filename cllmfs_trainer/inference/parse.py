@@ -24,6 +24,10 @@ Parsing policy:
 - When the answer was cut (no `<im_end>`), a trailing fragment of a marker (`<im_`, `<<`, or a prefix cut mid-way)
   is what the cut left behind, not extra text: it adds nothing beyond `no_end` (and `no_prefix` for a cut prefix).
 
+In the `pointer` answer format (` X >>>`, no opening marker) every stretch of text that a `>>>` closes is an entity;
+text left before `<im_end>` without its `>>>` yields nothing and is `unbalanced` (when the answer was cut, a trailing
+fragment of `<im_end>` adds nothing beyond `no_end`, and an unclosed entity is `unbalanced` as above).
+
 Markers are found as substrings, so `<<<Bo>>>` without spaces still reads as `Bo`. The price: an entity whose own text
 contains `<<<`, `>>>` or `<im_end>` cannot be read back (no such token occurs in the shipped WNUT'17 data).
 
@@ -39,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cllmfs_trainer.data.io import Span
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IM_END, OPEN
+from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_PREFIX, CLOSE, IM_END, OPEN, check_answer_format
 
 # Problem kinds, in the order `ParsedOutput.problems` lists them.
 NO_PREFIX, NO_END, UNBALANCED, EMPTY_ENTITY, TEXT_OUTSIDE = (
@@ -81,12 +85,15 @@ class ParsedOutput:
     problems: list[str] = field(default_factory=list)
 
 
-def parse_output(text: str) -> ParsedOutput:
-    """Read the entity strings out of one generated answer; never raises (see the module docstring for the policy).
+def parse_output(text: str, answer_format: str = ANSWER_FORMAT) -> ParsedOutput:
+    """Read the entity strings out of one generated answer; never raises on the text (see the module docstring for the
+    policy).
 
     Args:
         text (`str`):
             The decoded generation (prompt excluded).
+        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
+            `marked` (` <<< X >>>` groups) or `pointer` (` X >>>`): the format the model was trained on.
 
     Returns:
         `ParsedOutput`: the entities and the kinds of problems met.
@@ -110,6 +117,8 @@ def parse_output(text: str) -> ParsedOutput:
             found.add(TEXT_OUTSIDE)
         body = text[prefix.end() :]
 
+    if check_answer_format(answer_format) == "pointer":
+        return _parse_pointer(body, cut, found)
     entities: list[str] = []
     pieces = _MARKER_RE.split(body)  # text, marker, text, marker, ..., text
     open_group: str | None = None  # the text of the group being read, once a `<<<` has been seen
@@ -133,6 +142,20 @@ def parse_output(text: str) -> ParsedOutput:
             if not (cut and is_last and (_is_cut_marker(piece, IM_END) or _is_cut_marker(piece, OPEN))):
                 found.add(TEXT_OUTSIDE)
     if open_group is not None:
+        found.add(UNBALANCED)
+    return ParsedOutput(entities, [kind for kind in PROBLEM_KINDS if kind in found])
+
+
+def _parse_pointer(body: str, cut: bool, found: set[str]) -> ParsedOutput:
+    """The `pointer` format's groups: every stretch of `body` that a `>>>` closes."""
+    *groups, tail = body.split(CLOSE)
+    entities = []
+    for group in groups:
+        if _normalise(group):
+            entities.append(_normalise(group))
+        else:
+            found.add(EMPTY_ENTITY)
+    if tail.strip() and not (cut and _is_cut_marker(tail, IM_END)):
         found.add(UNBALANCED)
     return ParsedOutput(entities, [kind for kind in PROBLEM_KINDS if kind in found])
 

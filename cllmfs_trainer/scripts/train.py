@@ -23,7 +23,7 @@ from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
-from cllmfs_trainer.data.sft import PROMPT_FORMATS
+from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS
 from cllmfs_trainer.errors import (
     MissingFileError,
     UsageError,
@@ -71,6 +71,14 @@ class ScriptArguments:
         metadata={
             "help": "1: instruction, then sentence (default). 2: sentence first, then the instruction: the type sits "
             "right before the answer, and prediction reuses each sentence's key/value cache across types."
+        },
+    )
+    answer_format: str = field(
+        default="marked",
+        metadata={
+            "help": "marked: the paper's answer, ' <<< X >>>' per entity (default). pointer: ' X >>>', without the "
+            "opening marker, so the first answer token is the entity's own first word or the end: a small model then "
+            "learns the entity / no-entity decision together with where the entity is."
         },
     )
     evaluate_on: list[str] | None = field(
@@ -223,6 +231,8 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         raise UsageError(f"eval_query_size must be an integer >= 1 or null, got {script_args.eval_query_size!r}")
     if script_args.prompt_format not in PROMPT_FORMATS:
         raise UsageError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {script_args.prompt_format!r}")
+    if script_args.answer_format not in ANSWER_FORMATS:
+        raise UsageError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {script_args.answer_format!r}")
     if str(script_args.setting).lower() not in ("intra", "inter"):
         raise UsageError(f"setting must be 'intra' or 'inter', got {script_args.setting!r}")
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
@@ -302,6 +312,7 @@ def main(
         training_args.max_length,
         repeat_entity_samples=script_args.repeat_entity_samples,
         prompt_format=script_args.prompt_format,
+        answer_format=script_args.answer_format,
     )
     if model_args.dtype == "auto" and not torch.accelerator.is_available():
         # Resolved here, not in load_model: the 4-bit config takes its compute dtype from this field too.
@@ -339,6 +350,7 @@ def main(
             base_model=model_args.model_name_or_path or "default",
             weights="adapter" if model_args.use_peft else "full",
             prompt_format=script_args.prompt_format,
+            answer_format=script_args.answer_format,
             setting=task.setting,
             dataset=dataset.key,
             k=script_args.k,
