@@ -275,9 +275,13 @@ def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path)
     Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()
     recipe.write_text("# a new comment\n" + original, encoding="utf-8")
     Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()  # same settings: resumes
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(original, encoding="utf-8")
+    Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(pinned))).prepare()  # a pinned copy: resumes too
     # A run folder from before settings were compared (it stored the raw text) resumes too.
     saved = json.loads((out / "benchmark.json").read_text())
     saved["fingerprint"]["recipe_text"] = original
+    saved["fingerprint"]["recipe"] = "an/older/path.yaml"
     del saved["fingerprint"]["recipe_settings"]
     (out / "benchmark.json").write_text(json.dumps(saved))
     Benchmark(tiny_config(tiny_run_inputs, out, recipe=str(recipe))).prepare()

@@ -137,7 +137,8 @@ class BenchmarkConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change results: a resumed run must agree on them (seeds, tasks, methods may grow)."""
-        keep = ("query_size", "query_seed", "recipe", "train_overrides", "model", "encoder")
+        # The recipe is compared by its settings, not its path: a pinned copy of a recipe resumes the same run.
+        keep = ("query_size", "query_seed", "train_overrides", "model", "encoder")
         fields = {key: getattr(self, key) for key in keep}
         # Only where they differ from the defaults, so that reports written before they existed still match.
         fields.update(
@@ -179,8 +180,9 @@ def _changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
 
 
 def _upgrade_fingerprint(saved: dict[str, Any]) -> dict[str, Any]:
-    """Fingerprints written before `recipe_settings` held the recipe's raw text; compare those by its settings."""
+    """Older fingerprints held the recipe's path and raw text; compare those by the recipe's settings alone."""
     saved = dict(saved)
+    saved.pop("recipe", None)
     if "recipe_text" in saved:
         saved["recipe_settings"] = _recipe_settings(saved.pop("recipe_text"))
     return saved
