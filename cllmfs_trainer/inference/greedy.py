@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from cllmfs_trainer.inference.constraints import EntityAutomaton, mask_to_allowed
-from cllmfs_trainer.inference.prefix_cache import cache_argument, forward_parameters
+from cllmfs_trainer.inference.prefix_cache import cache_argument, last_logits_only
 
 _GREEDY_DEFAULTS = {
     "num_beams": 1,
@@ -93,7 +93,7 @@ def constrained_greedy(
     cache = DynamicCache(config=model.config) if cache is None else cache
     argument = cache_argument(model)
     # Only the last position's scores are needed: skip the vocabulary-wide logits of the prompt where allowed.
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
+    extra = last_logits_only(model)
     cached = cache.get_seq_length()
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     states = [automaton.walk(written) for automaton in automata]

@@ -61,6 +61,19 @@ def forward_parameters(model: Any) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(base.forward).parameters
 
 
+def last_logits_only(model: Any) -> dict[str, Any]:
+    """Forward kwargs that score only the last position, where the model allows it (`{}` where it does not).
+
+    The position is given as a tensor index, not as `logits_to_keep=1`: an int slices the hidden states into a strided
+    view, which `torch.matmul` multiplies by the LM head through a batched product on a per-row copy of the whole
+    vocabulary matrix (0.4 s per batch in float32 and 7 s in bfloat16 for SmolLM2 on a 2-core CPU). A tensor index
+    gathers a contiguous copy of the last states, which goes through a plain matrix product.
+    """
+    if "logits_to_keep" not in forward_parameters(model):
+        return {}
+    return {"logits_to_keep": torch.tensor([-1], device=next(model.parameters()).device)}
+
+
 def cache_argument(model: Any) -> str:
     """The keyword under which `model`'s forward takes a cache: `cache` in recent transformers 5 releases, or the
     older `past_key_values` (which `generate` still accepts, deprecated)."""
@@ -109,7 +122,7 @@ class SharedPrefixes:
             mask[row, : self.lengths[row]] = 1
         cache = DynamicCache(config=self.model.config)
         # Only the cache is wanted: skip the vocabulary-wide logits of every prefix token where the model allows.
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(self.model) else {}
+        extra = last_logits_only(self.model)
         self.model(
             input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **{self._argument: cache}, **extra
         )
