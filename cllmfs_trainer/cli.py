@@ -323,8 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
     pred.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="cast the merged model (default: float32 on CPU, bfloat16 on GPUs that support it)",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="cast the merged model; auto: on a CPU the faster of bfloat16 and float32 by a matmul probe, elsewhere "
+        "as loaded (bfloat16 on GPUs that support it)",
     )
     pred.set_defaults(func=cmd_predict)
     return parser

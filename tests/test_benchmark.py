@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from helpers import REPO, shared_dataset
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
@@ -265,6 +266,23 @@ def test_resume_accepts_new_settings_but_not_a_changed_one(tiny_run_inputs, tmp_
     changed = {"slow": {"max_steps": 8}}
     with pytest.raises(ValueError, match="settings"):
         Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], settings=changed)).prepare()
+
+
+def test_predict_dtype_reaches_the_extractor_and_the_fingerprint(tiny_run_inputs, tmp_path):
+    from cllmfs_trainer.data.registry import get_dataset
+
+    out = tmp_path / "b"
+    plain = tiny_config(tiny_run_inputs, out, methods=["zero_shot"])
+    assert "predict_dtype" not in plain.fingerprint()  # reports written before the field still match
+    bf16 = tiny_config(tiny_run_inputs, out, methods=["zero_shot"], predict_dtype="bfloat16")
+    assert bf16.fingerprint()["predict_dtype"] == "bfloat16"
+    extractor = Benchmark(bf16)._extractor(None, get_dataset("wnut17").types)
+    assert next(extractor.model.parameters()).dtype == torch.bfloat16
+    Benchmark(bf16).prepare()
+    with pytest.raises(ValueError, match="predict_dtype"):  # a finished bfloat16 run is not resumed in float32
+        Benchmark(plain).prepare()
+    with pytest.raises(ValueError, match="predict_dtype must be one of"):
+        tiny_config(tiny_run_inputs, out, predict_dtype="float8")
 
 
 def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path):

@@ -525,6 +525,17 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
     assert set(json.loads(out.read_text())) == {"text", "entities"}
 
 
+@pytest.mark.parametrize("probed", ["bfloat16", "float32"])
+def test_from_run_auto_dtype_follows_the_cpu_probe(run_dir, monkeypatch, probed):
+    from cllmfs_trainer.models import precision
+
+    asked = []
+    monkeypatch.setattr(precision, "probe_cpu_dtype", lambda purpose="training": asked.append(purpose) or probed)
+    extractor = EntityExtractor.from_run(run_dir, dtype="auto", max_new_tokens=40)
+    assert next(extractor.model.parameters()).dtype == getattr(torch, probed)
+    assert asked == ["predicting"]
+
+
 def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     # The script the GPU check runs with little time to spare: it must run, time every variant and check agreement.
     out = tmp_path / "inference.json"

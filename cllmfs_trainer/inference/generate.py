@@ -169,7 +169,9 @@ class EntityExtractor:
             dtype (`str` or `torch.dtype`, *optional*):
                 Cast the merged model to this dtype (e.g. `"bfloat16"` to halve its memory). The scores change slightly,
                 so answers can differ from float32 ones. The LoRA weights are merged before the cast, in the precision
-                the base model loads in.
+                the base model loads in. `"auto"` on a CPU takes whichever of bfloat16 and float32 a matmul probe finds
+                faster there (`cllmfs_trainer.models.precision`); elsewhere it keeps the loaded precision. `None` keeps
+                the loaded precision (float32 on a CPU).
             kwargs (`dict[str, Any]`, *optional*):
                 `EntityExtractor` arguments.
         """
@@ -188,6 +190,12 @@ class EntityExtractor:
             model = PeftModel.from_pretrained(load_model(run.base_model), run.path).merge_and_unload()
         else:
             model = load_model(run.path)
+        if dtype == "auto":
+            dtype = None
+            if next(model.parameters()).device.type == "cpu":
+                from cllmfs_trainer.models.precision import probe_cpu_dtype
+
+                dtype = probe_cpu_dtype("predicting")
         if dtype is not None:
             cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if not isinstance(cast, torch.dtype):

@@ -173,7 +173,7 @@ def load_model(
     if dtype == "auto" and _targets_cpu(kwargs.get("device_map")):
         from cllmfs_trainer.models.precision import probe_cpu_dtype
 
-        dtype = probe_cpu_dtype()
+        dtype = probe_cpu_dtype("loading")
     if dtype is None:
         import torch
 

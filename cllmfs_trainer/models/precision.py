@@ -60,10 +60,15 @@ def cpu_matmul_speedup_bf16(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: 
     return fp32 / bf16
 
 
-def probe_cpu_dtype() -> str:
+def probe_cpu_dtype(purpose: str = "training") -> str:
     """`"bfloat16"` if the probe finds it at least `MIN_SPEEDUP` times faster than float32 on this CPU, else
-    `"float32"`; the measured ratio is logged."""
+    `"float32"`; the measured ratio is logged.
+
+    Args:
+        purpose (`str`, *optional*, defaults to `"training"`):
+            What the choice is for, in the log line (e.g. `"predicting"`).
+    """
     speedup = cpu_matmul_speedup_bf16()
     choice = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
-    logger.info("CPU precision probe: bfloat16 matmuls %.2fx float32's here; training in %s", speedup, choice)
+    logger.info("CPU precision probe: bfloat16 matmuls %.2fx float32's here; %s in %s", speedup, purpose, choice)
     return choice
