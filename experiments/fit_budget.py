@@ -77,7 +77,8 @@ def train(name: str, seed: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), str(RECIPE), *CANDIDATES[name]]
     cmd += ["--support_seed", str(seed)]
     cmd += ["--output_dir", str(run_dir), "--evaluate_on", "wnut17", "--eval_split", "dev"]
-    cmd += ["--eval_query_size", str(args.dev_size), "--disable_tqdm", "true"]
+    # float32 predictions, as in the candidates measured before bfloat16 prediction was the CPU default
+    cmd += ["--eval_query_size", str(args.dev_size), "--eval_dtype", "float32", "--disable_tqdm", "true"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     wall = time.perf_counter() - start

@@ -40,6 +40,7 @@ def evaluate_run(
     data_dir: str | None = None,
     batch_size: int = 32,
     split: str = "test",
+    dtype: str | None = "auto",
 ) -> dict[str, Any]:
     """Predict a split of each dataset with a trained run folder and score it; writes `metrics.json` there.
 
@@ -60,6 +61,9 @@ def evaluate_run(
             Prompts per generation batch.
         split (`str`, *optional*, defaults to `"test"`):
             `"test"` to report, `"dev"` to choose settings on (a dataset without a dev split raises).
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            Precision of the merged model (`EntityExtractor.from_run`): `"auto"` probes the CPU, `None` keeps the
+            loaded precision.
 
     Returns:
         `dict[str, Any]`: `{dataset: {"split", "query_size", "span", "string", "errors", "parse_stats"}}`, as written to
@@ -72,7 +76,7 @@ def evaluate_run(
     for name in datasets:
         dataset = get_dataset(name)
         query = query_subset(dataset.load(split, data_dir).sentences, query_size, query_seed)
-        extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size)
+        extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size, dtype=dtype)
         predicted = [p.spans for p in extractor.predict(query, progress=True)]
         results[name] = {
             "split": split,

@@ -96,6 +96,14 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Score a fixed random subset of this many sentences per dataset instead of the whole split."},
     )
+    eval_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the `evaluate_on` predictions: auto (on a CPU the faster of bfloat16 and float32 by "
+            "a matmul probe, elsewhere as loaded), float32 or bfloat16.",
+            "choices": ["auto", "float32", "bfloat16"],
+        },
+    )
 
 
 ARGUMENT_CLASSES = (ScriptArguments, ContrastiveSFTConfig, ModelConfig)
@@ -370,6 +378,7 @@ def main(
                 script_args.eval_query_size,
                 data_dir=script_args.data_dir,
                 split=script_args.eval_split,
+                dtype=script_args.eval_dtype,
             )
             for name, scores in metrics.items():
                 print(
