@@ -19,10 +19,13 @@ threads that wait for a busy core make everything many times slower. Variants:
   constrained decoding through `generate` (what the extractor did before prefix reuse).
 - `prefix`: + the instruction's key/value cache computed once per type.
 - `prefill`: + the forced answer prefix fed with the prompt.
-- `full`: + our own greedy loop, which drops finished rows and writes forced endings without the model (the
-  extractor's default).
+- `full`: + our own greedy loop, which drops finished rows and writes forced endings without the model (every
+  lever of the extractor, in `--dtype`).
+- `default`: `full` in the precision `cllmfs predict` uses by default (`--dtype auto`): on a CPU the faster of
+  bfloat16 and float32 by the matmul probe of `cllmfs_trainer.models.precision`, elsewhere `--dtype`. Its speedup is
+  the default path's. Where that is bfloat16 its answers are compared with `full`'s, not required to equal them.
 - `full_bf16` (opt-in: add it to `--variants`): `full` on a bfloat16 copy of the merged model (`cllmfs predict
-  --dtype bfloat16`). Other numbers, so its answers are compared with `full`'s, not required to equal them.
+  --dtype bfloat16`), compared with `full` like `default`.
 - `full_unconstrained` (a `--check` variant): `full` without the constraint (so without answer prefill or our loop):
   the same decoding problem as `naive`, whose greedy outputs it should reproduce.
 
@@ -60,6 +63,7 @@ AGREEMENT = [
     ("full", "sorted_b32"),
     ("full", "naive"),
     ("full_bf16", "full"),
+    ("default", "full"),
 ]
 
 
@@ -127,7 +131,9 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--variants", default="naive,sorted_b32,prefix,prefill,full", help="timed in every round")
+    parser.add_argument(
+        "--variants", default="naive,sorted_b32,prefix,prefill,full,default", help="timed in every round"
+    )
     parser.add_argument("--check", default="full_unconstrained", help="timed in the first round only")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -140,6 +146,7 @@ def main() -> None:
     from cllmfs_trainer.data.sft import ANSWER_FORMAT, IM_END, build_prompt
     from cllmfs_trainer.inference.generate import EntityExtractor, Job
     from cllmfs_trainer.inference.parse import parse_output
+    from cllmfs_trainer.models.precision import probe_cpu_dtype
     from cllmfs_trainer.run_folder import RunFolder
 
     if args.threads:
@@ -170,10 +177,18 @@ def main() -> None:
         for name, options in EXTRACTOR_VARIANTS.items()
     }
     models = [peft.get_base_model(), merged]  # the modules `generate` and the extractors call
-    if "full_bf16" in args.variants.split(",") + args.check.split(","):
-        models.append(copy.deepcopy(merged).to(torch.bfloat16))
-        extractors["full_bf16"] = EntityExtractor(
-            models[-1],
+    wanted = args.variants.split(",") + args.check.split(",")
+    casts = {"full_bf16": "bfloat16"}
+    if "default" in wanted:  # the precision `cllmfs predict` and `from_run(dtype="auto")` pick here
+        casts["default"] = probe_cpu_dtype("predicting") if args.device == "cpu" else args.dtype
+    for name, dtype in casts.items():
+        if name not in wanted:
+            continue
+        model = merged if dtype == args.dtype else copy.deepcopy(merged).to(getattr(torch, dtype))
+        if model is not merged:
+            models.append(model)
+        extractors[name] = EntityExtractor(
+            model,
             tokenizer,
             types,
             batch_size=args.batch,
@@ -181,6 +196,7 @@ def main() -> None:
             prompt_format=args.prompt_format,
             answer_format=answer_format,
         )
+    settings_dtypes = {name: casts[name] for name in casts if name in extractors}
 
     # Where the time goes, per variant (first round): forward passes over prompts vs one-token decoding steps.
     work = {"prompt_s": 0.0, "decode_s": 0.0, "decode_calls": 0, "decode_rows": 0}
@@ -311,6 +327,7 @@ def main() -> None:
             {
                 "command": " ".join(["python", "bench/inference.py", *sys.argv[1:]]),
                 "settings": vars(args),
+                "dtypes": {"naive": args.dtype, "full": args.dtype, **settings_dtypes},
                 "device": device,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,

@@ -556,7 +556,7 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
             "--threads",
             "1",
             "--variants",
-            "naive,sorted_b32,prefix,prefill,full,full_bf16",
+            "naive,sorted_b32,prefix,prefill,full,default,full_bf16",
             "--out",
             str(out),
         ],
@@ -565,7 +565,19 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     )
     result = json.loads(out.read_text())
     variants = [row["variant"] for row in result["summary"]]
-    assert variants == ["naive", "sorted_b32", "prefix", "prefill", "full", "full_bf16", "full_unconstrained"]
+    assert variants == [
+        "naive",
+        "sorted_b32",
+        "prefix",
+        "prefill",
+        "full",
+        "default",
+        "full_bf16",
+        "full_unconstrained",
+    ]
+    from cllmfs_trainer.models.precision import probe_cpu_dtype
+
+    assert result["dtypes"]["default"] == probe_cpu_dtype()  # the default path runs in the probed precision
     assert all(row["prompts_per_s"] > 0 for row in result["summary"])
     prompts = {row["variant"]: row["prompts"] for row in result["summary"]}
     assert prompts["naive"] * 3 == prompts["full"] * 2 == result["prompts"] * 2  # naive timed on 2 of 3 sentences
@@ -581,3 +593,4 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     work = result["forward_work_first_round"]
     assert work["full"]["decode_rows"] <= work["prefill"]["decode_rows"]  # our loop never decodes more rows
     assert work["naive"]["decode_calls"] > 0 and work["full"]["prompt_s"] > 0
+    assert agreement[("default", "full")]["prompts"] == result["prompts"]
