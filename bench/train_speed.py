@@ -9,10 +9,11 @@ Variants, each run in its own process on the same 5-shot WNUT'17 support set (se
 - `baseline`: bench/configs/smollm2_wnut17_intra_landed.yaml, the recipe as it was before the training-cost levers
   (TRL's LM head over every position, random batches, bfloat16 fixed);
 - `default`: recipes/smollm2/wnut17_intra.yaml as shipped (completion-only LM head, length-bucketed batches,
-  precision from the probe);
+  precision from the probe, LoRA matmuls in that precision);
 - with `--levers`, one lever at a time: `baseline+compact_head`, `default+torch_dropout` (LoRA dropout masks from
   torch's `bernoulli_` instead of NumPy's generator), `default+no_dropout` (LoRA dropout 0, a setting of the dev
-  sweep), `default+float32`.
+  sweep), `default+float32`, `default+float32_lora` (PEFT's float32 LoRA matmuls, `lora_compute_dtype: float32`),
+  `default+eager_attention` (attention as plain matmuls instead of SDPA).
 
 Speed rounds alternate the order (A B, B A, ...) so that drift of a shared machine hits both alike. Per variant:
 `s_per_step` (median over timed steps, after one warm-up step), `tokens_per_s` (non-padding tokens),
@@ -50,6 +51,8 @@ VARIANTS = {
     "default+torch_dropout": (RECIPE, ["--lora_dropout_rng", "torch"]),
     "default+no_dropout": (RECIPE, ["--lora_dropout", "0.0"]),
     "default+float32": (RECIPE, ["--dtype", "float32"]),
+    "default+float32_lora": (RECIPE, ["--lora_compute_dtype", "float32"]),
+    "default+eager_attention": (RECIPE, ["--attn_implementation", "eager"]),
 }
 PROFILE_WARMUP, PROFILE_STEPS = 2, 2  # profile steps 3-4 of the default variant
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -67,7 +70,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fit", action="store_true", help="also time whole trainings until the fit stop")
     parser.add_argument("--levers", action="store_true", help="also time the one-lever variants")
     parser.add_argument("--profile", action="store_true", help="also profile two steps of the default variant")
-    parser.add_argument("--fit-stop", type=float, default=0.95, help="support-fit threshold of the --fit runs")
+    # 0.5: about where the marked-answer recipe's fit stands after its 240 steps (experiments/results/fit_budget.json,
+    # steps_240: 0.52 of the samples with an entity, 0.85 of the empty ones), so both variants can reach it.
+    parser.add_argument("--fit-stop", type=float, default=0.5, help="support-fit threshold of the --fit runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.json")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["speed", "fit", "profile"], default="speed", help=argparse.SUPPRESS)
@@ -317,7 +322,16 @@ def main(args: argparse.Namespace) -> dict:
             summary[variant]["steps_to_fit"] = record["steps"]
             summary[variant]["fit"] = {k: round(v, 3) for k, v in last.items() if k.startswith("support_fit")}
             summary[variant]["fit_reached"] = bool(last) and min(summary[variant]["fit"].values()) >= args.fit_stop
-        report["ratio_seconds_to_fit"] = round(fits["baseline"]["wall_seconds"] / fits["default"]["wall_seconds"], 2)
+        ratio = fits["baseline"]["wall_seconds"] / fits["default"]["wall_seconds"]
+        report["ratio_seconds_to_fit"] = round(ratio, 2) if summary["default"]["fit_reached"] else None
+        if not summary["default"]["fit_reached"]:
+            report["ratio_note"] = "the default did not reach the fit threshold within its budget: no ratio"
+        elif not summary["baseline"]["fit_reached"]:
+            report["ratio_note"] = (
+                "the baseline did not reach the fit threshold within its budget: its seconds_to_fit is its whole "
+                "training, so ratio_seconds_to_fit is a lower bound"
+            )
+        report["fit_stop"] = args.fit_stop
         report["fit_runs"] = list(fits.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

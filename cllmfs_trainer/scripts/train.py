@@ -327,6 +327,13 @@ def main(
         from cllmfs_trainer.models.precision import probe_cpu_dtype
 
         model_args.dtype = probe_cpu_dtype()
+    if model_args.attn_implementation == "auto":
+        # On the CPU a probe picks SDPA or plain matmuls for these short sequences; elsewhere transformers' default.
+        from cllmfs_trainer.models.attention_probe import probe_cpu_attention
+
+        cpu = not torch.accelerator.is_available() or training_args.use_cpu
+        dtype = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
+        model_args.attn_implementation = probe_cpu_attention(dtype) if cpu else None
     quantization = get_quantization_config(model_args)
     model = load_model(
         model_args.model_name_or_path,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from cllmfs_trainer.training.dropout import LORA_DROPOUT_RNGS
+from cllmfs_trainer.training.lora_precision import LORA_COMPUTE_DTYPES
 from cllmfs_trainer.training.losses import NOISE_DISTRIBUTIONS
 
 NOISE_SITES = ("embeddings", "hidden", "none")
@@ -155,6 +156,15 @@ class ContrastiveSFTConfig(SFTConfig):
             "(a probe keeps the faster here). Accelerators always use torch's."
         },
     )
+    lora_compute_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the LoRA matmuls on a bfloat16/float16 model: 'model' (that dtype; the LoRA weights, "
+            "gradients and optimizer state stay float32, as under mixed precision) or 'float32' (PEFT's own: every "
+            "LoRA input is copied to float32, SFTTrainer's numbers). 'model' saves those copies, a large part of a CPU "
+            "step."
+        },
+    )
     bf16: bool | None = field(
         default=None,
         metadata={
@@ -209,6 +219,10 @@ class ContrastiveSFTConfig(SFTConfig):
             raise ValueError(f"length_bucket_batches must be >= 1, got {self.length_bucket_batches}")
         if self.lora_dropout_rng not in LORA_DROPOUT_RNGS:
             raise ValueError(f"lora_dropout_rng must be one of {LORA_DROPOUT_RNGS}, got {self.lora_dropout_rng!r}")
+        if self.lora_compute_dtype not in LORA_COMPUTE_DTYPES:
+            raise ValueError(
+                f"lora_compute_dtype must be one of {LORA_COMPUTE_DTYPES}, got {self.lora_compute_dtype!r}"
+            )
         if self.cl_max_tokens is not None and self.cl_max_tokens < 2:
             raise ValueError(f"cl_max_tokens must be >= 2 or None, got {self.cl_max_tokens}")
 

@@ -28,6 +28,7 @@ from cllmfs_trainer.training.collator import ContrastiveDataCollator
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
 from cllmfs_trainer.training.dropout import use_numpy_lora_dropout
 from cllmfs_trainer.training.lm_head import add_compact_lm_head, fused_model
+from cllmfs_trainer.training.lora_precision import compute_lora_in_model_dtype
 from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
 from cllmfs_trainer.training.sampler import FewShotSampler
 from cllmfs_trainer.training.support_fit import SupportFitCallback, SupportFitTracker
@@ -126,6 +127,8 @@ class ContrastiveSFTTrainer(SFTTrainer):
             )
         if args.compact_lm_head:
             add_compact_lm_head(fused_model(self.model))
+        if args.lora_compute_dtype == "model":
+            compute_lora_in_model_dtype(self.model)
         if self.args.device.type == "cpu":
             use_numpy_lora_dropout(self.model, args.lora_dropout_rng)
         self.support_fit = SupportFitTracker(fused_model(self.model))
