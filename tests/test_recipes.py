@@ -1,7 +1,10 @@
 import json
 
 import pytest
+import torch
 from helpers import REPO
+
+from cllmfs_trainer.training.lora_precision import ModelDtypeLinear
 
 # Training recipes; benchmark configs (`*benchmark*.yaml`) are parsed in test_benchmark.py.
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "benchmark" not in p.name)
@@ -73,6 +76,10 @@ def tiny_args(root, out):
 def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inputs, tmp_path):
     trainer = train_script.main(*train_script.parse_args(tiny_args(tiny_run_inputs, tmp_path)))
     assert trainer.state.global_step == 2
+    # The recipe's CPU choices are resolved by their probes, not passed on as "auto".
+    assert trainer.model.config._attn_implementation in ("sdpa", "eager")
+    half = trainer.model.get_base_model().get_input_embeddings().weight.dtype != torch.float32
+    assert any(isinstance(m, ModelDtypeLinear) for m in trainer.model.modules()) == half  # lora_compute_dtype: model
     files = {p.name for p in tmp_path.iterdir()}
     assert {
         "adapter_model.safetensors",
