@@ -14,7 +14,8 @@ Variants, each run in its own process on the same 5-shot WNUT'17 support set (se
 - with `--levers`, one lever at a time: `baseline+compact_head`, `default+torch_dropout` (LoRA dropout masks from
   torch's `bernoulli_` instead of NumPy's generator), `default+no_dropout` (LoRA dropout 0, a setting of the dev
   sweep), `default+float32`, `default+float32_lora` (PEFT's float32 LoRA matmuls, `lora_compute_dtype: float32`),
-  `default+eager_attention` and `default+sdpa_attention` (the attention kernel fixed instead of probed).
+  `default+eager_attention` and `default+sdpa_attention` (the attention kernel fixed instead of probed),
+  `default+torch_compile` (TorchInductor on the model; the compile time falls in the warm-up step).
 
 Speed rounds alternate the order (A B, B A, ...) so that drift of a shared machine hits both alike. Per variant:
 `s_per_step` (median over timed steps, after one warm-up step), `tokens_per_s` (non-padding tokens),
@@ -55,6 +56,7 @@ VARIANTS = {
     "default+float32_lora": (RECIPE, ["--lora_compute_dtype", "float32"]),
     "default+eager_attention": (RECIPE, ["--attn_implementation", "eager"]),
     "default+sdpa_attention": (RECIPE, ["--attn_implementation", "sdpa"]),
+    "default+torch_compile": (RECIPE, ["--torch_compile", "true"]),
 }
 PROFILE_WARMUP, PROFILE_STEPS = 2, 2  # profile steps 3-4 of the default variant
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
