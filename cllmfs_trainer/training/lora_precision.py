@@ -56,12 +56,12 @@ def compute_lora_in_model_dtype(model: nn.Module) -> int:
     """
     changed = 0
     for layer, base in _plain_lora_layers(model):
-        if base.weight.dtype not in HALF_DTYPES:
+        linears = [linear for adapters in (layer.lora_A, layer.lora_B) for linear in adapters.values()]
+        # Input casting goes off only where every adapter matmul will cast its own weight instead.
+        if base.weight.dtype not in HALF_DTYPES or any(type(m) not in (nn.Linear, ModelDtypeLinear) for m in linears):
             continue
         layer.cast_input_dtype_enabled = False  # PEFT's own switch (`peft.helpers.disable_input_dtype_casting`)
-        for adapters in (layer.lora_A, layer.lora_B):
-            for linear in adapters.values():
-                if type(linear) is nn.Linear:
-                    linear.__class__ = ModelDtypeLinear
+        for linear in linears:
+            linear.__class__ = ModelDtypeLinear
         changed += 1
     return changed
