@@ -248,6 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         constrained=not args.unconstrained,
         dtype=args.dtype,
+        **({} if args.end_penalty is None else {"end_penalty": args.end_penalty}),
     )
     predictions = extractor.predict(
         [Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)], progress=True
@@ -327,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="cast the merged model; auto: on a CPU the faster of bfloat16 and float32 by a matmul probe, elsewhere "
         "as loaded (bfloat16 on GPUs that support it)",
+    )
+    pred.add_argument(
+        "--end-penalty",
+        type=float,
+        help="subtract this from the score of ending an answer where another entity could start (above 0: more "
+        "entities, higher recall); default: the run's, which its recipe chose on dev data",
     )
     pred.set_defaults(func=cmd_predict)
     return parser

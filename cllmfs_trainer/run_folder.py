@@ -15,6 +15,7 @@ naming the file and field, so prediction never silently falls back to an untrain
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -70,6 +71,9 @@ class RunFolder:
             Types prediction asks for by default (an INTER run: the target's).
         answer_format (`str`, *optional*, defaults to `"marked"`):
             The SFT answer format (`marked`: ` <<< X >>>` groups, `pointer`: ` X >>>`).
+        end_penalty (`float`, *optional*, defaults to `0.0`):
+            The prediction threshold the recipe chose on dev (`EntityExtractor`'s `end_penalty`); prediction uses it
+            unless told otherwise.
         cl_layer (`int`, *optional*):
             Layer of the contrastive term, resolved for the model's depth.
         world_size (`int`, *optional*, defaults to `1`):
@@ -92,6 +96,7 @@ class RunFolder:
     train_types: list[EntityType]
     test_types: list[EntityType]
     answer_format: str = ANSWER_FORMAT
+    end_penalty: float = 0.0
     cl_layer: int | None = None
     world_size: int = 1
     distributed_type: str = "NO"
@@ -202,6 +207,9 @@ class RunFolder:
                 f"{run_file}: field 'answer_format' must be one of {list(ANSWER_FORMATS)}, "
                 f"got {record['answer_format']!r}"
             )
+        penalty = record.setdefault("end_penalty", 0.0)
+        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
+            raise RunFolderError(f"{run_file}: field 'end_penalty' must be a finite number, got {penalty!r}")
         run = cls(
             path=folder,
             **{k: v for k, v in record.items() if k in known},

@@ -237,6 +237,7 @@ def test_predict_never_writes_over_its_input(fake_run, text_input, capsys):
         ("tokenizer", "tokenizer.json / tokenizer.model / vocab.json / vocab.txt / spiece.model is missing"),
         ("base_model", "cllmfs_run.json: field 'base_model': "),
         ("answer_format", "field 'answer_format' must be one of ['marked', 'pointer'], got 'brackets'"),
+        ("end_penalty", "field 'end_penalty' must be a finite number, got 'high'"),
     ],
 )
 def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path, capsys, damage, words):
@@ -253,6 +254,8 @@ def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path
             del record["test_types"]
         elif damage == "answer_format":
             record["answer_format"] = "brackets"
+        elif damage == "end_penalty":
+            record["end_penalty"] = "high"
         else:
             record["base_model"] = str(tmp_path / "deleted-model")
         run_file.write_text(json.dumps(record))
@@ -395,6 +398,7 @@ def train_recipe(tmp_path, tiny_run_inputs, text=None, **changes):
         ({"cl_layer": 26}, "cl_layer=26 is out of range for a model with 4 layers; use 1..4"),
         ({"prompt_format": 7}, "prompt_format must be one of [1, 2], got 7"),
         ({"answer_format": "brackets"}, "answer_format must be one of ['marked', 'pointer'], got 'brackets'"),
+        ({"end_penalty": float("inf")}, "end_penalty must be a finite number, got inf"),
         ({"learning_rate": -0.1}, "learning_rate must be >= 0, got -0.1"),
         ({"k": -3}, "k must be an integer >= 1, got -3"),
         ({"k": 50}, "k=50 but the support set has fewer mentions of some types ({'person': 4}); pass k <= 4"),

@@ -87,6 +87,7 @@ class EntityAutomaton:
         for run_ids in self.runs.values():
             self._loops.add(self._insert(template.open + run_ids + template.close))
         self._done = self._insert(template.end + (eos_token_id,))
+        self._end_branch = self._find_end_branch(template.end + (eos_token_id,))
         self.start: State = frozenset({start if template.prefix else self._choice})
         self.done: State = frozenset({self._done})
         self.max_token_id = max(
@@ -183,6 +184,25 @@ class EntityAutomaton:
                 child = self._children[node][token_id] = self._new_node()
             node = child
         return node
+
+    def _find_end_branch(self, ending: tuple[int, ...]) -> tuple[int, int] | None:
+        """`(node, token)` where the ending's path first leaves the others: choosing `token` there ends the answer.
+
+        In the `marked` format ` <<<` and ` <im_end>` may share their first token, so the choice between another
+        entity and the end is made at a later token; None when nothing but the ending can follow the prefix.
+        """
+        node = self._choice
+        for token_id in ending:
+            if len(self._children[node]) > 1:
+                return node, token_id
+            node = self._children[node][token_id]
+        return None
+
+    def ending_choice(self, state: State) -> int | None:
+        """The token that chooses to end the answer in `state`, where another entity could be chosen instead."""
+        if self._end_branch is None or self._end_branch[0] not in state:
+            return None
+        return self._end_branch[1]
 
     def is_done(self, state: State) -> bool:
         """Whether the answer is complete (EOS written)."""
@@ -291,6 +311,24 @@ def mask_to_allowed(scores: torch.Tensor, allowed: Sequence[torch.Tensor]) -> to
     return scores.masked_fill(~keep, float("-inf"))
 
 
+def penalise_ending(
+    scores: torch.Tensor, automata: Sequence[EntityAutomaton], states: Sequence[State], end_penalty: float
+) -> torch.Tensor:
+    """`scores` with `end_penalty` subtracted from each row's ending choice, where it has one (in place).
+
+    On log-probabilities or logits alike, this asks for another entity wherever the model prefers ending by less than
+    `end_penalty` nats: a decision threshold that trades precision for recall without retraining.
+    """
+    if not end_penalty:
+        return scores
+    marks = [(row, automaton.ending_choice(state)) for row, (automaton, state) in enumerate(zip(automata, states))]
+    marks = [(row, token) for row, token in marks if token is not None]
+    if marks:
+        rows, tokens = zip(*marks)
+        scores[list(rows), list(tokens)] -= end_penalty
+    return scores
+
+
 class EntityConstraintProcessor(LogitsProcessor):
     """Restricts generation to the answer template, with entity runs of each row's input sentence.
 
@@ -321,6 +359,8 @@ class EntityConstraintProcessor(LogitsProcessor):
             A dict to share automata between processors (e.g. across batches) for one tokenizer.
         answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
             The answer format the model was trained on: `marked` (` <<< X >>>`) or `pointer` (` X >>>`).
+        end_penalty (`float`, *optional*, defaults to `0.0`):
+            Subtracted from the score of ending the answer wherever another entity could start (`penalise_ending`).
 
     Raises:
         `TokenizerMismatchError`: the tokenizer does not tokenise answers as the concatenation of their pieces.
@@ -338,6 +378,7 @@ class EntityConstraintProcessor(LogitsProcessor):
         pad_token_id: int | None = None,
         cache: MutableMapping[Any, EntityAutomaton] | None = None,
         answer_format: str = ANSWER_FORMAT,
+        end_penalty: float = 0.0,
     ) -> None:
         if prompt_length < 0:
             raise ValueError(f"prompt_length must be non-negative, got {prompt_length}")
@@ -347,6 +388,7 @@ class EntityConstraintProcessor(LogitsProcessor):
         self.automata = build_automata(
             tokenizer, sentences, max_entity_words, eos_token_id, pad_token_id, cache, answer_format
         )
+        self.end_penalty = end_penalty
         self._states: list[State] = []
         self._seen: torch.Tensor | None = None  # generated ids at the previous call
 
@@ -409,4 +451,4 @@ class EntityConstraintProcessor(LogitsProcessor):
         vocab_size = scores.shape[-1]
         if max(automaton.max_token_id for automaton in automata) >= vocab_size:
             raise ValueError(f"the constraint allows token ids beyond the scores' vocabulary size {vocab_size}")
-        return mask_to_allowed(scores, allowed)
+        return penalise_ending(mask_to_allowed(scores, allowed), automata, self._states, self.end_penalty)

@@ -32,6 +32,7 @@ against the naive `generate` loop and checks that their answers agree.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,9 @@ class EntityExtractor:
         compact_decoding (`bool`, *optional*, defaults to `True`):
             With `constrained` and plain greedy decoding, decode in our own loop, which drops finished rows from the
             batch and skips model calls for forced endings (same tokens as `generate`).
+        end_penalty (`float`, *optional*, defaults to `0.0`):
+            With `constrained`, subtracted from the score of ending the answer wherever another entity could start
+            (nats; above 0 trades precision for recall). A decision threshold, to be chosen on dev data.
         generation_kwargs (`dict[str, Any]`, *optional*):
             Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
@@ -127,6 +131,7 @@ class EntityExtractor:
         prompt_format: int = PROMPT_FORMAT,
         answer_format: str = ANSWER_FORMAT,
         compact_decoding: bool = True,
+        end_penalty: float = 0.0,
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -134,6 +139,10 @@ class EntityExtractor:
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
             if not isinstance(value, int) or value < 1:  # a batch of 0 or a budget of 0 silently predicts nothing
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(end_penalty, bool) or not isinstance(end_penalty, (int, float)) or not math.isfinite(end_penalty):
+            raise UserError(f"end_penalty must be a finite number, got {end_penalty!r}")
+        if end_penalty and not constrained:
+            raise UserError("end_penalty needs constrained decoding: without it the ending has no fixed token")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.types = list(types)
@@ -146,6 +155,7 @@ class EntityExtractor:
         self.prompt_format = check_prompt_format(prompt_format)
         self.answer_format = check_answer_format(answer_format)
         self.compact_decoding = compact_decoding
+        self.end_penalty = float(end_penalty)
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.stats = ParseStats()
         self._automata: dict = {}  # one constraint automaton per sentence, shared by its types' prompts
@@ -173,7 +183,7 @@ class EntityExtractor:
                 faster there (`cllmfs_trainer.models.precision`); elsewhere it keeps the loaded precision. `None` keeps
                 the loaded precision (float32 on a CPU).
             kwargs (`dict[str, Any]`, *optional*):
-                `EntityExtractor` arguments.
+                `EntityExtractor` arguments; `prompt_format`, `answer_format` and `end_penalty` default to the run's.
         """
         from peft import PeftModel
 
@@ -205,6 +215,8 @@ class EntityExtractor:
             types = run.test_types
         kwargs.setdefault("prompt_format", run.prompt_format)
         kwargs.setdefault("answer_format", run.answer_format)
+        # The run's threshold belongs to constrained decoding; unconstrained prediction has no ending choice to move.
+        kwargs.setdefault("end_penalty", run.end_penalty if kwargs.get("constrained", True) else 0.0)
         return cls(model, tokenizer, types, **kwargs)
 
     def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:
@@ -354,6 +366,7 @@ class EntityExtractor:
                     self.max_new_tokens - len(answer),
                     cache=shared.cache_for(batch_groups),
                     written=answer,
+                    end_penalty=self.end_penalty,
                 )
                 for k, tokens in zip(batch, answers):
                     outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
@@ -366,6 +379,7 @@ class EntityExtractor:
                     prompt_length=answer_start,
                     cache=self._automata,
                     answer_format=self.answer_format,
+                    end_penalty=self.end_penalty,
                 )
                 extra["logits_processor"] = LogitsProcessorList([processor])
             else:  # without the constraint, also stop at the marker in case the model skips EOS

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cllmfs_trainer.inference.constraints import EntityAutomaton, mask_to_allowed
+from cllmfs_trainer.inference.constraints import EntityAutomaton, mask_to_allowed, penalise_ending
 from cllmfs_trainer.inference.prefix_cache import cache_argument, last_logits_only
 
 _GREEDY_DEFAULTS = {
@@ -68,6 +68,7 @@ def constrained_greedy(
     max_new_tokens: int,
     cache: Any = None,
     written: Sequence[int] = (),
+    end_penalty: float = 0.0,
 ) -> list[list[int]]:
     """Greedy decoding under per-row answer automata; returns each row's generated token ids (EOS included).
 
@@ -85,6 +86,8 @@ def constrained_greedy(
         written (`Sequence[int]`, *optional*, defaults to `()`):
             Answer tokens already at the end of every prompt (a prefilled answer prefix): the automata start after them,
             and they are not part of the returned ids or of `max_new_tokens`.
+        end_penalty (`float`, *optional*, defaults to `0.0`):
+            Subtracted from the score of ending wherever another entity could start (`penalise_ending`).
     """
     from transformers import DynamicCache
 
@@ -110,7 +113,9 @@ def constrained_greedy(
             **{argument: cache},
         ).logits[:, -1]
         allowed = [automata[row].allowed_tensor(states[row]) for row in active]
-        choices = mask_to_allowed(logits, allowed).argmax(dim=-1).tolist()
+        rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
+        scores = penalise_ending(mask_to_allowed(logits, allowed), rows_automata, rows_states, end_penalty)
+        choices = scores.argmax(dim=-1).tolist()
         keep = []
         for index, (row, token) in enumerate(zip(active, choices)):
             automaton = automata[row]

@@ -12,6 +12,7 @@ Every key and file is checked before the model loads. A mistake ends with one li
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
 import warnings
@@ -79,6 +80,14 @@ class ScriptArguments:
             "help": "marked: the paper's answer, ' <<< X >>>' per entity (default). pointer: ' X >>>', without the "
             "opening marker, so the first answer token is the entity's own first word or the end: a small model then "
             "learns the entity / no-entity decision together with where the entity is."
+        },
+    )
+    end_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Prediction threshold saved in the run folder: subtracted from the score of ending an answer where "
+            "another entity could start (nats; above 0 trades precision for recall). `cllmfs predict`, the "
+            "benchmark and `evaluate_on` use it. Choose it on dev data (experiments/end_penalty.py)."
         },
     )
     evaluate_on: list[str] | None = field(
@@ -241,6 +250,8 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         raise UsageError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {script_args.prompt_format!r}")
     if script_args.answer_format not in ANSWER_FORMATS:
         raise UsageError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {script_args.answer_format!r}")
+    if not math.isfinite(script_args.end_penalty):
+        raise UsageError(f"end_penalty must be a finite number, got {script_args.end_penalty!r}")
     if str(script_args.setting).lower() not in ("intra", "inter"):
         raise UsageError(f"setting must be 'intra' or 'inter', got {script_args.setting!r}")
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
@@ -366,6 +377,7 @@ def main(
             weights="adapter" if model_args.use_peft else "full",
             prompt_format=script_args.prompt_format,
             answer_format=script_args.answer_format,
+            end_penalty=script_args.end_penalty,
             setting=task.setting,
             dataset=dataset.key,
             k=script_args.k,

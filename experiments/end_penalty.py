@@ -1,0 +1,76 @@
+"""Choose the prediction threshold `end_penalty` on dev: span scores of trained runs at several penalties.
+
+    CLLMFS_DATA_DIR=<data> python experiments/end_penalty.py \
+        --runs runs/dev-sweep-smollm2/runs/conll2003/k5/seed{0,1,2}/pointer_80_speed --dataset conll2003
+
+Under pointer answers a model that has seen mostly empty samples ends its answer where an entity is: on dev its
+precision is well above its recall. `end_penalty` (`EntityExtractor`, `cllmfs predict --end-penalty`, the recipes'
+`end_penalty`) subtracts a constant from the score of ending wherever another entity could start, which moves that
+decision without retraining. Each run predicts the same `--size` dev sentences as the dev sweep (query seed 0) once
+per penalty, in one process and one precision. Results go to experiments/results/end_penalty.json, one record per
+(run, dataset, penalty), saved as each finishes, so an interrupted call resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PENALTIES = (0.0, 1.0, 2.0, 3.0, 4.0)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="trained run folders")
+    parser.add_argument("--dataset", required=True, help="registry key; its dev split is predicted")
+    parser.add_argument("--penalties", nargs="+", type=float, default=list(PENALTIES), help="nats")
+    parser.add_argument("--size", type=int, default=300, help="dev sentences per run (the dev sweep's query size)")
+    parser.add_argument("--dtype", default="auto", help="prediction precision: auto (CPU probe), float32, bfloat16")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "end_penalty.json")
+    return parser
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    from cllmfs_trainer.data.registry import get_dataset
+    from cllmfs_trainer.evaluation import query_subset, span_scores
+    from cllmfs_trainer.evaluation.metrics import error_breakdown
+    from cllmfs_trainer.inference.generate import EntityExtractor
+
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {(r["run"], r["dataset"], r["end_penalty"]) for r in results}
+    info = get_dataset(args.dataset)
+    query = query_subset(info.load("dev").sentences, args.size, 0)
+    gold = [s.spans for s in query]
+    for run_dir in args.runs:
+        todo = [p for p in args.penalties if (run_dir, args.dataset, p) not in done]
+        if not todo:
+            continue
+        extractor = EntityExtractor.from_run(run_dir, types=info.types, dtype=args.dtype)
+        for penalty in todo:
+            extractor.end_penalty = penalty
+            start = time.perf_counter()
+            predicted = [p.spans for p in extractor.predict(query)]
+            scores = span_scores(gold, predicted)
+            record = {
+                "run": run_dir,
+                "dataset": args.dataset,
+                "split": "dev",
+                "sentences": len(query),
+                "dtype": str(next(extractor.model.parameters()).dtype).removeprefix("torch."),
+                "end_penalty": penalty,
+                "seconds": round(time.perf_counter() - start, 1),
+                **{k: scores[k] for k in ("precision", "recall", "f1")},
+                "errors": error_breakdown(gold, predicted),
+            }
+            print(json.dumps(record), flush=True)
+            results.append(record)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main(make_parser().parse_args())
