@@ -500,6 +500,23 @@ def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
         bench_script.parse_args([str(yaml_file), "--sedes", "[1]"])
 
 
+def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs, tmp_path):
+    yaml_file = tmp_path / "b.yaml"
+    yaml_file.write_text(
+        f"output_dir: {tmp_path / 'out'}\nreport_dir: {tmp_path / 'report'}\ntasks: [intra:wnut17]\n"
+        f"methods: [zero_shot]\nseeds: [0, 1]\nks: [1]\nquery_size: 3\nmodel: {tiny_run_inputs / 'model'}\n"
+    )
+    for seeds in ("[1]", "[0]"):
+        args = bench_script.parse_args([str(yaml_file), "--seeds", seeds])
+        assert args.config.seeds == json.loads(seeds) and args.report_config.seeds == [0, 1]
+        report = bench_script.main(args)
+        units = json.loads((report / "results.json").read_text())["units"]
+        assert sorted(u["seed"] for u in units) == ([1] if seeds == "[1]" else [0, 1])  # seed 1 stays in the report
+    widened = bench_script.parse_args([str(yaml_file), "--seeds", "[5]"]).report_config
+    assert widened.seeds == [0, 1, 5]  # a seed outside the file's list is reported too
+    assert bench_script.parse_args([str(yaml_file)]).report_config is None
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*benchmark*.yaml")), ids=lambda p: p.name)
 def test_shipped_benchmark_configs_parse(bench_script, path):
     args = bench_script.parse_args([str(path)])

@@ -4,7 +4,8 @@
                                 [--restore-from bench/results/<report>/results.json]
 
 Keys are those of `cllmfs_trainer.benchmark.BenchmarkConfig` plus `report_dir`; `--key value` flags override the
-YAML (lists as JSON, e.g. `--seeds [0,1]`). An interrupted run resumes where it stopped: finished units are kept in
+YAML (lists as JSON, e.g. `--seeds [0,1]`). Overriding `tasks`, `methods`, `seeds` or `ks` runs a subset, but the report
+still covers every finished unit of the YAML's lists. An interrupted run resumes where it stopped: finished units are kept in
 `output_dir` and skipped, and a training cut off mid-way resumes from its last checkpoint (`checkpoint_steps`).
 `--report-only` rewrites the report from the finished units without running anything. `--restore-from` first marks
 as done the units that a report's results.json holds (a committed report, on a fresh clone whose `output_dir` is
@@ -43,6 +44,7 @@ from cllmfs_trainer.errors import (
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 
 PROG = "benchmark.py"
+SUBSET_KEYS = ("tasks", "methods", "seeds", "ks")  # overriding these runs part of the file's benchmark
 
 
 @dataclass
@@ -54,6 +56,7 @@ class BenchmarkArguments:
     overwrite: bool = False
     report_only: bool = False
     restore_from: Path | None = None
+    report_config: BenchmarkConfig | None = None  # what the report covers, when `config` runs a subset of it
 
 
 def train_run(recipe: str, overrides: dict[str, Any], output_dir: Path) -> None:
@@ -89,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
     parser = make_parser()
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     raw, lines = load_yaml_mapping(args.config, "benchmark config")
+    in_file = dict(raw)
     if len(rest) % 2:
         parser.error(f"overrides come in `--key value` pairs, got {rest}")
     for flag, value in zip(rest[::2], rest[1::2]):
@@ -118,7 +122,15 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
     if args.restore_from is not None:
         check_input_file(args.restore_from, "--restore-from")
     _check_training(config)
-    return BenchmarkArguments(config, report_dir, args.overwrite, args.report_only, args.restore_from)
+    # `--methods [x]` (or tasks, seeds, ks) runs a subset; the report still covers every finished unit of the file's
+    # lists and the given ones, so that a subset run never drops other units' rows from a committed report.
+    widened = {
+        key: in_file[key] + [item for item in raw[key] if item not in in_file[key]]
+        for key in SUBSET_KEYS
+        if isinstance(in_file.get(key), list) and raw[key] != in_file[key]
+    }
+    report_config = dataclasses.replace(config, **widened) if widened else None
+    return BenchmarkArguments(config, report_dir, args.overwrite, args.report_only, args.restore_from, report_config)
 
 
 def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None:
@@ -177,6 +189,9 @@ def main(args: BenchmarkArguments) -> Path:
     if args.restore_from is not None:
         benchmark.restore_from(args.restore_from)
     records = benchmark.finished_records() if args.report_only else benchmark.run()
+    if args.report_config is not None:
+        config = args.report_config
+        records = Benchmark(config, train_fn=train_run).finished_records()
     overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
     return write_report(
         records,
