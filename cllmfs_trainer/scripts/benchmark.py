@@ -4,9 +4,10 @@
                                 [--restore-from bench/results/<report>/results.json]
 
 Keys are those of `cllmfs_trainer.benchmark.BenchmarkConfig` plus `report_dir`; `--key value` flags override the
-YAML (lists as JSON, e.g. `--seeds [0,1]`). Overriding `tasks`, `methods`, `seeds` or `ks` runs a subset, but the report
-still covers every finished unit of the YAML's lists. An interrupted run resumes where it stopped: finished units are kept in
-`output_dir` and skipped, and a training cut off mid-way resumes from its last checkpoint (`checkpoint_steps`).
+YAML (lists as JSON, e.g. `--seeds [0,1]`). Overriding `tasks`, `methods`, `seeds` or `ks` runs a subset, but the
+report still covers every finished unit of the YAML's lists. An interrupted run resumes where it stopped: finished
+units are kept in `output_dir` and skipped, and a training cut off mid-way resumes from its last checkpoint
+(`checkpoint_steps`).
 `--report-only` rewrites the report from the finished units without running anything. `--restore-from` first marks
 as done the units that a report's results.json holds (a committed report, on a fresh clone whose `output_dir` is
 empty), so only the missing units run; the report must come from a benchmark with the same settings.
