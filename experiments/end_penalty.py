@@ -8,7 +8,8 @@ precision is well above its recall. `end_penalty` (`EntityExtractor`, `cllmfs pr
 `end_penalty`) subtracts a constant from the score of ending wherever another entity could start, which moves that
 decision without retraining. Each run predicts the same `--size` dev sentences as the dev sweep (query seed 0) once
 per penalty, in one process and one precision. Results go to experiments/results/end_penalty.json, one record per
-(run, dataset, penalty), saved as each finishes, so an interrupted call resumes where it stopped.
+(run, dataset, penalty), saved as each finishes, so an interrupted call resumes where it stopped; the table at the
+end (or `--summary-only`) gives P / R / F1 per run and penalty, and the paired difference from penalty 0.
 """
 
 from __future__ import annotations
@@ -30,7 +31,31 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=300, help="dev sentences per run (the dev sweep's query size)")
     parser.add_argument("--dtype", default="auto", help="prediction precision: auto (CPU probe), float32, bfloat16")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "end_penalty.json")
+    parser.add_argument("--summary-only", action="store_true", help="only print the table of what is measured")
     return parser
+
+
+def summary(results: list[dict], dataset: str, runs: list[str]) -> str:
+    """Markdown: per penalty, each run's P / R / F1, the mean F1 ± std and the paired difference from penalty 0."""
+    import statistics
+
+    scores = {(r["run"], r["end_penalty"]): r for r in results if r["dataset"] == dataset and r["run"] in runs}
+    penalties = sorted({penalty for _, penalty in scores})
+    names = " | ".join(Path(run).parent.name for run in runs)
+    lines = [
+        f"| end_penalty | {names} | mean F1 ± std | F1 - penalty 0 | ahead |",
+        "|---" * (len(runs) + 4) + "|",
+    ]
+    for penalty in penalties:
+        cells = [scores.get((run, penalty)) for run in runs]
+        f1s = [c["f1"] for c in cells if c]
+        diffs = [c["f1"] - scores[(run, 0.0)]["f1"] for run, c in zip(runs, cells) if c and (run, 0.0) in scores]
+        mean = f"{statistics.mean(f1s):.3f} ± {statistics.stdev(f1s):.3f}" if len(f1s) > 1 else "-"
+        diff = f"{statistics.mean(diffs):+.3f}" if diffs else "-"
+        ahead = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if penalty else ""
+        shown = [f"{c['precision']:.2f} / {c['recall']:.2f} / {c['f1']:.3f}" if c else "-" for c in cells]
+        lines.append(f"| {penalty:g} | {' | '.join(shown)} | {mean} | {diff if penalty else ''} | {ahead} |")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -40,6 +65,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     from cllmfs_trainer.inference.generate import EntityExtractor
 
     results = json.loads(args.out.read_text()) if args.out.exists() else []
+    if args.summary_only:
+        print(summary(results, args.dataset, args.runs))
+        return results
     done = {(r["run"], r["dataset"], r["end_penalty"]) for r in results}
     info = get_dataset(args.dataset)
     query = query_subset(info.load("dev").sentences, args.size, 0)
@@ -69,6 +97,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             results.append(record)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(summary(results, args.dataset, args.runs))
     return results
 
 

@@ -620,3 +620,20 @@ def test_inference_benchmark_script_runs_on_a_run_folder(run_dir, tmp_path):
     assert work["full"]["decode_rows"] <= work["prefill"]["decode_rows"]  # our loop never decodes more rows
     assert work["naive"]["decode_calls"] > 0 and work["full"]["prompt_s"] > 0
     assert agreement[("default", "full")]["prompts"] == result["prompts"]
+
+
+def test_end_penalty_experiment_scores_each_penalty_once_and_resumes(run_dir, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("end_penalty", REPO / "experiments" / "end_penalty.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "end_penalty.json"
+    argv = ["--runs", str(run_dir), "--dataset", "wnut17", "--size", "3", "--dtype", "float32", "--out", str(out)]
+    records = script.main(script.make_parser().parse_args(argv + ["--penalties", "0", "50"]))
+    assert [(r["end_penalty"], r["sentences"], r["split"]) for r in records] == [(0.0, 3, "dev"), (50.0, 3, "dev")]
+    # A penalty of 50 nats leaves no prompt of the 3 sentences x 6 types answering "none".
+    assert records[1]["errors"]["n_pred"] >= records[0]["errors"]["n_pred"] and records[1]["errors"]["n_pred"] > 0
+    assert "| 50 | " in capsys.readouterr().out
+    again = script.main(script.make_parser().parse_args(argv + ["--penalties", "0", "50", "1"]))
+    assert [r["end_penalty"] for r in again] == [0.0, 50.0, 1.0]  # only the new penalty was predicted
