@@ -249,6 +249,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         constrained=not args.unconstrained,
         dtype=args.dtype,
         **({} if args.end_penalty is None else {"end_penalty": args.end_penalty}),
+        **({} if args.one_type_per_span is None else {"one_type_per_span": args.one_type_per_span}),
     )
     predictions = extractor.predict(
         [Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)], progress=True
@@ -334,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="subtract this from the score of ending an answer where another entity could start (above 0: more "
         "entities, higher recall); default: the run's, which its recipe chose on dev data",
+    )
+    pred.add_argument(
+        "--one-type-per-span",
+        action=argparse.BooleanOptionalAction,
+        help="where a span comes back under several types, keep the one the model names most readily; default: the "
+        "run's (pointer answers only)",
     )
     pred.set_defaults(func=cmd_predict)
     return parser

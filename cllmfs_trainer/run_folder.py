@@ -74,6 +74,8 @@ class RunFolder:
         end_penalty (`float`, *optional*, defaults to `0.0`):
             The prediction threshold the recipe chose on dev (`EntityExtractor`'s `end_penalty`); prediction uses it
             unless told otherwise.
+        one_type_per_span (`bool`, *optional*, defaults to `False`):
+            Whether prediction keeps one type per span (`EntityExtractor`'s `one_type_per_span`), as the recipe chose.
         cl_layer (`int`, *optional*):
             Layer of the contrastive term, resolved for the model's depth.
         world_size (`int`, *optional*, defaults to `1`):
@@ -97,6 +99,7 @@ class RunFolder:
     test_types: list[EntityType]
     answer_format: str = ANSWER_FORMAT
     end_penalty: float = 0.0
+    one_type_per_span: bool = False
     cl_layer: int | None = None
     world_size: int = 1
     distributed_type: str = "NO"
@@ -210,6 +213,10 @@ class RunFolder:
         penalty = record.setdefault("end_penalty", 0.0)
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
             raise RunFolderError(f"{run_file}: field 'end_penalty' must be a finite number, got {penalty!r}")
+        if not isinstance(record.setdefault("one_type_per_span", False), bool):
+            raise RunFolderError(
+                f"{run_file}: field 'one_type_per_span' must be true or false, got {record['one_type_per_span']!r}"
+            )
         run = cls(
             path=folder,
             **{k: v for k, v in record.items() if k in known},

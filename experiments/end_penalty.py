@@ -1,4 +1,4 @@
-"""Choose the prediction threshold `end_penalty` on dev: span scores of trained runs at several penalties.
+"""Choose the prediction options `end_penalty` and `one_type_per_span` on dev: span scores of trained runs.
 
     CLLMFS_DATA_DIR=<data> python experiments/end_penalty.py \
         --runs runs/dev-sweep-smollm2/runs/conll2003/k5/seed{0,1,2}/pointer_80_speed --dataset conll2003
@@ -6,10 +6,12 @@
 Under pointer answers a model that has seen mostly empty samples ends its answer where an entity is: on dev its
 precision is well above its recall. `end_penalty` (`EntityExtractor`, `cllmfs predict --end-penalty`, the recipes'
 `end_penalty`) subtracts a constant from the score of ending wherever another entity could start, which moves that
-decision without retraining. Each run predicts the same `--size` dev sentences as the dev sweep (query seed 0) once
-per penalty, in one process and one precision. Results go to experiments/results/end_penalty.json, one record per
-(run, dataset, penalty), saved as each finishes, so an interrupted call resumes where it stopped; the table at the
-end (or `--summary-only`) gives P / R / F1 per run and penalty, and the paired difference from penalty 0.
+decision without retraining. `--one-type-per-span` also predicts each penalty with `one_type_per_span`, which keeps
+one type per span where several types' answers named it. Each run predicts the same `--size` dev sentences as the
+dev sweep (query seed 0) once per variant, in one process and one precision. Results go to
+experiments/results/end_penalty.json, one record per (run, dataset, penalty, type resolution), saved as each
+finishes, so an interrupted call resumes where it stopped; the table at the end (or `--summary-only`) gives
+P / R / F1 per run and variant, and the paired difference from penalty 0 without type resolution.
 """
 
 from __future__ import annotations
@@ -31,30 +33,42 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=300, help="dev sentences per run (the dev sweep's query size)")
     parser.add_argument("--dtype", default="auto", help="prediction precision: auto (CPU probe), float32, bfloat16")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "end_penalty.json")
+    parser.add_argument(
+        "--one-type-per-span",
+        action="store_true",
+        help="also predict every penalty with one_type_per_span (pointer-answer runs), paired with the plain one",
+    )
     parser.add_argument("--summary-only", action="store_true", help="only print the table of what is measured")
     return parser
 
 
 def summary(results: list[dict], dataset: str, runs: list[str]) -> str:
-    """Markdown: per penalty, each run's P / R / F1, the mean F1 ± std and the paired difference from penalty 0."""
+    """Markdown: per penalty (and type resolution), each run's P / R / F1, the mean F1 ± std and the paired difference
+    from penalty 0 without it."""
     import statistics
 
-    scores = {(r["run"], r["end_penalty"]): r for r in results if r["dataset"] == dataset and r["run"] in runs}
-    penalties = sorted({penalty for _, penalty in scores})
+    scores = {
+        (r["run"], r["end_penalty"], r.get("one_type_per_span", False)): r
+        for r in results
+        if r["dataset"] == dataset and r["run"] in runs
+    }
+    variants = sorted({(penalty, one) for _, penalty, one in scores})
     names = " | ".join(Path(run).parent.name for run in runs)
     lines = [
-        f"| end_penalty | {names} | mean F1 ± std | F1 - penalty 0 | ahead |",
-        "|---" * (len(runs) + 4) + "|",
+        f"| end_penalty | one type per span | {names} | mean F1 ± std | F1 - penalty 0 | ahead |",
+        "|---" * (len(runs) + 5) + "|",
     ]
-    for penalty in penalties:
-        cells = [scores.get((run, penalty)) for run in runs]
+    for penalty, one in variants:
+        cells = [scores.get((run, penalty, one)) for run in runs]
         f1s = [c["f1"] for c in cells if c]
-        diffs = [c["f1"] - scores[(run, 0.0)]["f1"] for run, c in zip(runs, cells) if c and (run, 0.0) in scores]
+        base = [scores.get((run, 0.0, False)) for run in runs]
+        diffs = [c["f1"] - b["f1"] for c, b in zip(cells, base) if c and b]
         mean = f"{statistics.mean(f1s):.3f} ± {statistics.stdev(f1s):.3f}" if len(f1s) > 1 else "-"
-        diff = f"{statistics.mean(diffs):+.3f}" if diffs else "-"
-        ahead = f"{sum(d > 0 for d in diffs)}/{len(diffs)}" if penalty else ""
+        reference = (penalty, one) == (0.0, False)
+        diff = "" if reference else f"{statistics.mean(diffs):+.3f}" if diffs else "-"
+        ahead = "" if reference else f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
         shown = [f"{c['precision']:.2f} / {c['recall']:.2f} / {c['f1']:.3f}" if c else "-" for c in cells]
-        lines.append(f"| {penalty:g} | {' | '.join(shown)} | {mean} | {diff if penalty else ''} | {ahead} |")
+        lines.append(f"| {penalty:g} | {'yes' if one else 'no'} | {' | '.join(shown)} | {mean} | {diff} | {ahead} |")
     return "\n".join(lines)
 
 
@@ -68,17 +82,18 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.summary_only:
         print(summary(results, args.dataset, args.runs))
         return results
-    done = {(r["run"], r["dataset"], r["end_penalty"]) for r in results}
+    done = {(r["run"], r["dataset"], r["end_penalty"], r.get("one_type_per_span", False)) for r in results}
+    resolutions = (False, True) if args.one_type_per_span else (False,)
     info = get_dataset(args.dataset)
     query = query_subset(info.load("dev").sentences, args.size, 0)
     gold = [s.spans for s in query]
     for run_dir in args.runs:
-        todo = [p for p in args.penalties if (run_dir, args.dataset, p) not in done]
+        todo = [(p, one) for p in args.penalties for one in resolutions if (run_dir, args.dataset, p, one) not in done]
         if not todo:
             continue
         extractor = EntityExtractor.from_run(run_dir, types=info.types, dtype=args.dtype)
-        for penalty in todo:
-            extractor.end_penalty = penalty
+        for penalty, one in todo:
+            extractor.end_penalty, extractor.one_type_per_span = penalty, one
             start = time.perf_counter()
             predicted = [p.spans for p in extractor.predict(query)]
             scores = span_scores(gold, predicted)
@@ -89,6 +104,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 "sentences": len(query),
                 "dtype": str(next(extractor.model.parameters()).dtype).removeprefix("torch."),
                 "end_penalty": penalty,
+                "one_type_per_span": one,
                 "seconds": round(time.perf_counter() - start, 1),
                 **{k: scores[k] for k in ("precision", "recall", "f1")},
                 "errors": error_breakdown(gold, predicted),

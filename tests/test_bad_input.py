@@ -238,6 +238,7 @@ def test_predict_never_writes_over_its_input(fake_run, text_input, capsys):
         ("base_model", "cllmfs_run.json: field 'base_model': "),
         ("answer_format", "field 'answer_format' must be one of ['marked', 'pointer'], got 'brackets'"),
         ("end_penalty", "field 'end_penalty' must be a finite number, got 'high'"),
+        ("one_type_per_span", "field 'one_type_per_span' must be true or false, got 'yes'"),
     ],
 )
 def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path, capsys, damage, words):
@@ -256,6 +257,8 @@ def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path
             record["answer_format"] = "brackets"
         elif damage == "end_penalty":
             record["end_penalty"] = "high"
+        elif damage == "one_type_per_span":
+            record["one_type_per_span"] = "yes"
         else:
             record["base_model"] = str(tmp_path / "deleted-model")
         run_file.write_text(json.dumps(record))
@@ -399,6 +402,10 @@ def train_recipe(tmp_path, tiny_run_inputs, text=None, **changes):
         ({"prompt_format": 7}, "prompt_format must be one of [1, 2], got 7"),
         ({"answer_format": "brackets"}, "answer_format must be one of ['marked', 'pointer'], got 'brackets'"),
         ({"end_penalty": float("inf")}, "end_penalty must be a finite number, got inf"),
+        (
+            {"one_type_per_span": True, "answer_format": "marked"},
+            "one_type_per_span needs answer_format pointer",
+        ),
         ({"learning_rate": -0.1}, "learning_rate must be >= 0, got -0.1"),
         ({"k": -3}, "k must be an integer >= 1, got -3"),
         ({"k": 50}, "k=50 but the support set has fewer mentions of some types ({'person': 4}); pass k <= 4"),

@@ -525,30 +525,33 @@ def test_from_run_casts_the_merged_model_to_a_dtype(run_dir, tmp_path):
     assert set(json.loads(out.read_text())) == {"text", "entities"}
 
 
-def test_from_run_and_cli_use_the_runs_end_penalty_unless_told(run_dir, tmp_path, monkeypatch):
+def test_from_run_and_cli_use_the_runs_prediction_options_unless_told(run_dir, tmp_path, monkeypatch):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     record = json.loads((run / "cllmfs_run.json").read_text())
     assert record["end_penalty"] == 0.0  # the recipe's default
-    (run / "cllmfs_run.json").write_text(json.dumps({**record, "end_penalty": 1.5}))
-    assert EntityExtractor.from_run(run).end_penalty == 1.5
+    assert record["one_type_per_span"] is False
+    (run / "cllmfs_run.json").write_text(json.dumps({**record, "end_penalty": 1.5, "one_type_per_span": True}))
+    extractor = EntityExtractor.from_run(run)
+    assert extractor.end_penalty == 1.5 and extractor.one_type_per_span
     assert EntityExtractor.from_run(run, end_penalty=0.25).end_penalty == 0.25
-    assert EntityExtractor.from_run(run, constrained=False).end_penalty == 0.0  # no ending choice to move
+    unconstrained = EntityExtractor.from_run(run, constrained=False)  # no ending choice to move, no first-token odds
+    assert unconstrained.end_penalty == 0.0 and not unconstrained.one_type_per_span
     used = []
     real_init = EntityExtractor.__init__
 
     def spy(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        used.append(self.end_penalty)
+        used.append((self.end_penalty, self.one_type_per_span))
 
     monkeypatch.setattr(EntityExtractor, "__init__", spy)
-    for extra in ([], ["--end-penalty", "3"]):
+    for extra in ([], ["--end-penalty", "3", "--no-one-type-per-span"]):
         out = tmp_path / f"o{len(extra)}.jsonl"
         args = ["predict", "--run", str(run), "--text", "Bo met Al", "--output", str(out), "--max-new-tokens", "40"]
         assert cli_main(args + extra) == 0
-    assert used == [1.5, 3.0]
+    assert used == [(1.5, True), (3.0, False)]
 
 
 @pytest.mark.parametrize("probed", ["bfloat16", "float32"])

@@ -74,7 +74,7 @@ def tiny_args(root, out):
 
 
 def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inputs, tmp_path):
-    args = tiny_args(tiny_run_inputs, tmp_path) + ["--end_penalty", "1.5"]
+    args = tiny_args(tiny_run_inputs, tmp_path) + ["--end_penalty", "1.5", "--one_type_per_span", "true"]
     trainer = train_script.main(*train_script.parse_args(args))
     assert trainer.state.global_step == 2
     # The recipe's CPU choices are resolved by their probes, not passed on as "auto".
@@ -91,7 +91,7 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
     } <= files
     run = json.loads((tmp_path / "cllmfs_run.json").read_text())
     assert run["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
-    assert run["end_penalty"] == 1.5  # saved for prediction
+    assert run["end_penalty"] == 1.5 and run["one_type_per_span"] is True  # saved for prediction
     assert [t["label"] for t in run["train_types"]] == ["person"]
     assert run["train_types"][0]["description"]
 

@@ -69,6 +69,23 @@ class Prediction:
     spans: list[Span] = field(default_factory=list)
 
 
+def resolve_types(spans: Sequence[Span], scores: dict[Span, float]) -> list[Span]:
+    """Keep one type per `(start, end)`: the span with the highest score (missing: -inf; ties: the first given).
+
+    Args:
+        spans (`Sequence[Span]`):
+            One chunk's predicted spans, possibly the same boundaries under several types.
+        scores (`dict[Span, float]`):
+            A score per span, e.g. its type prompt's log-odds of naming it at the first answer token.
+    """
+    best: dict[tuple[int, int], Span] = {}
+    for span in spans:
+        kept = best.get((span.start, span.end))
+        if kept is None or scores.get(span, float("-inf")) > scores.get(kept, float("-inf")):
+            best[span.start, span.end] = span
+    return [span for span in spans if best[span.start, span.end] is span]
+
+
 class Job(NamedTuple):
     """One prompt to answer: its text, the words the constraint may copy, and the group sharing its prefix."""
 
@@ -111,6 +128,10 @@ class EntityExtractor:
         end_penalty (`float`, *optional*, defaults to `0.0`):
             With `constrained`, subtracted from the score of ending the answer wherever another entity could start
             (nats; above 0 trades precision for recall). A decision threshold, to be chosen on dev data.
+        one_type_per_span (`bool`, *optional*, defaults to `False`):
+            Each type is asked alone, so one span can come back under several types. Keep only the type whose prompt
+            gave the highest log-odds of naming the span rather than none at the answer's first token
+            (`resolve_types`). Needs pointer answers and constrained greedy decoding in our own loop.
         generation_kwargs (`dict[str, Any]`, *optional*):
             Passed to `generate` (e.g. `do_sample=True, temperature=0.01, top_p=0.9`).
     """
@@ -132,6 +153,7 @@ class EntityExtractor:
         answer_format: str = ANSWER_FORMAT,
         compact_decoding: bool = True,
         end_penalty: float = 0.0,
+        one_type_per_span: bool = False,
         **generation_kwargs: Any,
     ) -> None:
         if tokenizer.pad_token_id is None:
@@ -156,7 +178,19 @@ class EntityExtractor:
         self.answer_format = check_answer_format(answer_format)
         self.compact_decoding = compact_decoding
         self.end_penalty = float(end_penalty)
+        self.last_first_odds: list[dict[int, float]] = []  # per job of the last `generate` call, with one_type_per_span
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
+        self.one_type_per_span = one_type_per_span
+        if one_type_per_span and not (
+            constrained
+            and compact_decoding
+            and answer_format == "pointer"
+            and is_plain_greedy(self.generation_kwargs, model)
+        ):
+            raise UserError(
+                "one_type_per_span needs pointer answers and constrained greedy decoding in our own loop "
+                "(constrained, compact_decoding, no sampling or beams)"
+            )
         self.stats = ParseStats()
         self._automata: dict = {}  # one constraint automaton per sentence, shared by its types' prompts
         self._template: CompletionTemplate | None = None
@@ -183,7 +217,8 @@ class EntityExtractor:
                 faster there (`cllmfs_trainer.models.precision`); elsewhere it keeps the loaded precision. `None` keeps
                 the loaded precision (float32 on a CPU).
             kwargs (`dict[str, Any]`, *optional*):
-                `EntityExtractor` arguments; `prompt_format`, `answer_format` and `end_penalty` default to the run's.
+                `EntityExtractor` arguments; `prompt_format`, `answer_format`, `end_penalty` and `one_type_per_span`
+                default to the run's.
         """
         from peft import PeftModel
 
@@ -217,6 +252,7 @@ class EntityExtractor:
         kwargs.setdefault("answer_format", run.answer_format)
         # The run's threshold belongs to constrained decoding; unconstrained prediction has no ending choice to move.
         kwargs.setdefault("end_penalty", run.end_penalty if kwargs.get("constrained", True) else 0.0)
+        kwargs.setdefault("one_type_per_span", run.one_type_per_span and kwargs.get("constrained", True))
         return cls(model, tokenizer, types, **kwargs)
 
     def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:
@@ -224,8 +260,13 @@ class EntityExtractor:
         self._automata = {}
         chunks = [split_sentence(s, self.max_sentence_words) for s in sentences]
         found: dict[tuple[int, int], list[Span]] = {}
-        for places, texts in self._answer_blocks(chunks, progress):
+        odds: dict[tuple[int, int], dict[Span, float]] = {}
+        for places, texts, first_odds in self._answer_blocks(chunks, progress):
             self._collect(chunks, places, texts, found)
+            if self.one_type_per_span:
+                self._span_odds(chunks, places, first_odds, found, odds)
+        if self.one_type_per_span:
+            found = {key: resolve_types(spans, odds.get(key, {})) for key, spans in found.items()}
         return [
             Prediction(sentence, merge_chunk_spans(chunks[i], [found.get((i, j), []) for j in range(len(chunks[i]))]))
             for i, sentence in enumerate(sentences)
@@ -250,7 +291,7 @@ class EntityExtractor:
                 Job(build_prompt(chunks[i][j].sentence.text, t, 1), chunks[i][j].sentence.tokens, t.label)
                 for i, j, t in places
             ]
-            yield places, self.generate(jobs, progress)
+            yield places, self.generate(jobs, progress), self.last_first_odds
             return
         pieces = sorted({(i, j) for i, j, _ in places}, key=lambda ij: len(chunks[ij[0]][ij[1]].sentence.tokens))
         blocks = [pieces[k : k + self.SENTENCES_PER_BLOCK] for k in range(0, len(pieces), self.SENTENCES_PER_BLOCK)]
@@ -268,7 +309,7 @@ class EntityExtractor:
                 )
                 for i, j, t in block_places
             ]
-            yield block_places, self.generate(jobs)
+            yield block_places, self.generate(jobs), self.last_first_odds
 
     def _collect(self, chunks, places, texts, found: dict[tuple[int, int], list[Span]]) -> None:
         """Parse answers into spans of their chunks, counting malformed outputs in `self.stats`."""
@@ -277,6 +318,19 @@ class EntityExtractor:
             match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
             self.stats.update(parsed, match)
             found.setdefault((i, j), []).extend(match.spans)
+
+    def _span_odds(self, chunks, places, first_odds, found, odds) -> None:
+        """Record, per chunk, the first-token log-odds of each span found under each type (for `resolve_types`)."""
+        for (i, j, t), row_odds in zip(places, first_odds):
+            words = chunks[i][j].sentence.tokens
+            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)[
+                0
+            ]
+            for span in found.get((i, j), []):
+                if span.type != t.label or span in odds.setdefault((i, j), {}):
+                    continue
+                run = automaton.runs.get(" ".join(words[span.start : span.end]))
+                odds[i, j][span] = row_odds.get(run[0], float("-inf")) if run else float("-inf")
 
     def _answer_prefill(self) -> tuple[int, ...]:
         """Token ids of the answer prefix to feed with the prompt; `()` when the answer is generated in full."""
@@ -340,6 +394,7 @@ class EntityExtractor:
         device = next(self.model.parameters()).device
         own_loop = self.compact_decoding and is_plain_greedy(self.generation_kwargs, self.model)
         outputs: list[str] = [""] * len(jobs)
+        self.last_first_odds = [{} for _ in jobs]
         for batch in batches:
             # Row layout: [group prefix | masked gap up to shared.width | padding | rest]; the cache holds the first
             # shared.width columns and positions follow the mask, so each row reads as its unpadded prompt.
@@ -358,6 +413,7 @@ class EntityExtractor:
                 automata = build_automata(
                     tokenizer, [jobs[k].words for k in batch], cache=self._automata, answer_format=self.answer_format
                 )
+                first_odds: list[dict[int, float]] | None = [] if self.one_type_per_span else None
                 answers = constrained_greedy(
                     self.model,
                     ids.to(device),
@@ -367,9 +423,12 @@ class EntityExtractor:
                     cache=shared.cache_for(batch_groups),
                     written=answer,
                     end_penalty=self.end_penalty,
+                    first_odds=first_odds,
                 )
-                for k, tokens in zip(batch, answers):
+                for row, (k, tokens) in enumerate(zip(batch, answers)):
                     outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
+                    if first_odds:
+                        self.last_first_odds[k] = first_odds[row]
                 continue
             extra: dict[str, Any] = shared.generate_kwargs(batch_groups)
             if self.constrained:

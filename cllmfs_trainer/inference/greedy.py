@@ -69,6 +69,7 @@ def constrained_greedy(
     cache: Any = None,
     written: Sequence[int] = (),
     end_penalty: float = 0.0,
+    first_odds: list[dict[int, float]] | None = None,
 ) -> list[list[int]]:
     """Greedy decoding under per-row answer automata; returns each row's generated token ids (EOS included).
 
@@ -88,6 +89,10 @@ def constrained_greedy(
             and they are not part of the returned ids or of `max_new_tokens`.
         end_penalty (`float`, *optional*, defaults to `0.0`):
             Subtracted from the score of ending wherever another entity could start (`penalise_ending`).
+        first_odds (`list[dict[int, float]]`, *optional*):
+            If given, filled with one dict per row: each token allowed at the first generated step, mapped to its
+            log-probability minus that of the token that ends the answer there, before any penalty (under pointer
+            answers, the log-odds of naming the run that starts with it rather than none; `resolve_types`).
     """
     from transformers import DynamicCache
 
@@ -113,6 +118,8 @@ def constrained_greedy(
             **{argument: cache},
         ).logits[:, -1]
         allowed = [automata[row].allowed_tensor(states[row]) for row in active]
+        if first_odds is not None and not generated[active[0]]:  # the first step: every row is still active
+            first_odds.extend(_log_odds(logits, automata, states, allowed))
         rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
         scores = penalise_ending(mask_to_allowed(logits, allowed), rows_automata, rows_states, end_penalty)
         choices = scores.argmax(dim=-1).tolist()
@@ -138,3 +145,19 @@ def constrained_greedy(
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         step_positions = step_positions[:, -1:] + 1
     return generated
+
+
+def _log_odds(
+    logits: torch.Tensor, automata: Sequence[EntityAutomaton], states: Sequence, allowed: Sequence[torch.Tensor]
+) -> list[dict[int, float]]:
+    """Per row: each allowed token's log-probability minus the ending choice's (empty where the row cannot end)."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    odds = []
+    for row, (automaton, state, ids) in enumerate(zip(automata, states, allowed)):
+        ending = automaton.ending_choice(state)
+        if ending is None:
+            odds.append({})
+            continue
+        values = (logprobs[row, ids] - logprobs[row, ending]).tolist()
+        odds.append(dict(zip(ids.tolist(), values)))
+    return odds

@@ -90,6 +90,14 @@ class ScriptArguments:
             "benchmark and `evaluate_on` use it. Choose it on dev data (experiments/end_penalty.py)."
         },
     )
+    one_type_per_span: bool = field(
+        default=False,
+        metadata={
+            "help": "Prediction option saved in the run folder: where one span comes back under several types (each "
+            "type is asked alone), keep the type whose prompt gave the highest log-odds of naming it at the first "
+            "answer token. Needs answer_format pointer. Choose it on dev data (experiments/end_penalty.py)."
+        },
+    )
     evaluate_on: list[str] | None = field(
         default=None,
         metadata={
@@ -252,6 +260,8 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         raise UsageError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {script_args.answer_format!r}")
     if not math.isfinite(script_args.end_penalty):
         raise UsageError(f"end_penalty must be a finite number, got {script_args.end_penalty!r}")
+    if script_args.one_type_per_span and script_args.answer_format != "pointer":
+        raise UsageError("one_type_per_span needs answer_format pointer: its scores come from the answer's first token")
     if str(script_args.setting).lower() not in ("intra", "inter"):
         raise UsageError(f"setting must be 'intra' or 'inter', got {script_args.setting!r}")
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
@@ -378,6 +388,7 @@ def main(
             prompt_format=script_args.prompt_format,
             answer_format=script_args.answer_format,
             end_penalty=script_args.end_penalty,
+            one_type_per_span=script_args.one_type_per_span,
             setting=task.setting,
             dataset=dataset.key,
             k=script_args.k,
