@@ -243,3 +243,28 @@ def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
     ]
     write_bio(root / "support.txt", sentences)
     return root
+
+
+# --- Shared by the prediction tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models gain nothing from intra-op threads, and lose a lot when another process competes for the cores.
+    Use it module-wide with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def sp_left(sp_tokenizer):
+    """A copy of the offline SentencePiece tokenizer with a pad token, padding on the left (as prediction does)."""
+    from cllmfs_trainer.models import ensure_pad_token
+
+    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
+    tokenizer.padding_side = "left"
+    return tokenizer

@@ -19,25 +19,13 @@ PLACE = EntityType("location", "location", "names of places")
 SENTENCES = ["Ann Lee met Bo in Rome".split(), "Bo".split(), "Did Pedro Rossi pay $ 12.50 ?".split()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["smollm2_tokenizer", "sp_tokenizer"])
 def tok(request):
     tokenizer = request.getfixturevalue(request.param)
     return tokenizer if tokenizer.pad_token_id is not None else ensure_pad_token(copy.deepcopy(tokenizer))
-
-
-@pytest.fixture()
-def sp_left(sp_tokenizer):
-    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 @pytest.mark.parametrize("answer_format", ["marked", "pointer"])

@@ -29,13 +29,7 @@ PLACE = EntityType("location", "location", "names of places")
 WORK = EntityType("creative-work", "creative work", "titles of songs, albums, films, books, shows or artworks")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small models gain nothing from intra-op threads, and lose a lot when another process competes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +68,6 @@ def run_dir(tiny_run_inputs, tmp_path_factory):
 
 @pytest.fixture()
 def extractor(tiny_llama, sp_tokenizer):
-    import copy
 
     tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
     tokenizer.padding_side = "left"
@@ -328,13 +321,6 @@ def assert_fast_equals_plain(
             outputs = extractor.generate(jobs)
             mismatches = [(job.prompt, want, got) for job, want, got in zip(jobs, expected, outputs) if want != got]
             assert not mismatches, (constrained, reuse_prefix, prefill_answer, compact, mismatches[:3])
-
-
-@pytest.fixture()
-def sp_left(sp_tokenizer):
-    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 def test_fast_path_equals_plain_generate_on_a_tiny_random_llama(tiny_llama, sp_left):

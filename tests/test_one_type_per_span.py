@@ -1,8 +1,6 @@
 """`one_type_per_span`: where a span comes back under several types, prediction keeps the type whose prompt gave the
 highest log-odds of naming it at the answer's first token, checked against those log-odds computed by hand."""
 
-import copy
-
 import pytest
 import torch
 
@@ -13,7 +11,6 @@ from cllmfs_trainer.data.sft import build_prompt
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityAutomaton
 from cllmfs_trainer.inference.generate import EntityExtractor, resolve_types
-from cllmfs_trainer.models import ensure_pad_token
 
 TYPES = [
     EntityType("person", "person", "names of people"),
@@ -23,19 +20,7 @@ TYPES = [
 SENTENCES = [Sentence(text.split(), [], str(n)) for n, text in enumerate(["Ann Lee met Bo in Rome", "Acme hired Bo"])]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture()
-def sp_left(sp_tokenizer):
-    tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
-    tokenizer.padding_side = "left"
-    return tokenizer
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_resolve_types_keeps_the_best_scored_type_per_boundaries():
