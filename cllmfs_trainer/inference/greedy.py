@@ -120,8 +120,10 @@ def constrained_greedy(
         allowed = [automata[row].allowed_tensor(states[row]) for row in active]
         if first_odds is not None and not generated[active[0]]:  # the first step: every row is still active
             first_odds.extend(_log_odds(logits, automata, states, allowed))
-        rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
-        scores = penalise_ending(mask_to_allowed(logits, allowed), rows_automata, rows_states, end_penalty)
+        scores = mask_to_allowed(logits, allowed)
+        if end_penalty:  # the default 0 costs nothing per step
+            rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
+            scores = penalise_ending(scores, rows_automata, rows_states, end_penalty)
         choices = scores.argmax(dim=-1).tolist()
         keep = []
         for index, (row, token) in enumerate(zip(active, choices)):
