@@ -480,10 +480,18 @@ def test_resume_true_takes_the_latest_checkpoint(train_script, tmp_path):
     [
         ({"methods": ["bert"]}, "methods: unknown method 'bert'; choose from"),
         ({"methods": ["cllmfs"], "recipe": "missing.yaml"}, "recipe: missing.yaml does not exist"),
+        (
+            {
+                "methods": ["cllmfs"],
+                "recipe": str(REPO / "recipes/smollm2/wnut17_intra.yaml"),
+                "inter_recipe": "no.yaml",
+            },
+            "inter_recipe: no.yaml does not exist",
+        ),
         ({"seeds": "0,1"}, "seeds: expected a list of integers, got '0,1'"),
         ({"ks": [-5]}, "ks: shots per type must be >= 1, got [-5]"),
     ],
-    ids=["method", "recipe", "seeds", "ks"],
+    ids=["method", "recipe", "inter_recipe", "seeds", "ks"],
 )
 def test_benchmark_refuses_bad_configs_before_running(tmp_path, capsys, monkeypatch, changes, words):
     from cllmfs_trainer.scripts import benchmark

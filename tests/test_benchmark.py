@@ -150,6 +150,39 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
         assert record["span"]["tp"] + record["span"]["fp"] == record["errors"]["n_pred"]
 
 
+def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_on_resume(tiny_run_inputs, tmp_path):
+    shared_dataset("conll2003")
+    inter_recipe = tmp_path / "inter.yaml"
+    original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")
+    inter_recipe.write_text(original.replace("max_steps: 80", "max_steps: 7"), encoding="utf-8")
+    config = tiny_config(
+        tiny_run_inputs,
+        tmp_path / "bench",
+        tasks=["intra:wnut17", "inter:conll2003"],
+        methods=["lora"],
+        inter_recipe=str(inter_recipe),
+        data_dir=str(shared_dataset("ontonotes5").parent),
+    )
+    recipes = {}
+
+    class Stop(Exception):
+        pass
+
+    def recording(recipe, overrides, output_dir):
+        recipes[overrides["dataset"]] = recipe
+        raise Stop  # which recipe was asked for is all this test needs
+
+    bench = Benchmark(config, train_fn=recording)
+    bench.prepare()
+    for unit in bench.units():
+        with pytest.raises(Stop):
+            bench.train(unit, bench.support(unit))
+    assert recipes == {"wnut17": config.recipe, "ontonotes5": str(inter_recipe)}
+    inter_recipe.write_text(original.replace("max_steps: 80", "max_steps: 9"), encoding="utf-8")
+    with pytest.raises(ValueError, match="inter_recipe_settings"):
+        Benchmark(config).prepare()
+
+
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, tiny_run_inputs, tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
@@ -507,18 +540,28 @@ def test_cli_overrides_and_unknown_keys(bench_script, tmp_path):
         bench_script.parse_args([str(yaml_file), "--sedes", "[1]"])
 
 
-def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs, tmp_path):
+def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs, tmp_path, monkeypatch):
     yaml_file = tmp_path / "b.yaml"
     yaml_file.write_text(
         f"output_dir: {tmp_path / 'out'}\nreport_dir: {tmp_path / 'report'}\ntasks: [intra:wnut17]\n"
         f"methods: [zero_shot]\nseeds: [0, 1]\nks: [1]\nquery_size: 3\nmodel: {tiny_run_inputs / 'model'}\n"
     )
+    reported = []  # the seeds each report written covered
+    write_report = bench_script.write_report
+
+    def recording(records, *args, **kwargs):
+        reported.append(sorted(r["seed"] for r in records))
+        return write_report(records, *args, **kwargs)
+
+    monkeypatch.setattr(bench_script, "write_report", recording)
     for seeds in ("[1]", "[0]"):
         args = bench_script.parse_args([str(yaml_file), "--seeds", seeds])
         assert args.config.seeds == json.loads(seeds) and args.report_config.seeds == [0, 1]
         report = bench_script.main(args)
         units = json.loads((report / "results.json").read_text())["units"]
         assert sorted(u["seed"] for u in units) == ([1] if seeds == "[1]" else [0, 1])  # seed 1 stays in the report
+    # Rewritten as each unit finished (a run cut off later keeps it), then once more at the end.
+    assert reported == [[1], [1], [0, 1], [0, 1]]
     widened = bench_script.parse_args([str(yaml_file), "--seeds", "[5]"]).report_config
     assert widened.seeds == [0, 1, 5]  # a seed outside the file's list is reported too
     assert bench_script.parse_args([str(yaml_file)]).report_config is None

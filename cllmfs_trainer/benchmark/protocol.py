@@ -64,6 +64,9 @@ class BenchmarkConfig:
             Seed of that subset, the same for every support seed.
         recipe (`str`, *optional*):
             Training recipe YAML for the trained methods (its dataset/support keys are set per unit).
+        inter_recipe (`str`, *optional*):
+            Training recipe for the INTER units' source-domain models (default: `recipe`). A source with many types
+            and sentences wants another budget than a 5-shot support set, e.g. epochs instead of steps.
         train_overrides (`dict[str, Any]`, *optional*, defaults to `{}`):
             Recipe keys to override for every trained method (e.g. `max_steps`).
         model (`str`, *optional*, defaults to `"default"`):
@@ -102,6 +105,7 @@ class BenchmarkConfig:
     query_size: int | None = None
     query_seed: int = 0
     recipe: str | None = None
+    inter_recipe: str | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
     model: str = "default"
     encoder: str = "minilm"
@@ -152,7 +156,13 @@ class BenchmarkConfig:
         if self.recipe:
             # The recipe's settings, not its text: editing a comment must not invalidate finished units.
             fields["recipe_settings"] = _recipe_settings(Path(self.recipe).read_text(encoding="utf-8"))
+        if self.inter_recipe:
+            fields["inter_recipe_settings"] = _recipe_settings(Path(self.inter_recipe).read_text(encoding="utf-8"))
         return fields
+
+    def recipe_for(self, setting: str) -> str | None:
+        """The training recipe of a unit's setting: `inter_recipe` for INTER units where one is given."""
+        return self.inter_recipe if setting == "inter" and self.inter_recipe else self.recipe
 
     def query_note(self) -> str:
         """How the query was drawn, in words: written into reports and checked when units are restored from one."""
@@ -293,8 +303,18 @@ class Benchmark:
     def unit_path(self, unit: Unit) -> Path:
         return self.root / "units" / unit.task / f"k{unit.k}" / f"seed{unit.seed}" / f"{unit.method}.json"
 
-    def run(self, progress: bool = True) -> list[dict[str, Any]]:
-        """Run every unit not done yet; returns the scores of all units (done before or now)."""
+    def run(
+        self, progress: bool = True, on_unit: Callable[[dict[str, Any]], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run every unit not done yet; returns the scores of all units (done before or now).
+
+        Args:
+            progress (`bool`, *optional*, defaults to `True`):
+                Show a progress bar.
+            on_unit (`Callable[[dict], None]`, *optional*):
+                Called with each new unit's record once it is saved (the script rewrites the report there, so that
+                a long run cut off at any point leaves a report of every unit it finished).
+        """
         from tqdm.auto import tqdm
 
         self.prepare()
@@ -304,7 +324,9 @@ class Benchmark:
         bar = tqdm(todo, desc="benchmark", unit="unit", disable=not progress)
         for unit in bar:
             bar.set_postfix_str(f"{unit.task} k{unit.k} seed{unit.seed} {unit.method}")
-            self.run_unit(unit)
+            record = self.run_unit(unit)
+            if on_unit is not None:
+                on_unit(record)
         return [json.loads(self.unit_path(u).read_text(encoding="utf-8")) for u in units]
 
     def restore_from(self, results: str | Path) -> int:
@@ -483,7 +505,7 @@ class Benchmark:
             overrides["resume_from_checkpoint"] = str(checkpoint)
             logger.info("resuming %s from %s", run_dir, checkpoint.name)
         start = time.perf_counter()
-        self.train_fn(self.config.recipe, overrides, partial)
+        self.train_fn(self.config.recipe_for(unit.setting), overrides, partial)
         for stale in partial.glob("checkpoint-*"):  # only an unfinished training needs them
             shutil.rmtree(stale)
         # Seconds of the last attempt only; it trained the steps after `resumed_from_step`.

@@ -156,8 +156,9 @@ def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None
             get_method(name)
         except ValueError as err:
             raise UsageError(f"{at(path, lines, 'methods')}: {err}") from None
-    if raw.get("recipe") is not None:
-        check_input_file(raw["recipe"], f"{at(path, lines, 'recipe')}:")
+    for key in ("recipe", "inter_recipe"):
+        if raw.get(key) is not None:
+            check_input_file(raw[key], f"{at(path, lines, key)}:")
     if raw.get("data_dir") is not None and not Path(raw["data_dir"]).is_dir():
         raise UsageError(f"{at(path, lines, 'data_dir')}: {raw['data_dir']} is not an existing folder")
     for key in ("output_dir", "report_dir"):
@@ -166,7 +167,7 @@ def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None
 
 
 def _check_training(config: BenchmarkConfig) -> None:
-    """Parse the recipe with `train_overrides` as the first trained unit will, so a bad key fails now, not hours in."""
+    """Parse the recipes with `train_overrides` as the first trained units will, so a bad key fails now, not hours in."""
     if not any(get_method(name).kind == "trained" for name in config.methods) or not config.recipe:
         return
     from cllmfs_trainer.models.loading import check_model_reference
@@ -174,25 +175,30 @@ def _check_training(config: BenchmarkConfig) -> None:
 
     if config.model != "default":
         check_model_reference(config.model, "model", weights=True)
-    argv = [config.recipe, "--output_dir", str(Path(config.output_dir) / "runs")]
-    for key, value in config.train_overrides.items():
-        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
-    try:
-        train.parse_args(argv)
-    except UserError as err:
-        raise UsageError(f"recipe {config.recipe} with train_overrides {config.train_overrides}: {err}") from None
+    for recipe in dict.fromkeys(filter(None, (config.recipe, config.inter_recipe))):
+        argv = [recipe, "--output_dir", str(Path(config.output_dir) / "runs")]
+        for key, value in config.train_overrides.items():
+            argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        try:
+            train.parse_args(argv)
+        except UserError as err:
+            raise UsageError(f"recipe {recipe} with train_overrides {config.train_overrides}: {err}") from None
 
 
 def main(args: BenchmarkArguments) -> Path:
-    """Run (or only report) the benchmark; returns the report folder."""
-    config = args.config
-    benchmark = Benchmark(config, train_fn=train_run, overwrite=args.overwrite)
+    """Run (or only report) the benchmark; returns the report folder, rewritten after every unit that finishes."""
+    benchmark = Benchmark(args.config, train_fn=train_run, overwrite=args.overwrite)
     if args.restore_from is not None:
         benchmark.restore_from(args.restore_from)
-    records = benchmark.finished_records() if args.report_only else benchmark.run()
-    if args.report_config is not None:
-        config = args.report_config
-        records = Benchmark(config, train_fn=train_run).finished_records()
+    if not args.report_only:
+        benchmark.run(on_unit=lambda record: report(args))
+    return report(args)
+
+
+def report(args: BenchmarkArguments) -> Path:
+    """Write the report of every finished unit of the YAML's lists (`report_config`: a subset run reports them all)."""
+    config = args.report_config or args.config
+    records = Benchmark(config).finished_records()
     overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
     return write_report(
         records,
