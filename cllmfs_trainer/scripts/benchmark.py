@@ -167,7 +167,7 @@ def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None
 
 
 def _check_training(config: BenchmarkConfig) -> None:
-    """Parse the recipes with `train_overrides` as the first trained units will, so a bad key fails now, not hours in."""
+    """Parse the recipes and `train_overrides` as the first trained units will: a bad key fails now, not hours in."""
     if not any(get_method(name).kind == "trained" for name in config.methods) or not config.recipe:
         return
     from cllmfs_trainer.models.loading import check_model_reference
