@@ -88,6 +88,7 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
         "tokenizer.json",
         "support.txt",
         "cllmfs_run.json",
+        "auto_choices.json",  # read back by a resumed training instead of probing again
     } <= files
     run = json.loads((tmp_path / "cllmfs_run.json").read_text())
     assert run["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1

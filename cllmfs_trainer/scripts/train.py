@@ -39,6 +39,7 @@ from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
+from cllmfs_trainer.training.cpu_choices import resolve_auto_choices
 
 PROG = "train.py"
 KEYS_HINT = "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
@@ -343,18 +344,9 @@ def main(
         prompt_format=script_args.prompt_format,
         answer_format=script_args.answer_format,
     )
-    if model_args.dtype == "auto" and not torch.accelerator.is_available():
-        # Resolved here, not in load_model: the 4-bit config takes its compute dtype from this field too.
-        from cllmfs_trainer.models.precision import probe_cpu_dtype
-
-        model_args.dtype = probe_cpu_dtype()
-    if model_args.attn_implementation == "auto":
-        # On the CPU a probe picks SDPA or plain matmuls for these short sequences; elsewhere transformers' default.
-        from cllmfs_trainer.models.attention_probe import probe_cpu_attention
-
-        cpu = not torch.accelerator.is_available() or training_args.use_cpu
-        dtype = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
-        model_args.attn_implementation = probe_cpu_attention(dtype) if cpu else None
+    # Before the quantization config, which takes its compute dtype from `dtype`; a resumed training reads back
+    # what its first start chose.
+    resolve_auto_choices(training_args, model_args)
     quantization = get_quantization_config(model_args)
     model = load_model(
         model_args.model_name_or_path,

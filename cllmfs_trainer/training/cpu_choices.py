@@ -1,0 +1,92 @@
+"""The recipe's `auto` settings (precision, attention kernel, LoRA dropout generator), resolved once per training.
+
+On a CPU each `auto` is settled by a timing probe. A probe can settle differently from one start to the next (a busy
+machine, or another CPU model), and a resumed training that did so would continue with another precision or other
+dropout masks than it began with. So a fresh training writes what it resolved to `auto_choices.json` in its output
+folder, and a training resumed from a checkpoint in that folder reads it back instead of probing again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from trl import ModelConfig
+
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.training.config import ContrastiveSFTConfig
+
+CHOICES_FILE = "auto_choices.json"
+# (owner, field) of each setting that `auto` resolves; "model" is `ModelConfig`, "training" `ContrastiveSFTConfig`.
+FIELDS = (("model", "dtype"), ("model", "attn_implementation"), ("training", "lora_dropout_rng"))
+
+
+def _probe(name: str, training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> str | None:
+    """What a probe picks for `name` here; `None` keeps transformers' own default (off the CPU)."""
+    cpu = not torch.accelerator.is_available() or training_args.use_cpu
+    if name == "dtype":
+        if torch.accelerator.is_available():
+            return "auto"  # transformers reads the checkpoint's dtype
+        from cllmfs_trainer.models.precision import probe_cpu_dtype
+
+        return probe_cpu_dtype()
+    if name == "attn_implementation":
+        # On the CPU a probe picks SDPA or plain matmuls for these short sequences; elsewhere transformers' default.
+        from cllmfs_trainer.models.attention_probe import probe_cpu_attention
+
+        dtype = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
+        return probe_cpu_attention(dtype) if cpu else None
+    # lora_dropout_rng: only a CPU training with LoRA dropout draws masks; elsewhere the choice is never used.
+    if not (cpu and model_args.use_peft and model_args.lora_dropout > 0):
+        return "auto"
+    from cllmfs_trainer.training.dropout import resolve_lora_dropout_rng
+
+    return resolve_lora_dropout_rng("auto")
+
+
+def _saved_choices(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the resumed training's auto choices ({err})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: must hold a JSON object of the resolved auto settings, got {type(saved).__name__}")
+    return saved
+
+
+def resolve_auto_choices(training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> dict[str, str | None]:
+    """Replace every `auto` among `dtype`, `attn_implementation` and `lora_dropout_rng` by a concrete value.
+
+    A training resumed from `output_dir/checkpoint-<step>` takes the values its first start wrote to
+    `output_dir/auto_choices.json`; a fresh one probes (in order: precision first, since the attention probe times in
+    it) and writes that file. Settings the recipe gives explicitly are left as they are.
+
+    Args:
+        training_args (`ContrastiveSFTConfig`):
+            The training arguments; `lora_dropout_rng` is resolved in place, and `resume_from_checkpoint` (already a
+            folder or `None`) decides between reading and probing.
+        model_args (`ModelConfig`):
+            The model arguments; `dtype` and `attn_implementation` are resolved in place.
+
+    Returns:
+        `dict[str, str | None]`: the resolved value of each setting that was `auto`.
+    """
+    owners = {"model": model_args, "training": training_args}
+    wanted = [(owners[owner], name) for owner, name in FIELDS if getattr(owners[owner], name) == "auto"]
+    resume = training_args.resume_from_checkpoint
+    saved_file = Path(resume).parent / CHOICES_FILE if resume else None
+    saved = _saved_choices(saved_file) if saved_file is not None and saved_file.is_file() else {}
+    resolved = {}
+    for owner, name in wanted:
+        value = saved[name] if name in saved else _probe(name, training_args, model_args)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{saved_file}: field {name!r} must be a string or null, got {value!r}")
+        setattr(owner, name, value)
+        resolved[name] = value
+    if resolved and not saved and PartialState().is_main_process:
+        out = Path(training_args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CHOICES_FILE).write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    return resolved
