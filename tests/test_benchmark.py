@@ -567,18 +567,23 @@ def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs,
     assert bench_script.parse_args([str(yaml_file)]).report_config is None
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*benchmark*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted([*(REPO / "recipes").rglob("*benchmark*.yaml"), *(REPO / "bench" / "configs").glob("*benchmark*.yaml")]),
+    ids=lambda p: p.name,
+)
 def test_shipped_benchmark_configs_parse(bench_script, path):
     args = bench_script.parse_args([str(path)])
     config, report_dir = args.config, args.report_dir
     assert path.read_text().startswith("#") and "Hardware target" in path.read_text().split("\n\n")[0]
     assert (REPO / config.recipe).is_file() and str(report_dir).startswith("bench/results/")
+    assert config.inter_recipe is None or (REPO / config.inter_recipe).is_file()
 
 
 def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
-    """The K-shot curve reuses the main benchmark's K=5 CoNLL'03 units: same output_dir, same fingerprint."""
-    main_args = bench_script.parse_args([str(REPO / "recipes/smollm2/benchmark.yaml")])
-    kshot_args = bench_script.parse_args([str(REPO / "recipes/smollm2/benchmark_kshot.yaml")])
+    """The K-shot curve reuses the 100-sentence benchmark's K=5 CoNLL'03 units: same output_dir, same fingerprint."""
+    main_args = bench_script.parse_args([str(REPO / "bench/configs/smollm2_benchmark_100.yaml")])
+    kshot_args = bench_script.parse_args([str(REPO / "bench/configs/smollm2_benchmark_kshot_100.yaml")])
     main, main_report = main_args.config, main_args.report_dir
     kshot, kshot_report = kshot_args.config, kshot_args.report_dir
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
