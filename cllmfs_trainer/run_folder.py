@@ -71,6 +71,9 @@ class RunFolder:
             Types prediction asks for by default (an INTER run: the target's).
         answer_format (`str`, *optional*, defaults to `"marked"`):
             The SFT answer format (`marked`: ` <<< X >>>` groups, `pointer`: ` X >>>`).
+        type_descriptions (`bool`, *optional*, defaults to `True`):
+            Whether the instructions gave each type's description (the paper) or its name alone; prediction builds
+            its prompts the same way.
         end_penalty (`float`, *optional*, defaults to `0.0`):
             The prediction threshold the recipe chose on dev (`EntityExtractor`'s `end_penalty`); prediction uses it
             unless told otherwise.
@@ -98,6 +101,7 @@ class RunFolder:
     train_types: list[EntityType]
     test_types: list[EntityType]
     answer_format: str = ANSWER_FORMAT
+    type_descriptions: bool = True
     end_penalty: float = 0.0
     one_type_per_span: bool = False
     cl_layer: int | None = None
@@ -213,10 +217,10 @@ class RunFolder:
         penalty = record.setdefault("end_penalty", 0.0)
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
             raise RunFolderError(f"{run_file}: field 'end_penalty' must be a finite number, got {penalty!r}")
-        if not isinstance(record.setdefault("one_type_per_span", False), bool):
-            raise RunFolderError(
-                f"{run_file}: field 'one_type_per_span' must be true or false, got {record['one_type_per_span']!r}"
-            )
+        # Runs before the choice had descriptions; a recipe's prediction options default off.
+        for name, default in (("type_descriptions", True), ("one_type_per_span", False)):
+            if not isinstance(record.setdefault(name, default), bool):
+                raise RunFolderError(f"{run_file}: field {name!r} must be true or false, got {record[name]!r}")
         run = cls(
             path=folder,
             **{k: v for k, v in record.items() if k in known},

@@ -239,6 +239,7 @@ def test_predict_never_writes_over_its_input(fake_run, text_input, capsys):
         ("answer_format", "field 'answer_format' must be one of ['marked', 'pointer'], got 'brackets'"),
         ("end_penalty", "field 'end_penalty' must be a finite number, got 'high'"),
         ("one_type_per_span", "field 'one_type_per_span' must be true or false, got 'yes'"),
+        ("type_descriptions", "field 'type_descriptions' must be true or false, got 'yes'"),
     ],
 )
 def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path, capsys, damage, words):
@@ -257,8 +258,8 @@ def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path
             record["answer_format"] = "brackets"
         elif damage == "end_penalty":
             record["end_penalty"] = "high"
-        elif damage == "one_type_per_span":
-            record["one_type_per_span"] = "yes"
+        elif damage in ("one_type_per_span", "type_descriptions"):
+            record[damage] = "yes"
         else:
             record["base_model"] = str(tmp_path / "deleted-model")
         run_file.write_text(json.dumps(record))

@@ -517,11 +517,25 @@ def test_from_run_and_cli_use_the_runs_prediction_options_unless_told(run_dir, t
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     record = json.loads((run / "cllmfs_run.json").read_text())
-    assert record["end_penalty"] == 0.0  # the recipe's default
-    assert record["one_type_per_span"] is False
-    (run / "cllmfs_run.json").write_text(json.dumps({**record, "end_penalty": 1.5, "one_type_per_span": True}))
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text())
+    assert record["end_penalty"] == recipe["end_penalty"]  # the recipe's choice, saved for prediction
+    assert record["one_type_per_span"] is recipe["one_type_per_span"]
+    assert record["type_descriptions"] is True
+    changed = {**record, "end_penalty": 1.5, "one_type_per_span": True, "type_descriptions": False}
+    (run / "cllmfs_run.json").write_text(json.dumps(changed))
     extractor = EntityExtractor.from_run(run)
     assert extractor.end_penalty == 1.5 and extractor.one_type_per_span
+    assert extractor.type_descriptions is False  # prompts as the run was trained: by the type's name alone
+    import cllmfs_trainer.inference.generate as generate_module
+
+    prompts = []
+    real_build = generate_module.build_prompt
+    monkeypatch.setattr(generate_module, "build_prompt", lambda *a: prompts.append(real_build(*a)) or prompts[-1])
+    extractor.predict([Sentence("Bo met Al".split(), [])])
+    assert prompts and not any("refers to" in p for p in prompts)
+    monkeypatch.undo()
     assert EntityExtractor.from_run(run, end_penalty=0.25).end_penalty == 0.25
     unconstrained = EntityExtractor.from_run(run, constrained=False)  # no ending choice to move, no first-token odds
     assert unconstrained.end_penalty == 0.0 and not unconstrained.one_type_per_span

@@ -250,3 +250,33 @@ def test_pointer_answer_format_drops_the_opening_marker():
     assert sample.completion.endswith("are Andrew Little >>> Bo >>> <im_end>")
     with pytest.raises(ValueError, match="answer_format"):
         build_completion(["Bo"], "brackets")
+
+
+@pytest.mark.parametrize("prompt_format", [1, 2])
+def test_type_descriptions_false_asks_by_the_name_alone(prompt_format):
+    described = build_samples([ANDREW], [PERSON, LOCATION], prompt_format)
+    by_name = build_samples([ANDREW], [PERSON, LOCATION], prompt_format, type_descriptions=False)
+    where = "below" if prompt_format == 1 else "above"
+    for full, short, entity_type in zip(described, by_name, (PERSON, LOCATION)):
+        assert f"Please extract the entity of {entity_type.name} in the input sentence given {where}.\n" in short.prompt
+        assert entity_type.description not in short.prompt and entity_type.description in full.prompt
+        assert short.completion == full.completion  # only the instruction changes
+        s, e = short.sentence_chars
+        assert short.prompt[s:e] == ANDREW.text
+        assert [short.prompt[a:b] for a, b in short.entity_chars] == [full.prompt[a:b] for a, b in full.entity_chars]
+        assert [(short.prompt[a:b], t) for a, b, t in short.gold_chars] == [
+            (full.prompt[a:b], t) for a, b, t in full.gold_chars
+        ]
+    assert build_prompt(ANDREW.text, PERSON, prompt_format, type_descriptions=False) == by_name[0].prompt
+
+
+def test_type_descriptions_false_reaches_the_dataset_and_its_cl_labels(sp_tokenizer):
+    wnut = get_dataset("wnut17")
+    sentences = wnut.load("dev").sentences[:5]
+    full = build_sft_dataset(sentences, wnut.types, sp_tokenizer, keep_text=True)
+    short = build_sft_dataset(sentences, wnut.types, sp_tokenizer, keep_text=True, type_descriptions=False)
+    assert len(short) == len(full) and not any("refers to" in p for p in short["prompt"])
+    assert sum(map(len, short["input_ids"])) < sum(map(len, full["input_ids"]))
+    # The same sentence tokens carry the same labels: only the instruction before them is shorter.
+    for a, b in zip(full["cl_labels"], short["cl_labels"]):
+        assert [x for x in a if x != IGNORE_INDEX] == [x for x in b if x != IGNORE_INDEX]

@@ -13,7 +13,10 @@ computes it once), and the queried type sits right before the answer::
     Please extract the entity of person in the input sentence given above, the entity of person refers to ...
     Output:
 
-The format is a training choice: a run folder records it and prediction builds its prompts the same way.
+The format is a training choice: a run folder records it and prediction builds its prompts the same way. So is
+`type_descriptions=False`, which asks for a type by its name alone ("Please extract the entity of person in the input
+sentence given below."): the description is most of the prompt's tokens, and so of the time of every sample and
+every prediction.
 
 and the completion (the paper's output format, entities in sentence order)::
 
@@ -57,6 +60,7 @@ INSTRUCTION = (
     "Please extract the entity of {name} in the input sentence given {where}, "
     "the entity of {name} refers to {description}."
 )
+INSTRUCTION_BY_NAME = "Please extract the entity of {name} in the input sentence given {where}."
 # format -> (prompt template, where the instruction says the sentence is)
 PROMPT_FORMATS = {
     1: ("{instruction}\nInput: {sentence}\nOutput:\n", "below"),
@@ -91,21 +95,25 @@ def open_marker(answer_format: str = ANSWER_FORMAT) -> str:
     return OPEN if check_answer_format(answer_format) == "marked" else ""
 
 
-def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> str:
-    """The paper's Appendix A instruction for one type ("given above" when the sentence comes first)."""
+def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT, type_descriptions: bool = True) -> str:
+    """The paper's Appendix A instruction for one type ("given above" when the sentence comes first); without its
+    description clause if `type_descriptions` is false."""
     where = PROMPT_FORMATS[check_prompt_format(prompt_format)][1]
-    return INSTRUCTION.format(name=entity_type.name, description=entity_type.description, where=where)
+    template = INSTRUCTION if type_descriptions else INSTRUCTION_BY_NAME
+    return template.format(name=entity_type.name, description=entity_type.description, where=where)
 
 
-def _prompt_parts(entity_type: EntityType, prompt_format: int) -> tuple[str, str]:
+def _prompt_parts(entity_type: EntityType, prompt_format: int, type_descriptions: bool = True) -> tuple[str, str]:
     """The prompt text before and after the sentence."""
     template = PROMPT_FORMATS[check_prompt_format(prompt_format)][0]
     before, after = template.split("{sentence}")
-    text = instruction(entity_type, prompt_format)
+    text = instruction(entity_type, prompt_format, type_descriptions)
     return before.format(instruction=text), after.format(instruction=text)
 
 
-def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int = PROMPT_FORMAT) -> str:
+def build_prompt(
+    sentence_text: str, entity_type: EntityType, prompt_format: int = PROMPT_FORMAT, type_descriptions: bool = True
+) -> str:
     """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces.
 
     Args:
@@ -115,8 +123,10 @@ def build_prompt(sentence_text: str, entity_type: EntityType, prompt_format: int
             The queried type.
         prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
             1 (instruction first) or 2 (sentence first); see the module docstring.
+        type_descriptions (`bool`, *optional*, defaults to `True`):
+            Whether the instruction gives the type's description (the paper) or its name alone.
     """
-    before, after = _prompt_parts(entity_type, prompt_format)
+    before, after = _prompt_parts(entity_type, prompt_format, type_descriptions)
     return before + sentence_text + after
 
 
@@ -173,6 +183,7 @@ def build_samples(
     types: Sequence[EntityType],
     prompt_format: int = PROMPT_FORMAT,
     answer_format: str = ANSWER_FORMAT,
+    type_descriptions: bool = True,
 ) -> list[SFTSample]:
     """One sample per (sentence, type), types absent from the sentence included (they teach the empty output).
 
@@ -185,6 +196,8 @@ def build_samples(
             1 (instruction first) or 2 (sentence first).
         answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
             `marked` or `pointer` (see `build_completion`).
+        type_descriptions (`bool`, *optional*, defaults to `True`):
+            Whether each instruction gives the type's description (the paper) or its name alone.
     """
     check_answer_format(answer_format)
     samples = []
@@ -199,7 +212,7 @@ def build_samples(
             if s.type in type_ids
         ]
         for type_id, entity_type in enumerate(types, start=1):
-            before, after = _prompt_parts(entity_type, prompt_format)
+            before, after = _prompt_parts(entity_type, prompt_format, type_descriptions)
             prompt, start = before + text + after, len(before)
             spans = [s for s in sentence.spans if s.type == entity_type.label]
             samples.append(
@@ -315,6 +328,7 @@ def build_sft_dataset(
     repeat_entity_samples: int = 1,
     prompt_format: int = PROMPT_FORMAT,
     answer_format: str = ANSWER_FORMAT,
+    type_descriptions: bool = True,
 ) -> Any:
     """Build a tokenised `datasets.Dataset` for `ContrastiveSFTTrainer` (pass it with `skip_prepare_dataset`).
 
@@ -337,6 +351,9 @@ def build_sft_dataset(
             1 (instruction first) or 2 (sentence first); prediction must use the same one.
         answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
             `marked` or `pointer` (see `build_completion`); prediction must use the same one.
+        type_descriptions (`bool`, *optional*, defaults to `True`):
+            Whether each instruction gives the type's description (the paper) or its name alone; prediction must use
+            the same choice.
     """
     if repeat_entity_samples < 1:
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
@@ -344,7 +361,7 @@ def build_sft_dataset(
 
     samples = [
         sample
-        for sample in build_samples(sentences, types, prompt_format, answer_format)
+        for sample in build_samples(sentences, types, prompt_format, answer_format, type_descriptions)
         for _ in range(repeat_entity_samples if sample.entity_chars else 1)
     ]
     rows, _ = tokenize_samples(samples, tokenizer, max_length)

@@ -122,6 +122,9 @@ class EntityExtractor:
             The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
         answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
             The answer format the model was trained with: `marked` (` <<< X >>>`) or `pointer` (` X >>>`).
+        type_descriptions (`bool`, *optional*, defaults to `True`):
+            Whether the model was trained with each type's description in its instruction (the paper) or its name
+            alone; the prompts are built the same way.
         compact_decoding (`bool`, *optional*, defaults to `True`):
             With `constrained` and plain greedy decoding, decode in our own loop, which drops finished rows from the
             batch and skips model calls for forced endings (same tokens as `generate`).
@@ -151,6 +154,7 @@ class EntityExtractor:
         prefill_answer: bool = True,
         prompt_format: int = PROMPT_FORMAT,
         answer_format: str = ANSWER_FORMAT,
+        type_descriptions: bool = True,
         compact_decoding: bool = True,
         end_penalty: float = 0.0,
         one_type_per_span: bool = False,
@@ -176,6 +180,7 @@ class EntityExtractor:
         self.prefill_answer = prefill_answer
         self.prompt_format = check_prompt_format(prompt_format)
         self.answer_format = check_answer_format(answer_format)
+        self.type_descriptions = type_descriptions
         self.compact_decoding = compact_decoding
         self.end_penalty = float(end_penalty)
         self.last_first_odds: list[dict[int, float]] = []  # per job of the last `generate` call, with one_type_per_span
@@ -217,8 +222,8 @@ class EntityExtractor:
                 faster there (`cllmfs_trainer.models.precision`); elsewhere it keeps the loaded precision. `None` keeps
                 the loaded precision (float32 on a CPU).
             kwargs (`dict[str, Any]`, *optional*):
-                `EntityExtractor` arguments; `prompt_format`, `answer_format`, `end_penalty` and `one_type_per_span`
-                default to the run's.
+                `EntityExtractor` arguments; `prompt_format`, `answer_format`, `type_descriptions`, `end_penalty` and
+                `one_type_per_span` default to the run's.
         """
         from peft import PeftModel
 
@@ -250,6 +255,7 @@ class EntityExtractor:
             types = run.test_types
         kwargs.setdefault("prompt_format", run.prompt_format)
         kwargs.setdefault("answer_format", run.answer_format)
+        kwargs.setdefault("type_descriptions", run.type_descriptions)
         # The run's threshold belongs to constrained decoding; unconstrained prediction has no ending choice to move.
         kwargs.setdefault("end_penalty", run.end_penalty if kwargs.get("constrained", True) else 0.0)
         kwargs.setdefault("one_type_per_span", run.one_type_per_span and kwargs.get("constrained", True))
@@ -288,7 +294,11 @@ class EntityExtractor:
         ]
         if self.prompt_format == 1:
             jobs = [
-                Job(build_prompt(chunks[i][j].sentence.text, t, 1), chunks[i][j].sentence.tokens, t.label)
+                Job(
+                    build_prompt(chunks[i][j].sentence.text, t, 1, self.type_descriptions),
+                    chunks[i][j].sentence.tokens,
+                    t.label,
+                )
                 for i, j, t in places
             ]
             yield places, self.generate(jobs, progress), self.last_first_odds
@@ -303,7 +313,7 @@ class EntityExtractor:
             block_places = [(i, j, t) for i, j in block for t in self.types]
             jobs = [
                 Job(
-                    build_prompt(chunks[i][j].sentence.text, t, self.prompt_format),
+                    build_prompt(chunks[i][j].sentence.text, t, self.prompt_format, self.type_descriptions),
                     chunks[i][j].sentence.tokens,
                     (i, j),
                 )

@@ -75,6 +75,13 @@ class ScriptArguments:
             "right before the answer, and prediction reuses each sentence's key/value cache across types."
         },
     )
+    type_descriptions: bool = field(
+        default=True,
+        metadata={
+            "help": "Give each type's description in its instruction (the paper). False asks for the type by its name "
+            "alone: a shorter prompt for every sample and prediction. Prediction follows the run folder's choice."
+        },
+    )
     answer_format: str = field(
         default="marked",
         metadata={
@@ -343,6 +350,7 @@ def main(
         repeat_entity_samples=script_args.repeat_entity_samples,
         prompt_format=script_args.prompt_format,
         answer_format=script_args.answer_format,
+        type_descriptions=script_args.type_descriptions,
     )
     # Before the quantization config, which takes its compute dtype from `dtype`; a resumed training reads back
     # what its first start chose.
@@ -379,6 +387,7 @@ def main(
             weights="adapter" if model_args.use_peft else "full",
             prompt_format=script_args.prompt_format,
             answer_format=script_args.answer_format,
+            type_descriptions=script_args.type_descriptions,
             end_penalty=script_args.end_penalty,
             one_type_per_span=script_args.one_type_per_span,
             setting=task.setting,
