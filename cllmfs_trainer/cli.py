@@ -90,7 +90,8 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
     task = _task(args)
     prompt_format = getattr(args, "prompt_format", PROMPT_FORMAT)
     answer_format = getattr(args, "answer_format", ANSWER_FORMAT)
-    samples = build_samples(task.support.sentences, task.train_types, prompt_format, answer_format)
+    type_descriptions = getattr(args, "type_descriptions", True)
+    samples = build_samples(task.support.sentences, task.train_types, prompt_format, answer_format, type_descriptions)
     if not samples:
         raise DataFormatError(f"{task.support.source}: the support set gives no SFT samples")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,7 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
         "seed": args.seed,
         "prompt_format": prompt_format,
         "answer_format": answer_format,
+        "type_descriptions": type_descriptions,
         "support_sentences": len(task.support.sentences),
         "support_mentions": task.support.mention_counts(),
         "sft_samples": len(samples),
@@ -301,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=ANSWER_FORMAT,
         choices=list(ANSWER_FORMATS),
         help="marked: ' <<< X >>>' groups (default, the paper's); pointer: ' X >>>'",
+    )
+    prep.add_argument(
+        "--no-type-descriptions",
+        dest="type_descriptions",
+        action="store_false",
+        help="ask for each type by its name alone, as a recipe's `type_descriptions: false`",
     )
     prep.add_argument("--model", help="also tokenise with this model's tokenizer and report lengths")
     prep.add_argument("--output", required=True)

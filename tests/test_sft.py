@@ -280,3 +280,15 @@ def test_type_descriptions_false_reaches_the_dataset_and_its_cl_labels(sp_tokeni
     # The same sentence tokens carry the same labels: only the instruction before them is shorter.
     for a, b in zip(full["cl_labels"], short["cl_labels"]):
         assert [x for x in a if x != IGNORE_INDEX] == [x for x in b if x != IGNORE_INDEX]
+
+
+def test_prepare_writes_the_samples_a_recipe_without_descriptions_trains_on(tmp_path):
+    import json
+
+    from cllmfs_trainer import cli
+
+    out = tmp_path / "prep"
+    assert cli.main(["prepare", "--dataset", "wnut17", "--k", "1", "--no-type-descriptions", "--output", str(out)]) == 0
+    prompts = [json.loads(line)["prompt"] for line in (out / "sft_samples.jsonl").read_text().splitlines()]
+    assert prompts and not any("refers to" in p for p in prompts)
+    assert json.loads((out / "prepare.json").read_text())["type_descriptions"] is False
