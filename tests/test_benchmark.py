@@ -268,9 +268,9 @@ def test_format2_method_trains_and_predicts_with_the_sentence_first(
 
     formats = []
 
-    def spy(text, entity_type, prompt_format):
+    def spy(text, entity_type, prompt_format, *rest):
         formats.append(prompt_format)
-        return build_prompt(text, entity_type, prompt_format)
+        return build_prompt(text, entity_type, prompt_format, *rest)
 
     build_prompt = generate.build_prompt
     monkeypatch.setattr(generate, "build_prompt", spy)
