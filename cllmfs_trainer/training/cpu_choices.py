@@ -57,7 +57,8 @@ def _saved_choices(path: Path) -> dict:
 
 
 def resolve_auto_choices(training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> dict[str, str | None]:
-    """Replace every `auto` among `dtype`, `attn_implementation` and `lora_dropout_rng` by a concrete value.
+    """Resolve every `auto` among `dtype`, `attn_implementation` and `lora_dropout_rng`: on a CPU to a concrete value;
+    elsewhere `dtype` and `lora_dropout_rng` stay `auto` and `attn_implementation` becomes `None` (transformers' own).
 
     A training resumed from `output_dir/checkpoint-<step>` takes the values its first start wrote to
     `output_dir/auto_choices.json`; a fresh one probes (in order: precision first, since the attention probe times in
