@@ -567,6 +567,20 @@ def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs,
     assert bench_script.parse_args([str(yaml_file)]).report_config is None
 
 
+def test_a_subset_run_reports_against_the_files_reference(bench_script, tiny_run_inputs, tmp_path):
+    yaml_file = tmp_path / "b.yaml"
+    yaml_file.write_text(
+        f"output_dir: {tmp_path / 'out'}\ntasks: [intra:wnut17]\nmethods: [zero_shot, protobert]\nseeds: [0]\n"
+        f"ks: [1]\nquery_size: 3\nmodel: {tiny_run_inputs / 'model'}\nreference: zero_shot\n"
+    )
+    args = bench_script.parse_args([str(yaml_file), "--methods", "[protobert]"])
+    # The subset alone cannot compare with zero_shot, but its report covers both methods and keeps the file's choice.
+    assert args.config.reference == "protobert" and args.report_config.reference == "zero_shot"
+    yaml_file.write_text(yaml_file.read_text().replace("reference: zero_shot\n", ""))
+    args = bench_script.parse_args([str(yaml_file), "--methods", "[protobert]"])
+    assert args.report_config.methods == ["zero_shot", "protobert"] and args.report_config.reference == "zero_shot"
+
+
 @pytest.mark.parametrize(
     "path",
     sorted([*(REPO / "recipes").rglob("*benchmark*.yaml"), *(REPO / "bench" / "configs").glob("*benchmark*.yaml")]),

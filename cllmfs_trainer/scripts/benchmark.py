@@ -130,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
         for key in SUBSET_KEYS
         if isinstance(in_file.get(key), list) and raw[key] != in_file[key]
     }
+    if widened:
+        # `config` fell back to its first method as the reference where the subset leaves the file's one out; the
+        # report covers the file's methods, so it compares against the file's reference again.
+        default_reference = next(f.default for f in dataclasses.fields(BenchmarkConfig) if f.name == "reference")
+        widened["reference"] = raw.get("reference", default_reference)
     report_config = dataclasses.replace(config, **widened) if widened else None
     return BenchmarkArguments(config, report_dir, args.overwrite, args.report_only, args.restore_from, report_config)
 
