@@ -18,7 +18,8 @@ def test_a_dozen_steps_lower_both_ce_and_cl_on_a_fixed_eval_set(smollm2_path, sm
     support = sample_support_set(wnut.load("train").sentences, 5, seed=0)
     train = build_sft_dataset(support.sentences, wnut.types, smollm2_tokenizer)
     with_entities = train.filter(lambda row: any(c > 0 for c in row["cl_labels"]))
-    # cl_weight=1: at the paper's 0.001 the CL term barely moves in a dozen steps on this model (docs/dev_experiments.md).
+    # cl_weight=1: at the paper's 0.001 the CL term barely moves in a dozen steps on this model
+    # (docs/dev_experiments.md).
     args = ContrastiveSFTConfig(
         output_dir=str(tmp_path),
         max_steps=12,
