@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from helpers import REPO, shared_dataset
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
@@ -153,8 +154,8 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
 def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_on_resume(tiny_run_inputs, tmp_path):
     shared_dataset("conll2003")
     inter_recipe = tmp_path / "inter.yaml"
-    original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")
-    inter_recipe.write_text(original.replace("max_steps: 80", "max_steps: 7"), encoding="utf-8")
+    original = yaml.safe_load((REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8"))
+    inter_recipe.write_text(yaml.safe_dump({**original, "max_steps": 7}), encoding="utf-8")
     config = tiny_config(
         tiny_run_inputs,
         tmp_path / "bench",
@@ -178,7 +179,7 @@ def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_o
         with pytest.raises(Stop):
             bench.train(unit, bench.support(unit))
     assert recipes == {"wnut17": config.recipe, "ontonotes5": str(inter_recipe)}
-    inter_recipe.write_text(original.replace("max_steps: 80", "max_steps: 9"), encoding="utf-8")
+    inter_recipe.write_text(yaml.safe_dump({**original, "max_steps": 9}), encoding="utf-8")
     with pytest.raises(ValueError, match="inter_recipe_settings"):
         Benchmark(config).prepare()
 
