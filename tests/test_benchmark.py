@@ -151,6 +151,38 @@ def test_inter_targets_share_one_trained_model_and_baselines_use_target_support(
         assert record["span"]["tp"] + record["span"]["fp"] == record["errors"]["n_pred"]
 
 
+def test_zero_shot_predicts_a_dataset_once_for_every_seed_and_setting(tiny_run_inputs, tmp_path, monkeypatch):
+    from cllmfs_trainer.inference.generate import EntityExtractor
+
+    config = tiny_config(
+        tiny_run_inputs,
+        tmp_path,
+        tasks=["intra:wnut17", "inter:wnut17"],
+        methods=["zero_shot"],
+        seeds=[0, 1],
+        query_size=10,
+        data_dir=str(shared_dataset("ontonotes5").parent),
+    )
+    predict, calls = EntityExtractor.predict, []
+
+    def counting(self, sentences, progress=False):
+        calls.append(len(sentences))
+        return predict(self, sentences, progress)
+
+    monkeypatch.setattr(EntityExtractor, "predict", counting)
+    records = Benchmark(config).run(progress=False)
+    assert calls == [10]  # no support set or source reaches the prompts: one prediction serves all four units
+    assert sorted((r["setting"], r["seed"]) for r in records) == [(s, n) for s in ("inter", "intra") for n in (0, 1)]
+    assert sum("reused_from" not in r for r in records) == 1
+    assert len({json.dumps(r["span"], sort_keys=True) for r in records}) == 1
+    bench = Benchmark(config)
+    files = [bench.unit_path(u).with_suffix(".predictions.jsonl").read_text() for u in bench.units()]
+    assert len(files) == 4 and len(set(files)) == 1
+    inter = next(r for r in records if r["setting"] == "inter")
+    intra = next(r for r in records if r["setting"] == "intra")
+    assert inter["support_sentences"] != intra["support_sentences"]  # each unit names its own support set
+
+
 def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_on_resume(tiny_run_inputs, tmp_path):
     shared_dataset("conll2003")
     inter_recipe = tmp_path / "inter.yaml"

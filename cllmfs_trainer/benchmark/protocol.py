@@ -440,9 +440,12 @@ class Benchmark:
             if (self.config.fit_on_support and unit.setting == "intra") or self._first_target(unit):
                 extra["support_fit"] = self._support_fit(run_dir, support, train_types)
         elif method.kind == "zero_shot" and (done := self._zero_shot_done(unit)) is not None:
-            # Zero-shot prompting never sees the support set: every seed and K gives the same predictions.
+            # Zero-shot prompting never sees a support set or the source: every seed, K and setting of a dataset
+            # gives the same predictions.
             record = {
                 **json.loads(done.read_text(encoding="utf-8")),
+                "setting": unit.setting,
+                "support_sentences": len(support.sentences),
                 "seed": unit.seed,
                 "k": unit.k,
                 "reused_from": str(done.relative_to(self.root)),
@@ -547,9 +550,9 @@ class Benchmark:
         return {key: scores[key] for key in ("precision", "recall", "f1")}
 
     def _zero_shot_done(self, unit: Unit) -> Path | None:
-        """A finished zero-shot unit of the same task under another seed or K, if any."""
+        """A finished zero-shot unit of the same dataset under another seed, K or setting (INTRA/INTER), if any."""
         for other in self.units():
-            if other.method == unit.method and other.task == unit.task and other != unit:
+            if other.method == unit.method and other.dataset == unit.dataset and other != unit:
                 path = self.unit_path(other)
                 # Reuse only a unit that predicted for itself: a reused or restored one may lack its predictions.
                 if (
