@@ -181,6 +181,18 @@ def test_zero_shot_predicts_a_dataset_once_for_every_seed_and_setting(tiny_run_i
     inter = next(r for r in records if r["setting"] == "inter")
     intra = next(r for r in records if r["setting"] == "intra")
     assert inter["support_sentences"] != intra["support_sentences"]  # each unit names its own support set
+    # A later run narrowed to another seed and one task (`--seeds`, `--tasks`) reuses the units already on disk.
+    narrowed = tiny_config(
+        tiny_run_inputs,
+        tmp_path,
+        tasks=["inter:wnut17"],
+        methods=["zero_shot"],
+        seeds=[2],
+        query_size=10,
+        data_dir=str(shared_dataset("ontonotes5").parent),
+    )
+    (later,) = Benchmark(narrowed).run(progress=False)
+    assert calls == [10] and later["seed"] == 2 and later["reused_from"].startswith("units/")
 
 
 def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_on_resume(tiny_run_inputs, tmp_path):

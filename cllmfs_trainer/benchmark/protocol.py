@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -551,12 +551,15 @@ class Benchmark:
 
     def _zero_shot_done(self, unit: Unit) -> Path | None:
         """A finished zero-shot unit of the same dataset under another seed, K or setting (INTRA/INTER), if any."""
-        for other in self.units():
-            if other.method == unit.method and other.dataset == unit.dataset and other != unit:
-                path = self.unit_path(other)
+        # Search output_dir, not only this run's units: a run narrowed by --seeds, --ks or --tasks still reuses the
+        # units other runs left there (one fingerprint covers the folder, so they were made with the same settings).
+        own = self.unit_path(unit)
+        for setting in ("intra", "inter"):
+            task_dir = self.root / "units" / replace(unit, setting=setting).task
+            for path in sorted(task_dir.glob(f"k*/seed*/{unit.method}.json")):
                 # Reuse only a unit that predicted for itself: a reused or restored one may lack its predictions.
                 if (
-                    path.is_file()
+                    path != own
                     and path.with_suffix(".predictions.jsonl").is_file()
                     and "reused_from" not in json.loads(path.read_text(encoding="utf-8"))
                 ):
