@@ -1,6 +1,7 @@
 """The benchmark runner end to end on a tiny random model: units, resume after an interruption, the report."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -610,6 +611,25 @@ def test_a_subset_run_reports_every_finished_unit(bench_script, tiny_run_inputs,
     widened = bench_script.parse_args([str(yaml_file), "--seeds", "[5]"]).report_config
     assert widened.seeds == [0, 1, 5]  # a seed outside the file's list is reported too
     assert bench_script.parse_args([str(yaml_file)]).report_config is None
+
+
+def test_a_subset_run_on_a_fresh_output_dir_keeps_the_reports_other_units(bench_script, tiny_run_inputs, tmp_path):
+    yaml_file = tmp_path / "b.yaml"
+    yaml_file.write_text(
+        f"output_dir: {tmp_path / 'out'}\nreport_dir: {tmp_path / 'report'}\ntasks: [intra:wnut17]\n"
+        f"methods: [zero_shot]\nseeds: [0, 1]\nks: [1]\nquery_size: 3\nmodel: {tiny_run_inputs / 'model'}\n"
+    )
+    report = bench_script.main(bench_script.parse_args([str(yaml_file), "--seeds", "[0]"])) / "results.json"
+    committed = report.read_text()
+    shutil.rmtree(tmp_path / "out")  # a fresh clone: the committed report, no run folders
+    # Without --restore-from the seed-1 run would rewrite the report with seed 1 only: refused, the report untouched.
+    with pytest.raises(UsageError, match=r"holds 1 finished units .*--restore-from"):
+        bench_script.main(bench_script.parse_args([str(yaml_file), "--seeds", "[1]"]))
+    assert report.read_text() == committed
+    # With it, the subset run restores seed 0 although it runs seed 1 alone, and the report keeps both.
+    args = bench_script.parse_args([str(yaml_file), "--seeds", "[1]", "--restore-from", str(report)])
+    units = json.loads((bench_script.main(args) / "results.json").read_text())["units"]
+    assert sorted((u["seed"], "restored_from" in u) for u in units) == [(0, True), (1, False)]
 
 
 def test_a_subset_run_reports_against_the_files_reference(bench_script, tiny_run_inputs, tmp_path):

@@ -10,7 +10,9 @@ units are kept in `output_dir` and skipped, and a training cut off mid-way resum
 (`checkpoint_steps`).
 `--report-only` rewrites the report from the finished units without running anything. `--restore-from` first marks
 as done the units that a report's results.json holds (a committed report, on a fresh clone whose `output_dir` is
-empty), so only the missing units run; the report must come from a benchmark with the same settings.
+empty), so only the missing units run; the report must come from a benchmark with the same settings. A subset run
+restores every unit of the YAML's lists. Without `--restore-from`, a run refuses to rewrite a report that holds
+finished units `output_dir` lacks, rather than drop them (`--overwrite` allows it).
 
 Trained methods train through `cllmfs_trainer.scripts.train`, so a benchmark model is trained exactly as a recipe
 run is.
@@ -24,15 +26,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import logging
 import sys
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, write_report
+from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, Unit, write_report
 from cllmfs_trainer.benchmark.methods import get_method
 from cllmfs_trainer.errors import (
     OneLineArgumentParser,
@@ -76,7 +79,11 @@ def make_parser() -> argparse.ArgumentParser:
     """The benchmark's argument parser (overrides of the YAML's keys are read from the remaining arguments)."""
     parser = OneLineArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML")
-    parser.add_argument("--overwrite", action="store_true", help="discard a finished run with other settings")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard a finished run with other settings, or a report's units that output_dir lacks",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from finished units")
     parser.add_argument(
         "--restore-from",
@@ -194,10 +201,34 @@ def main(args: BenchmarkArguments) -> Path:
     """Run (or only report) the benchmark; returns the report folder, rewritten after every unit that finishes."""
     benchmark = Benchmark(args.config, train_fn=train_run, overwrite=args.overwrite)
     if args.restore_from is not None:
-        benchmark.restore_from(args.restore_from)
+        # The report covers the file's lists, not only the subset that runs: restore all of them, or the rewritten
+        # report would drop every restored unit outside the subset.
+        Benchmark(args.report_config or args.config).restore_from(args.restore_from)
+    elif not args.overwrite:
+        _check_report_kept(args)
     if not args.report_only:
         benchmark.run(on_unit=lambda record: report(args))
     return report(args)
+
+
+def _check_report_kept(args: BenchmarkArguments) -> None:
+    """Refuse to rewrite a report that holds finished units `output_dir` lacks (a fresh clone): it would lose them."""
+    existing = args.report_dir / "results.json"
+    if not existing.is_file():
+        return
+    try:
+        units = json.loads(existing.read_text(encoding="utf-8"))["units"]
+        held = {(u["setting"], u["dataset"], u["k"], u["seed"], u["method"]) for u in units}
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UsageError(f"{existing}: not a benchmark report ({err}); move it away or pass --overwrite") from None
+    benchmark = Benchmark(args.report_config or args.config)
+    wanted = {astuple(u) for u in benchmark.units()}
+    missing = sorted(key for key in held & wanted if not benchmark.unit_path(Unit(*key)).is_file())
+    if missing:
+        raise UsageError(
+            f"{existing} holds {len(missing)} finished units that {benchmark.root} lacks (e.g. {missing[0]}); "
+            f"rewriting it would drop them: pass --restore-from {existing} to keep them, or --overwrite"
+        )
 
 
 def report(args: BenchmarkArguments) -> Path:
