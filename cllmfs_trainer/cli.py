@@ -19,13 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
-from cllmfs_trainer.data.io import DataFormatError, jsonl_line
+from cllmfs_trainer.data.io import DataFormatError, Sentence, jsonl_line
+from cllmfs_trainer.data.registry import load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
-from cllmfs_trainer.errors import (
-    OneLineArgumentParser,
-    UsageError,
+from cllmfs_trainer.errors import UsageError
+from cllmfs_trainer.files import (
     atomic_open,
     atomic_write_text,
     check_input_file,
@@ -33,8 +34,11 @@ from cllmfs_trainer.errors import (
     check_output_file,
     control_character,
     read_text_lines,
-    run_entry_point,
 )
+from cllmfs_trainer.inference.parse import char_offsets
+from cllmfs_trainer.models import load_tokenizer, materialize_default_model, resolve_model
+from cllmfs_trainer.models.loading import check_model_reference
+from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger("cllmfs")
 COMMANDS = ("model", "prepare", "predict")
@@ -131,9 +135,6 @@ def prepare(args: argparse.Namespace, tokenizer: Any = None) -> dict[str, Any]:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    from cllmfs_trainer.models import materialize_default_model, resolve_model
-    from cllmfs_trainer.models.loading import check_model_reference
-
     if args.model is not None:
         check_model_reference(args.model, "--model", weights=True)
     path = materialize_default_model(force=True) if args.force else resolve_model(args.model)
@@ -141,16 +142,12 @@ def cmd_model(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from cllmfs_trainer.models.loading import check_model_reference
-
     check_output_dir(args.output)
     for option, path in (("--support-set", args.support_set), ("--types-file", args.types_file)):
         if path is not None:
             check_input_file(path, option)
     tokenizer = None
     if args.model:
-        from cllmfs_trainer.models import load_tokenizer
-
         check_model_reference(args.model, "--model")
         tokenizer = load_tokenizer(args.model)
     print(json.dumps(prepare(args, tokenizer), indent=2, ensure_ascii=False))
@@ -158,9 +155,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def _predict_types(run_dir: Path, labels: str | None, types_file: str | None) -> list:
     """The run's (test) types, overridden/extended by a types file, restricted to `labels`."""
-    from cllmfs_trainer.data.registry import load_types_file, merge_types
-    from cllmfs_trainer.run_folder import RunFolder
-
     types = RunFolder.load(run_dir).test_types
     if types_file:
         types = merge_types(types, load_types_file(types_file))
@@ -228,10 +222,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cllmfs_trainer.data.io import Sentence
+    # Heavy (torch and transformers): `cllmfs --help`, `model` and `prepare` start without them.
     from cllmfs_trainer.inference.generate import EntityExtractor
-    from cllmfs_trainer.inference.parse import char_offsets
-    from cllmfs_trainer.run_folder import RunFolder
 
     # Everything the user gave is checked before the model loads: a mistake costs seconds, not a model load.
     run_dir = Path(args.run)

@@ -24,6 +24,7 @@ from typing import Any
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.files import atomic_write_text
 
 RUN_FILE = "cllmfs_run.json"
 SUPPORT_FILE = "support.txt"
@@ -145,9 +146,7 @@ class RunFolder:
         record["test_types"] = [asdict(t) for t in self.test_types]
         record.update(self.extra)
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_file.with_name(RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.run_file)
+        atomic_write_text(self.run_file, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         return self.run_file
 
     def update(self, **extra: Any) -> None:

@@ -33,8 +33,7 @@ from cllmfs_trainer.baselines import container, proml
 from cllmfs_trainer.baselines.gaussian_metric import cached_source_training
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.io import Sentence, Span
-from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet
-from cllmfs_trainer.evaluation.query import query_subset
+from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, query_subset
 from cllmfs_trainer.evaluation.scoring import score_unit
 
 REPO = Path(__file__).resolve().parents[1]

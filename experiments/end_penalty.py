@@ -80,7 +80,8 @@ def summary(results: list[dict], dataset: str, runs: list[str]) -> str:
 
 def main(args: argparse.Namespace) -> list[dict]:
     from cllmfs_trainer.data.registry import get_dataset
-    from cllmfs_trainer.evaluation import query_subset, span_scores
+    from cllmfs_trainer.data.sampling import query_subset
+    from cllmfs_trainer.evaluation import span_scores
     from cllmfs_trainer.evaluation.metrics import error_breakdown
     from cllmfs_trainer.inference.generate import EntityExtractor
 

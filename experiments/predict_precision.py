@@ -32,7 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
 def measure(run_dir: str, dataset: str, size: int) -> dict:
     """Scores, seconds and agreement of one run's predictions in each dtype."""
     from cllmfs_trainer.data.registry import get_dataset
-    from cllmfs_trainer.evaluation import query_subset, span_scores
+    from cllmfs_trainer.data.sampling import query_subset
+    from cllmfs_trainer.evaluation import span_scores
     from cllmfs_trainer.inference.generate import EntityExtractor
 
     info = get_dataset(dataset)

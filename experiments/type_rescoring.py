@@ -24,9 +24,9 @@ import torch
 
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.io import Span
+from cllmfs_trainer.data.sampling import query_subset
 from cllmfs_trainer.data.sft import IGNORE_INDEX, SFTSample, build_completion, build_prompt, tokenize_sample
 from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores
-from cllmfs_trainer.evaluation.query import query_subset
 from cllmfs_trainer.inference.generate import EntityExtractor
 
 

@@ -14,10 +14,12 @@ import yaml
 from helpers import REPO
 
 from cllmfs_trainer import cli
+from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.data import DataFormatError, Sentence, Span, load_types_file, make_task, read_conll, read_jsonl
 from cllmfs_trainer.data.io import jsonl_line
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.errors import UserError, atomic_write_text, run_entry_point
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.files import atomic_write_text
 from cllmfs_trainer.run_folder import RunFolder
 
 RECIPE = REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"

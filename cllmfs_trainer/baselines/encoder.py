@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cllmfs_trainer.files import replace_folder
 from cllmfs_trainer.models.wheels import (
     MINILM_WHEEL,
     PROVENANCE_FILE,
@@ -36,7 +37,6 @@ from cllmfs_trainer.models.wheels import (
     file_lock,
     is_complete,
     models_dir,
-    replace_folder,
     sha256_file,
 )
 

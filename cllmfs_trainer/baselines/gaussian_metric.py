@@ -16,7 +16,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 from cllmfs_trainer.baselines.encoder import resolve_encoder
 from cllmfs_trainer.baselines.token_baselines import token_labels
 from cllmfs_trainer.data.io import Sentence
+from cllmfs_trainer.data.registry import get_dataset
+from cllmfs_trainer.data.sampling import INTER_SOURCE
+from cllmfs_trainer.files import replace_folder
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily, as in the rest of the package
     import torch
@@ -322,8 +324,6 @@ def excluded_queries(benchmark: Benchmark) -> tuple[set[tuple[str, ...]], str]:
 
 def source_sentences(benchmark: Benchmark) -> tuple[list[Sentence], list[Any]]:
     """OntoNotes train without any query sentence of the run, and OntoNotes' entity types."""
-    from cllmfs_trainer.data.registry import get_dataset
-    from cllmfs_trainer.data.sampling import INTER_SOURCE
 
     dataset = get_dataset(INTER_SOURCE)
     excluded, _ = excluded_queries(benchmark)
@@ -355,7 +355,5 @@ def cached_source_training(
     ner.save(partial)
     record = {"fingerprint": fingerprint, "stats": stats}
     (partial / "source.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, folder)
+    replace_folder(partial, folder)
     return {**stats, "source_cached": False}

@@ -62,6 +62,7 @@ from cllmfs_trainer.baselines.gaussian_metric import (
 )
 from cllmfs_trainer.baselines.token_baselines import OUTSIDE, labels_to_spans
 from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.sampling import sample_support_set
 
 if TYPE_CHECKING:
     import torch
@@ -319,8 +320,6 @@ class ProMLNER(GaussianMetricNER):
 
     def _episode(self, pool: Sequence[Sentence], types: Sequence[EntityType], rng: random.Random):
         """An N-way K-shot support set and a disjoint query set from the source pool, and the episode's types."""
-        from cllmfs_trainer.data.sampling import sample_support_set
-
         cfg = self.config
         for _ in range(20):  # a draw whose types cannot all reach K in the pool is drawn again
             chosen = rng.sample(list(types), min(cfg.episode_ways, len(types)))

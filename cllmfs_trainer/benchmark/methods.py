@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cllmfs_trainer.baselines import TokenPrototypeNER
+
 if TYPE_CHECKING:
     from cllmfs_trainer.benchmark.protocol import Benchmark, Unit
     from cllmfs_trainer.data.io import Sentence, Span
@@ -104,8 +106,6 @@ def method_order(name: str) -> int:
 
 def _prototype(method: str) -> FitPredict:
     def fit_predict(benchmark, unit, support, query, test_types):
-        from cllmfs_trainer.baselines import TokenPrototypeNER
-
         ner = TokenPrototypeNER(benchmark.encoder(), [t.label for t in test_types], method=method)
         return ner.fit(support).predict(query), {}
 

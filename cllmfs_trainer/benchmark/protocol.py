@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -29,10 +28,15 @@ from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.baselines import load_encoder
 from cllmfs_trainer.benchmark.methods import METHODS, Method, get_method, register_method
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType, get_dataset
-from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, sample_support_set
+from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, query_subset, sample_support_set
+from cllmfs_trainer.evaluation.metrics import span_scores
+from cllmfs_trainer.evaluation.scoring import score_unit
+from cllmfs_trainer.files import atomic_write_text, load_yaml, read_text_file, replace_folder
+from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
 from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -155,9 +159,11 @@ class BenchmarkConfig:
         fields.update({key: getattr(self, key) for key in _DEFAULTS if getattr(self, key) != _DEFAULTS[key]})
         if self.recipe:
             # The recipe's settings, not its text: editing a comment must not invalidate finished units.
-            fields["recipe_settings"] = _recipe_settings(Path(self.recipe).read_text(encoding="utf-8"))
+            fields["recipe_settings"] = _recipe_settings(read_text_file(self.recipe, "recipe"), self.recipe)
         if self.inter_recipe:
-            fields["inter_recipe_settings"] = _recipe_settings(Path(self.inter_recipe).read_text(encoding="utf-8"))
+            fields["inter_recipe_settings"] = _recipe_settings(
+                read_text_file(self.inter_recipe, "inter_recipe"), self.inter_recipe
+            )
         return fields
 
     def recipe_for(self, setting: str) -> str | None:
@@ -176,10 +182,8 @@ PREDICT_DTYPES = ("float32", "bfloat16")
 _SETTING_NAMES: set[str] = set()  # methods registered from `settings`, which a later config may redefine
 
 
-def _recipe_settings(text: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(text) or {}
+def _recipe_settings(text: str, source: str) -> dict[str, Any]:
+    return load_yaml(text, source) or {}
 
 
 def _changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
@@ -200,7 +204,7 @@ def _upgrade_fingerprint(saved: dict[str, Any]) -> dict[str, Any]:
     saved = dict(saved)
     saved.pop("recipe", None)
     if "recipe_text" in saved:
-        saved["recipe_settings"] = _recipe_settings(saved.pop("recipe_text"))
+        saved["recipe_settings"] = _recipe_settings(saved.pop("recipe_text"), "the saved recipe_text")
     return saved
 
 
@@ -370,12 +374,9 @@ class Benchmark:
                 continue
             target = self.unit_path(unit)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".json.tmp")
-            tmp.write_text(
-                json.dumps({**record, "restored_from": str(path)}, indent=2, ensure_ascii=False) + "\n",
-                encoding="utf-8",
+            atomic_write_text(
+                target, json.dumps({**record, "restored_from": str(path)}, indent=2, ensure_ascii=False) + "\n"
             )
-            os.replace(tmp, target)
             restored += 1
         logger.info("benchmark: restored %d units from %s", restored, path)
         return restored
@@ -385,8 +386,6 @@ class Benchmark:
     def query(self, dataset: str) -> list[Sentence]:
         """The query sentences of a dataset's test split: all, or the fixed `query_size` subset."""
         if dataset not in self._queries:
-            from cllmfs_trainer.evaluation.query import query_subset
-
             full = get_dataset(dataset).load(self.config.query_split, self.config.data_dir).sentences
             self._queries[dataset] = query_subset(full, self.config.query_size, self.config.query_seed)
         return self._queries[dataset]
@@ -409,8 +408,6 @@ class Benchmark:
     def encoder(self):
         """The frozen encoder of the prototype baselines, loaded once per run."""
         if self._encoder is None:
-            from cllmfs_trainer.baselines import load_encoder
-
             self._encoder = load_encoder(self.config.encoder)
         return self._encoder
 
@@ -423,8 +420,6 @@ class Benchmark:
 
     def run_unit(self, unit: Unit) -> dict[str, Any]:
         """Predict a unit's query (training first if needed) and save its scores."""
-        from cllmfs_trainer.evaluation.scoring import score_unit
-
         support = self.support(unit)
         query = self.query(unit.dataset)
         train_types, test_types = self.types(unit)
@@ -516,7 +511,7 @@ class Benchmark:
             train_seconds=round(time.perf_counter() - start, 1),
             resumed_from_step=int(checkpoint.name.split("-")[1]) if checkpoint else 0,
         )
-        os.replace(partial, run_dir)  # a run folder exists only once complete
+        replace_folder(partial, run_dir)  # a run folder exists only once complete
         return run_dir
 
     def _last_checkpoint(self, partial: Path) -> Path | None:
@@ -529,8 +524,8 @@ class Benchmark:
         return complete[0] if complete else None
 
     def _extractor(self, run_dir: Path | None, types: Sequence[EntityType]):
+        # Heavy (torch and transformers): restoring a report and scoring saved predictions need neither.
         from cllmfs_trainer.inference.generate import EntityExtractor
-        from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
 
         if run_dir is not None:
             return EntityExtractor.from_run(
@@ -542,8 +537,6 @@ class Benchmark:
 
     def _support_fit(self, run_dir: Path, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
         """Span scores of the trained model on its own support set: did it at least learn what it was shown?"""
-        from cllmfs_trainer.evaluation.metrics import span_scores
-
         extractor = self._extractor(run_dir=run_dir, types=train_types)
         predicted = [p.spans for p in extractor.predict(support.sentences)]
         scores = span_scores([s.spans for s in support.sentences], predicted)
@@ -577,6 +570,5 @@ class Benchmark:
         path = self.unit_path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".predictions.jsonl").write_text(predictions, encoding="utf-8")
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # the scores file appears atomically, and only after the predictions
+        # The scores file appears atomically, and only after the predictions.
+        atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")

@@ -17,14 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cllmfs_trainer.errors import (
-    BOM,
-    DataFormatError,
-    atomic_open,
-    atomic_write_text,
-    control_character,
-    split_lines,
-)
+from cllmfs_trainer.errors import DataFormatError
+from cllmfs_trainer.files import atomic_open, atomic_write_text, control_character, iter_text_lines
 
 logger = logging.getLogger(__name__)
 
@@ -234,18 +228,10 @@ def _report_repairs(corpus: Corpus) -> Corpus:
 
 
 def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """`(line number, text)` of a UTF-8 file: lines end at `\\r\\n`, `\\n` or a lone `\\r`; a leading BOM is dropped."""
+    """`(line number, text)` of a UTF-8 data file (see `cllmfs_trainer.files.iter_text_lines`)."""
     if path.is_dir():
         raise DataFormatError(f"{path} is a folder; expected a data file")
-    for lineno, raw in enumerate(split_lines(path.read_bytes()), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(
-                f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
-                "re-encode the file as UTF-8"
-            ) from None
-        yield lineno, line[1:] if lineno == 1 and line.startswith(BOM) else line
+    return iter_text_lines(path)
 
 
 def _check_not_empty(corpus: Corpus, allow_empty: bool) -> Corpus:

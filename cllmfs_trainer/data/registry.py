@@ -18,10 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cllmfs_trainer.data.io import Corpus, DataFormatError, read_conll
-from cllmfs_trainer.errors import UnknownNameError, control_character, read_text_file
+from cllmfs_trainer.errors import UnknownNameError
+from cllmfs_trainer.files import LineMapping, control_character, load_yaml, read_text_file
 
 DATA_DIR_ENV = "CLLMFS_DATA_DIR"
 SHIPPED_DATA = Path(__file__).parent / "shipped"
@@ -135,69 +134,9 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return Path(value) if value else None
 
 
-class _Mapping(dict):
-    """A YAML mapping that remembers the line it starts on and the line of each key (1-based)."""
-
-    def __init__(self, line: int) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[Any, int] = {}
-
-
-class _TypesLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` for types files: duplicate keys are errors and mappings keep their line numbers.
-
-    YAML 1.1 reads `yes`, `no`, `on`, `off` (and `true`, `false`) as booleans, which would turn the labels `yes:` or
-    `no:` into `True` / `False`; no field of a types file is a boolean, so here they stay strings.
-    """
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:
-        self.flatten_mapping(node)
-        mapping = _Mapping(node.start_mark.line + 1)
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                duplicate = key in mapping
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain value, got {type(key).__name__}", key_node.start_mark
-                ) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]}); each key may appear once",
-                    key_node.start_mark,
-                )
-            mapping[key] = self.construct_object(value_node, deep=True)
-            mapping.key_lines[key] = line
-        return mapping
-
-
-_TypesLoader.add_constructor("tag:yaml.org,2002:map", _TypesLoader.construct_mapping)
-
-
-def _load_types_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_TypesLoader)  # a SafeLoader subclass: plain data only, no objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        if isinstance(err, yaml.constructor.ConstructorError):
-            raise DataFormatError(f"{source}{line}: {problem}") from None
-        raise DataFormatError(f"{source}{line}: not valid YAML ({problem})") from None
-
-
 def _at(source: str, mapping: Any, key: Any = None) -> str:
-    """`source:line` of a mapping (or of one of its keys) read by `_TypesLoader`; `source` alone otherwise."""
-    if isinstance(mapping, _Mapping):
+    """`source:line` of a mapping (or of one of its keys) read by `load_yaml`; `source` alone otherwise."""
+    if isinstance(mapping, LineMapping):
         return f"{source}:{mapping.key_lines.get(key, mapping.line)}"
     return source
 
@@ -216,9 +155,9 @@ def _parse_types(raw: Any, source: str) -> list[EntityType]:
             if isinstance(value, dict):
                 if "label" in value:
                     raise DataFormatError(f"{where}: type {label!r} sets 'label' twice (as its key and as a field)")
-                item = _Mapping(getattr(value, "line", 0))
+                item = LineMapping(getattr(value, "line", 0))
                 item.update({"label": label, **value})
-                item.key_lines = {"label": raw.key_lines.get(label, 0) if isinstance(raw, _Mapping) else 0}
+                item.key_lines = {"label": raw.key_lines.get(label, 0) if isinstance(raw, LineMapping) else 0}
                 item.key_lines.update(getattr(value, "key_lines", {}))
                 items.append((item, where, item))
             else:
@@ -291,7 +230,8 @@ def load_types_file(path: str | Path) -> list[EntityType]:
         `DataFormatError`: for bytes that are not UTF-8, invalid YAML, a duplicate key, an unknown field or a bad value.
     """
     path = Path(path)
-    data = _load_types_yaml(read_text_file(path, "types file"), str(path))
+    # No field of a types file is a boolean, so YAML 1.1 booleans stay strings: the labels `yes:` and `no:` survive.
+    data = load_yaml(read_text_file(path, "types file"), str(path), booleans=False)
     if not isinstance(data, dict) or "types" not in data:
         raise DataFormatError(f"{path}: expected a mapping with a 'types' field")
     unknown = [key for key in data if key not in TYPES_FILE_FIELDS]
@@ -314,7 +254,7 @@ def merge_types(base: Iterable[EntityType], override: Iterable[EntityType]) -> l
 def _builtin_types(key: str) -> list[EntityType]:
     text = resources.files("cllmfs_trainer.data").joinpath("types", f"{key}.yaml").read_text(encoding="utf-8")
     source = f"cllmfs_trainer/data/types/{key}.yaml"
-    return _parse_types(_load_types_yaml(text, source)["types"], source)
+    return _parse_types(load_yaml(text, source, booleans=False)["types"], source)
 
 
 _ENTRIES: dict[str, dict[str, Any]] = {

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from cllmfs_trainer.data.io import DataFormatError, Sentence, read_conll, write_bio
 from cllmfs_trainer.data.registry import DatasetInfo, EntityType, get_dataset
-from cllmfs_trainer.errors import UserError, atomic_write_text, check_input_file
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.files import atomic_write_text, check_input_file
 
 INTER_SOURCE = "ontonotes5"
 
@@ -205,6 +206,31 @@ class FewShotTask:
     notes: dict[str, object] = field(default_factory=dict)
 
 
+def query_subset(sentences: Sequence[Sentence], size: int | None, seed: int = 0) -> list[Sentence]:
+    """A fixed random subset of `size` sentences, in their original order.
+
+    Every caller (training's `--eval_query_size`, `make_task`, the benchmark) draws the subset here, with its own
+    `query_seed`: the subset never depends on the support-set seed, so all seeds and methods meet the same query.
+
+    Args:
+        sentences (`Sequence[Sentence]`):
+            The full split.
+        size (`int` or `None`):
+            How many to keep; `None`, or a size at least the split's, keeps them all.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the draw.
+
+    Returns:
+        `list[Sentence]`: the subset.
+    """
+    if size is None or size >= len(sentences):
+        return list(sentences)
+    if size < 0:
+        raise ValueError(f"query size must be >= 0 or None, got {size}")
+    keep = sorted(random.Random(seed).sample(range(len(sentences)), size))
+    return [sentences[i] for i in keep]
+
+
 def make_task(
     setting: str,
     dataset: str | DatasetInfo,
@@ -241,7 +267,7 @@ def make_task(
             Split to predict.
         query_size (`int`, *optional*):
             Predict a random subset of this many query sentences (the size is recorded in `notes`), drawn by
-            `cllmfs_trainer.evaluation.query_subset`, the same function the benchmark uses.
+            `query_subset`, the same function the benchmark uses.
         max_2k (`bool`, *optional*, defaults to `False`):
             Few-NERD's at-most-2K sampling rule.
         support_set (`str` or `Path`, *optional*):
@@ -249,8 +275,6 @@ def make_task(
         query_seed (`int`, *optional*, defaults to `0`):
             Seed of the query subset; it does not depend on `seed`, so every support seed meets one query.
     """
-    from cllmfs_trainer.evaluation.query import query_subset
-
     if not isinstance(setting, str) or setting.lower() not in ("intra", "inter"):
         raise UserError(f"setting must be 'intra' or 'inter', got {setting!r}")
     setting = setting.lower()

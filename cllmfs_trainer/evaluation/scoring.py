@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import get_dataset
+from cllmfs_trainer.data.sampling import query_subset
 from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores, string_scores
-from cllmfs_trainer.evaluation.query import query_subset
+from cllmfs_trainer.files import atomic_write_text
+from cllmfs_trainer.run_folder import RunFolder
 
 
 def score_unit(query: Sequence[Sentence], predicted: Sequence[Sequence[Span]]) -> dict[str, Any]:
@@ -69,7 +72,7 @@ def evaluate_run(
         `dict[str, Any]`: `{dataset: {"split", "query_size", "span", "string", "errors", "parse_stats"}}`, as written to
         `metrics.json`.
     """
-    from cllmfs_trainer.data.registry import get_dataset
+    # Heavy (torch and transformers): scoring predictions that are already made needs neither.
     from cllmfs_trainer.inference.generate import EntityExtractor
 
     results: dict[str, Any] = {}
@@ -84,8 +87,6 @@ def evaluate_run(
             **score_unit(query, predicted),
             "parse_stats": extractor.stats.as_dict(),
         }
-    from cllmfs_trainer.run_folder import RunFolder
-
     path = RunFolder.load(run_dir).metrics_file
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     return results

@@ -57,6 +57,9 @@ from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConst
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
+from cllmfs_trainer.models import load_model, load_tokenizer, precision
+from cllmfs_trainer.models.loading import check_model_reference
+from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -227,10 +230,6 @@ class EntityExtractor:
         """
         from peft import PeftModel
 
-        from cllmfs_trainer.models import load_model, load_tokenizer
-        from cllmfs_trainer.models.loading import check_model_reference
-        from cllmfs_trainer.run_folder import RunFolder
-
         run = RunFolder.load(run_dir)  # refuses a folder without its weights: never predict with an untrained model
         run.check_tokenizer()
         if run.weights == "adapter":
@@ -243,9 +242,7 @@ class EntityExtractor:
         if dtype == "auto":
             dtype = None
             if next(model.parameters()).device.type == "cpu":
-                from cllmfs_trainer.models.precision import probe_cpu_dtype
-
-                dtype = probe_cpu_dtype("predicting")
+                dtype = precision.probe_cpu_dtype("predicting")
         if dtype is not None:
             cast = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
             if not isinstance(cast, torch.dtype):

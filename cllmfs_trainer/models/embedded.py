@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cllmfs_trainer.files import replace_folder
 from cllmfs_trainer.models.wheels import (
     DEFAULT_WHEEL,
     PROVENANCE_FILE,
@@ -33,7 +34,6 @@ from cllmfs_trainer.models.wheels import (
     file_lock,
     is_complete,
     models_dir,
-    replace_folder,
     sha256_file,
 )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cllmfs_trainer.errors import MissingFileError, UserError
+from cllmfs_trainer.models import precision
 from cllmfs_trainer.models.embedded import DEFAULT_MODEL_ALIASES, convert_gguf_file, materialize_default_model
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: resolving paths should not cost seconds of imports
@@ -171,9 +172,7 @@ def load_model(
     if dtype is None:
         dtype = legacy_dtype
     if dtype == "auto" and _targets_cpu(kwargs.get("device_map")):
-        from cllmfs_trainer.models.precision import probe_cpu_dtype
-
-        dtype = probe_cpu_dtype("loading")
+        dtype = precision.probe_cpu_dtype("loading")
     if dtype is None:
         import torch
 

@@ -14,10 +14,8 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,17 +171,6 @@ def file_lock(path: Path) -> Iterator[None]:
         finally:
             if fcntl is not None:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def replace_folder(tmp: Path, target: Path) -> None:
-    """Move a finished `tmp` folder to `target`, replacing an older one; readers never see a half-written folder."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def pip_download(spec: WheelSpec, dest: Path) -> Path:

@@ -33,18 +33,12 @@ from dataclasses import MISSING, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, Unit, write_report
 from cllmfs_trainer.benchmark.methods import get_method
-from cllmfs_trainer.errors import (
-    OneLineArgumentParser,
-    UsageError,
-    UserError,
-    check_input_file,
-    check_output_dir,
-    run_entry_point,
-)
+from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
+from cllmfs_trainer.errors import DataFormatError, UsageError, UserError
+from cllmfs_trainer.files import check_input_file, check_output_dir, load_yaml
+from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 
 PROG = "benchmark.py"
@@ -65,6 +59,7 @@ class BenchmarkArguments:
 
 def train_run(recipe: str, overrides: dict[str, Any], output_dir: Path) -> None:
     """Train one run folder with the training script: the recipe, then `--key value` overrides."""
+    # Heavy (torch, transformers and trl): a report-only or restoring run never trains.
     from cllmfs_trainer.scripts import train
 
     argv = [recipe, "--output_dir", str(output_dir), "--disable_tqdm", "true", "--report_to", "none"]
@@ -107,9 +102,9 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
         if not flag.startswith("--"):
             parser.error(f"expected --key, got {flag!r}")
         try:
-            raw[flag[2:]] = yaml.safe_load(value)  # numbers, booleans, [lists] and {dicts} as YAML/JSON
-        except yaml.YAMLError as err:
-            raise UsageError(f"{flag}: {value!r} is not a YAML/JSON value ({getattr(err, 'problem', err)})") from None
+            raw[flag[2:]] = load_yaml(value, flag)  # numbers, booleans, [lists] and {dicts} as YAML/JSON
+        except DataFormatError as err:
+            raise UsageError(f"{flag}: {value!r} is not a YAML/JSON value ({err})") from None
         lines.pop(flag[2:], None)  # messages then name the flag's key without the file's line
     known = set(BenchmarkConfig.__dataclass_fields__) | {"report_dir"}
     check_known_keys(raw, known, args.config, lines, f"known keys: {', '.join(sorted(known))}")
@@ -182,7 +177,7 @@ def _check_training(config: BenchmarkConfig) -> None:
     """Parse the recipes and `train_overrides` as the first trained units will: a bad key fails now, not hours in."""
     if not any(get_method(name).kind == "trained" for name in config.methods) or not config.recipe:
         return
-    from cllmfs_trainer.models.loading import check_model_reference
+    # Heavy (torch, transformers and trl): loaded only when the config has trained methods.
     from cllmfs_trainer.scripts import train
 
     if config.model != "default":

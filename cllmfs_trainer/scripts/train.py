@@ -23,17 +23,12 @@ import torch
 from accelerate import PartialState
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
+from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
 from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS
-from cllmfs_trainer.errors import (
-    MissingFileError,
-    UsageError,
-    UserError,
-    check_input_file,
-    check_output_dir,
-    run_entry_point,
-)
+from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
+from cllmfs_trainer.files import check_input_file, check_output_dir
 from cllmfs_trainer.models import load_model, load_tokenizer
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder

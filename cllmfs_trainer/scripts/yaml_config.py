@@ -17,31 +17,8 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
-
-from cllmfs_trainer.errors import DataFormatError, UsageError, read_text_file
-
-
-class _KeyLineLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses duplicate keys in any mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                key = self.construct_object(key_node)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {key!r} (first on line {seen[key]}); each key may appear once",
-                        key_node.start_mark,
-                    )
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-_KeyLineLoader.add_constructor("tag:yaml.org,2002:map", _KeyLineLoader.construct_mapping)
+from cllmfs_trainer.errors import DataFormatError, UsageError
+from cllmfs_trainer.files import load_yaml, read_text_file
 
 
 def load_yaml_mapping(path: str | os.PathLike, what: str = "config") -> tuple[dict[str, Any], dict[str, int]]:
@@ -61,32 +38,29 @@ def load_yaml_mapping(path: str | os.PathLike, what: str = "config") -> tuple[di
             with string keys.
     """
     text = read_text_file(path, what)
-    try:
-        node = yaml.compose(text, Loader=_KeyLineLoader)
-        data = yaml.load(text, Loader=_KeyLineLoader)  # a SafeLoader subclass: plain data only, no objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        if isinstance(err, yaml.constructor.ConstructorError):
-            raise DataFormatError(f"{path}{line}: {problem}") from None
-        raise DataFormatError(f"{path}{line}: not valid YAML ({problem})") from None
+    data = load_yaml(text, str(path))
     if data is None:
         raise DataFormatError(f"{path}: the {what} is empty; expected a mapping of `key: value` lines")
     if not isinstance(data, dict):
         raise DataFormatError(
             f"{path}: the {what} must be a mapping of `key: value` lines, not a {type(data).__name__}"
         )
-    lines = {
-        key_node.value: key_node.start_mark.line + 1
-        for key_node, _ in node.value
-        if isinstance(key_node, yaml.ScalarNode)
-    }
+    lines = dict(data.key_lines)
     for key in data:
         if not isinstance(key, str):
-            line = f":{lines[str(key)]}" if str(key) in lines else ""
+            line = f":{lines[key]}" if key in lines else ""
             raise DataFormatError(f"{path}{line}: key {key!r} must be a name, not {type(key).__name__}")
-    return data, lines
+    # Plain dicts from here on: the values become argparse defaults and are copied and serialised as such.
+    return _plain(data), lines
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every `LineMapping` in it turned into a plain `dict`."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def at(path: str | os.PathLike, lines: dict[str, int], key: str) -> str:

@@ -16,6 +16,8 @@ from accelerate import PartialState
 from trl import ModelConfig
 
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.models import attention_probe, precision
+from cllmfs_trainer.training import dropout
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
 
 CHOICES_FILE = "auto_choices.json"
@@ -29,21 +31,15 @@ def _probe(name: str, training_args: ContrastiveSFTConfig, model_args: ModelConf
     if name == "dtype":
         if torch.accelerator.is_available():
             return "auto"  # transformers reads the checkpoint's dtype
-        from cllmfs_trainer.models.precision import probe_cpu_dtype
-
-        return probe_cpu_dtype()
+        return precision.probe_cpu_dtype()
     if name == "attn_implementation":
         # On the CPU a probe picks SDPA or plain matmuls for these short sequences; elsewhere transformers' default.
-        from cllmfs_trainer.models.attention_probe import probe_cpu_attention
-
         dtype = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
-        return probe_cpu_attention(dtype) if cpu else None
+        return attention_probe.probe_cpu_attention(dtype) if cpu else None
     # lora_dropout_rng: only a CPU training with LoRA dropout draws masks; elsewhere the choice is never used.
     if not (cpu and model_args.use_peft and model_args.lora_dropout > 0):
         return "auto"
-    from cllmfs_trainer.training.dropout import resolve_lora_dropout_rng
-
-    return resolve_lora_dropout_rng("auto")
+    return dropout.resolve_lora_dropout_rng("auto")
 
 
 def _saved_choices(path: Path) -> dict:

@@ -1,0 +1,319 @@
+"""Files: input and output checks, atomic writes, UTF-8 line reading and YAML reading (one of each).
+
+Inputs and outputs are checked before any model is loaded, so a wrong path fails in a second, with a message that
+names it. Outputs are written atomically (a temporary file in the same folder, then `os.replace`; a finished
+temporary folder, then a rename), so a failure never leaves half a file or overwrites an input. Text files are read as
+UTF-8 with any line end and errors that name `file:line`; YAML files refuse duplicate keys and remember the line of
+every key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from cllmfs_trainer.errors import DataFormatError, MissingFileError, UserError
+
+BOM = "\ufeff"
+
+# --- input and output checks ------------------------------------------------------------------------------------------
+
+
+def check_input_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """`path` as a `Path` if it is a readable file.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The file.
+        what (`str`, *optional*, defaults to `"input"`):
+            What the file is, for the message (e.g. `--types-file`).
+
+    Raises:
+        `UserError`: naming the file when it is missing, a folder or unreadable.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; expected a file")
+    if not path.exists():
+        raise MissingFileError(f"{what} {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} {path} is not readable")
+    return path
+
+
+def check_output_file(
+    path: str | os.PathLike, what: str = "--output", inputs: Sequence[str | os.PathLike | None] = ()
+) -> Path:
+    """`path` as a `Path` if a file can be written there without harming an input.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The output file.
+        what (`str`, *optional*, defaults to `"--output"`):
+            The option or field it came from, for the message.
+        inputs (`Sequence`, *optional*, defaults to `()`):
+            Files the command reads; the output must not be one of them.
+
+    Raises:
+        `UserError`: when the path is a folder, its folder does not exist or is not writable, or it is an input.
+    """
+    path = Path(path).expanduser()
+    if not path.name or path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source).expanduser()):
+            raise UserError(f"{what} {path} is also an input; choose another file, the input would be overwritten")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UserError(f"{what} {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{what} {path} is not writable")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
+    """`path` as a `Path` if it is a folder, or can become one, that is writable.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The output folder.
+        what (`str`, *optional*, defaults to `"--output"`):
+            The option or field it came from, for the message.
+
+    Raises:
+        `UserError`: when the path is a file or the folder (or its nearest existing parent) is not writable.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; expected a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+# --- atomic writes ----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[IO[str]]:
+    """Open a temporary text file beside `path`; on success it replaces `path`, on failure it is removed.
+
+    Readers of `path` see the old file or the whole new one, never half of it.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The file to write; its folder must exist.
+        encoding (`str`, *optional*, defaults to `"utf-8"`):
+            The text encoding.
+    """
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding=encoding, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            yield handle
+        # NamedTemporaryFile creates the file readable by its owner only; give it the mode a plain open would.
+        os.chmod(handle.name, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, encoding) as handle:
+        handle.write(text)
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move a finished `tmp` folder to `target`, replacing an older one; readers never see a half-written folder.
+
+    Args:
+        tmp (`Path`):
+            The finished folder, on the same file system as `target`.
+        target (`Path`):
+            Where it goes; its parent is created if missing.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- UTF-8 lines ------------------------------------------------------------------------------------------------------
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split file bytes into lines at `\\r\\n`, `\\n` or a lone `\\r` (old Mac files), never merging two lines.
+
+    A trailing line end gives a final empty line, as `bytes.split` does.
+    """
+    return re.split(rb"\r\n|\r|\n", data)
+
+
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of every line of a UTF-8 file (see `split_lines`), without a leading byte order mark.
+
+    A line end at the end of the file gives a final empty line; `read_text_lines` drops it.
+
+    Raises:
+        `DataFormatError`: naming `file:line` for a byte that is not UTF-8.
+    """
+    for lineno, raw in enumerate(split_lines(path.read_bytes()), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(
+                f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
+                "re-encode the file as UTF-8"
+            ) from None
+        yield lineno, line[1:] if lineno == 1 and line.startswith(BOM) else line
+
+
+def read_text_lines(path: str | os.PathLike, what: str = "input") -> list[str]:
+    """The lines of a UTF-8 text file (see `iter_text_lines`).
+
+    As with `str.splitlines`, a line end at the end of the file does not start another (empty) line.
+
+    Raises:
+        `UserError`: naming the file if it is missing or a folder.
+        `DataFormatError`: naming `file:line` for a byte that is not UTF-8.
+    """
+    lines = [line for _, line in iter_text_lines(check_input_file(path, what))]
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def read_text_file(path: str | os.PathLike, what: str = "input") -> str:
+    """The text of a UTF-8 file with `\\n` line ends and no byte order mark (errors as in `read_text_lines`)."""
+    return "\n".join(read_text_lines(path, what))
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of `text` that is not whitespace (NUL, escape, DEL, ...), or None."""
+    for char in text:
+        if (ord(char) < 32 or 127 <= ord(char) < 160) and not char.isspace():
+            return char
+    return None
+
+
+# --- YAML -------------------------------------------------------------------------------------------------------------
+
+
+class LineMapping(dict):
+    """A YAML mapping that remembers where it was written.
+
+    Attributes:
+        line (`int`):
+            The line (1-based) where the mapping starts.
+        key_lines (`dict`):
+            The line of each key.
+    """
+
+    def __init__(self, line: int = 0) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[Any, int] = {}
+
+
+class _LineLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` whose mappings are `LineMapping`s and refuse duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMapping:
+        self.flatten_mapping(node)
+        mapping = LineMapping(node.start_mark.line + 1)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in mapping
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a plain value, got {type(key).__name__}", key_node.start_mark
+                ) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]}); each key may appear once",
+                    key_node.start_mark,
+                )
+            mapping[key] = self.construct_object(value_node, deep=True)
+            mapping.key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
+
+
+class _NoBooleanLineLoader(_LineLoader):
+    """`_LineLoader` that reads `yes`, `no`, `on`, `off`, `true` and `false` as strings, not booleans."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def load_yaml(text: str, source: str, booleans: bool = True) -> Any:
+    """Parse YAML text into plain data whose mappings are `LineMapping`s; duplicate keys are errors.
+
+    Args:
+        text (`str`):
+            The YAML text (see `read_text_file`).
+        source (`str`):
+            The file it came from, starting every message (`source:line: ...`).
+        booleans (`bool`, *optional*, defaults to `True`):
+            Read YAML 1.1's `yes`, `no`, `on`, `off`, `true` and `false` as booleans. A file none of whose fields is
+            a boolean turns this off, so that labels such as `no:` stay strings.
+
+    Returns:
+        `Any`: the data (`None` for an empty text).
+
+    Raises:
+        `DataFormatError`: naming `source:line` for text that is not YAML or a duplicate key.
+    """
+    loader = _LineLoader if booleans else _NoBooleanLineLoader
+    try:
+        return yaml.load(text, Loader=loader)  # a SafeLoader subclass: plain data only, no objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError):
+            raise DataFormatError(f"{source}{line}: {problem}") from None
+        raise DataFormatError(f"{source}{line}: not valid YAML ({problem})") from None
