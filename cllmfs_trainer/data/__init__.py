@@ -12,6 +12,7 @@ from cllmfs_trainer.data.io import (
     write_bio,
     write_jsonl,
 )
+from cllmfs_trainer.data.readers import detect_format, read_examples
 from cllmfs_trainer.data.registry import EntityType, get_dataset, load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask, SupportSet, make_task, sample_support_set
 from cllmfs_trainer.data.sft import (
@@ -40,6 +41,7 @@ __all__ = [
     "build_prompt",
     "build_samples",
     "build_sft_dataset",
+    "detect_format",
     "from_hf_dataset",
     "get_dataset",
     "load_hf_dataset",
@@ -48,6 +50,7 @@ __all__ = [
     "merge_chunk_spans",
     "merge_types",
     "read_conll",
+    "read_examples",
     "read_jsonl",
     "sample_support_set",
     "split_sentence",

@@ -353,8 +353,6 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
     text = record.get("text") if isinstance(record, dict) else None
     if not isinstance(text, str):
         raise DataFormatError(f"{where}: field 'text' is missing or not a string")
-    if control_character(text):
-        raise DataFormatError(f"{where}: field 'text' contains the control character {control_character(text)!r}")
     entities = record.get("entities", [])
     if not isinstance(entities, list):
         raise DataFormatError(f"{where}: field 'entities' must be a list")
@@ -363,7 +361,33 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
         field_name = f"entities[{k}]"
         if not isinstance(ent, dict) or not all(key in ent for key in ("start", "end", "type")):
             raise DataFormatError(f"{where}: field '{field_name}' needs 'start', 'end' and 'type'")
-        start, end, etype = ent["start"], ent["end"], ent["type"]
+        char_spans.append((ent["start"], ent["end"], ent["type"], field_name))
+    return sentence_from_offsets(text, char_spans, where)
+
+
+def sentence_from_offsets(text: str, char_spans: Sequence[tuple[Any, Any, Any, str]], where: str) -> Sentence:
+    """Tokenise `text` on whitespace and at every entity edge, and turn character spans into word spans.
+
+    Splitting at the edges as well as on whitespace keeps every annotation: `"(Paris)"` annotated on `Paris` gives
+    the words `(`, `Paris`, `)`. Whitespace at an entity's edges is trimmed (common in hand-made data).
+
+    Args:
+        text (`str`):
+            The annotated text.
+        char_spans (`Sequence[tuple[Any, Any, Any, str]]`):
+            `(start, end, type, field)` per entity: character offsets into `text` (end exclusive), the type, and the
+            name of the field it came from, for error messages. Values are checked here.
+        where (`str`):
+            The file and line or record, for error messages.
+
+    Raises:
+        `DataFormatError`: naming `where` and the field for offsets that are not integers or lie outside the text, a
+            type that is empty or has whitespace, a control character, an entity of only whitespace, or overlaps.
+    """
+    if control_character(text):
+        raise DataFormatError(f"{where}: field 'text' contains the control character {control_character(text)!r}")
+    checked = []
+    for start, end, etype, field_name in char_spans:
         for key, value in (("start", start), ("end", end)):
             if not isinstance(value, int) or isinstance(value, bool):  # JSON true/false would read as 1/0
                 raise DataFormatError(
@@ -385,13 +409,13 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
             end -= 1
         if start == end:
             raise DataFormatError(f"{where}: field '{field_name}' covers only whitespace")
-        char_spans.append((start, end, etype, field_name))
-    char_spans.sort()
-    for (_, e1, _, f1), (s2, _, _, f2) in zip(char_spans, char_spans[1:]):
+        checked.append((start, end, etype, field_name))
+    checked.sort()
+    for (_, e1, _, f1), (s2, _, _, f2) in zip(checked, checked[1:]):
         if s2 < e1:
             raise DataFormatError(f"{where}: fields '{f1}' and '{f2}' overlap; only flat (non-nested) NER is supported")
 
-    cuts = {s for s, _, _, _ in char_spans} | {e for _, e, _, _ in char_spans}
+    cuts = {s for s, _, _, _ in checked} | {e for _, e, _, _ in checked}
     tokens: list[str] = []
     token_starts: list[int] = []
     pos = 0
@@ -407,7 +431,7 @@ def sentence_from_char_spans(record: dict[str, Any], where: str = "record") -> S
         pos = end
     index_of_start = {s: i for i, s in enumerate(token_starts)}
     spans = []
-    for start, end, etype, _ in char_spans:
+    for start, end, etype, _ in checked:
         first = index_of_start[start]
         last = first
         while last < len(tokens) and token_starts[last] < end:
