@@ -1,6 +1,10 @@
 import torch
 
-from cllmfs_trainer.models.attention_probe import _attention_step, cpu_eager_attention_speedup, probe_cpu_attention
+from cllmfs_trainer.training.cpu.attention_probe import (
+    _attention_step,
+    cpu_eager_attention_speedup,
+    probe_cpu_attention,
+)
 
 
 def test_attention_probe_compares_the_same_function():

@@ -6,9 +6,10 @@ import pytest
 from trl import ModelConfig
 
 from cllmfs_trainer.errors import UserError
-from cllmfs_trainer.models import attention_probe, precision
-from cllmfs_trainer.training import ContrastiveSFTConfig, dropout
-from cllmfs_trainer.training.cpu_choices import CHOICES_FILE, resolve_auto_choices
+from cllmfs_trainer.models import precision
+from cllmfs_trainer.training import ContrastiveSFTConfig
+from cllmfs_trainer.training.cpu import attention_probe, dropout
+from cllmfs_trainer.training.cpu.auto_choices import CHOICES_FILE, apply_auto_choices, resolve_auto_choices
 
 
 def make_args(out, resume=None, **model):
@@ -29,12 +30,12 @@ def fake_probes(monkeypatch, dtype, attention, rng):
 def test_a_fresh_training_probes_and_a_resumed_one_reads_the_first_starts_choices(tmp_path, monkeypatch):
     training, model = make_args(tmp_path)
     asked = fake_probes(monkeypatch, "bfloat16", "eager", "numpy")
-    assert resolve_auto_choices(training, model) == {
-        "dtype": "bfloat16",
-        "attn_implementation": "eager",
-        "lora_dropout_rng": "numpy",
-    }
+    choices = resolve_auto_choices(training, model)
+    assert choices == {"dtype": "bfloat16", "attn_implementation": "eager", "lora_dropout_rng": "numpy"}
     assert asked == ["dtype", "attention", "rng"]
+    # Resolving changes nothing; applying sets each choice on the arguments it belongs to.
+    assert (model.dtype, model.attn_implementation, training.lora_dropout_rng) == ("auto", "auto", "auto")
+    apply_auto_choices(choices, training, model)
     assert (model.dtype, model.attn_implementation, training.lora_dropout_rng) == ("bfloat16", "eager", "numpy")
     assert json.loads((tmp_path / CHOICES_FILE).read_text())["lora_dropout_rng"] == "numpy"
 
@@ -43,13 +44,13 @@ def test_a_fresh_training_probes_and_a_resumed_one_reads_the_first_starts_choice
     checkpoint.mkdir()
     training, model = make_args(tmp_path, resume=str(checkpoint))
     asked = fake_probes(monkeypatch, "float32", "sdpa", "torch")
-    resolve_auto_choices(training, model)
+    apply_auto_choices(resolve_auto_choices(training, model), training, model)
     assert asked == []
     assert (model.dtype, model.attn_implementation, training.lora_dropout_rng) == ("bfloat16", "eager", "numpy")
 
     # A fresh training in the same folder probes again and replaces the file.
     training, model = make_args(tmp_path)
-    resolve_auto_choices(training, model)
+    apply_auto_choices(resolve_auto_choices(training, model), training, model)
     assert (model.dtype, model.attn_implementation, training.lora_dropout_rng) == ("float32", "sdpa", "torch")
     assert json.loads((tmp_path / CHOICES_FILE).read_text())["dtype"] == "float32"
 

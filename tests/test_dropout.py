@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from cllmfs_trainer.training import ContrastiveSFTConfig
-from cllmfs_trainer.training.dropout import NumpyDropout, numpy_dropout_speedup, use_numpy_lora_dropout
+from cllmfs_trainer.training.cpu.dropout import NumpyDropout, numpy_dropout_speedup, use_numpy_lora_dropout
 
 
 def test_keep_rate_and_expectation():

@@ -9,7 +9,7 @@ from peft import LoraConfig
 from cllmfs_trainer.data import build_sft_dataset, get_dataset
 from cllmfs_trainer.models import ensure_pad_token
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
-from cllmfs_trainer.training.lm_head import fused_model
+from cllmfs_trainer.training.cpu.lm_head import fused_model
 
 
 @pytest.fixture(scope="module")

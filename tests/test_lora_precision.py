@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from cllmfs_trainer.training import ContrastiveSFTConfig
-from cllmfs_trainer.training.lora_precision import ModelDtypeLinear, compute_lora_in_model_dtype
+from cllmfs_trainer.training.cpu.lora_precision import ModelDtypeLinear, compute_lora_in_model_dtype
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
 

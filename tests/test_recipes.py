@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import REPO
 
-from cllmfs_trainer.training.lora_precision import ModelDtypeLinear
+from cllmfs_trainer.training.cpu.lora_precision import ModelDtypeLinear
 
 # Training recipes; benchmark configs (`*benchmark*.yaml`) are parsed in test_benchmark.py.
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "benchmark" not in p.name)

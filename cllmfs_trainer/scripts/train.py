@@ -34,7 +34,7 @@ from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
-from cllmfs_trainer.training.cpu_choices import resolve_auto_choices
+from cllmfs_trainer.training.cpu.auto_choices import apply_auto_choices, resolve_auto_choices
 
 PROG = "train.py"
 KEYS_HINT = "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
@@ -349,7 +349,7 @@ def main(
     )
     # Before the quantization config, which takes its compute dtype from `dtype`; a resumed training reads back
     # what its first start chose.
-    resolve_auto_choices(training_args, model_args)
+    apply_auto_choices(resolve_auto_choices(training_args, model_args), training_args, model_args)
     quantization = get_quantization_config(model_args)
     model = load_model(
         model_args.model_name_or_path,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from cllmfs_trainer.training.dropout import LORA_DROPOUT_RNGS
-from cllmfs_trainer.training.lora_precision import LORA_COMPUTE_DTYPES
+from cllmfs_trainer.training.cpu.dropout import LORA_DROPOUT_RNGS
+from cllmfs_trainer.training.cpu.lora_precision import LORA_COMPUTE_DTYPES
 from cllmfs_trainer.training.losses import NOISE_DISTRIBUTIONS
 
 NOISE_SITES = ("embeddings", "hidden", "none")
@@ -39,17 +39,71 @@ class ContrastiveSFTConfig(SFTConfig):
 
     The loss is `CE + cl_weight * CL`, where CL is a supervised contrastive loss over the layer-`cl_layer` hidden
     states of the input-sentence tokens (see `cllmfs_trainer.training.losses`). Ablations of the paper's Table 2 map
-    onto it:
-    `cl_weight=0` is LoRA only, `cl_noise_site="none"` is LoRA+CL, and the defaults are LoRA+CL+Noise.
+    onto it: `cl_weight=0` is LoRA only, `cl_noise_site="none"` is LoRA+CL, and the defaults are LoRA+CL+Noise. Each
+    field's `help` metadata (what `--help` prints) says more.
 
-    Defaults that differ from `SFTConfig`:
-        - `bf16`: chosen from the hardware (True only on a GPU that supports it) instead of always True, which fails
-          on CPU.
-        - `dataset_kwargs`: `{"skip_prepare_dataset": True}`, because our datasets arrive tokenised with `cl_labels`
-          (`cllmfs_trainer.data.build_sft_dataset`); TRL's preparation would truncate only some columns.
-        - `remove_unused_columns`: False, so `cl_labels` reach the collator.
-        - `use_cpu`: set when several processes are launched (torchrun) on a machine without CUDA; otherwise each
-          process would train alone.
+    Parameters:
+        > Parameters that control the contrastive term
+
+        cl_weight (`float`, *optional*, defaults to `0.001`):
+            Weight lambda of the term in `CE + lambda * CL`; 0 trains exactly as `SFTTrainer`.
+        cl_layer (`float`, *optional*, defaults to `26`):
+            Block whose output feeds the term: an integer `L >= 1`, or a fraction of the model's depth in (0, 1).
+        cl_temperature (`float`, *optional*, defaults to `0.07`):
+            Temperature of the supervised contrastive loss.
+
+        > Parameters that control the noised view
+
+        cl_noise_site (`str`, *optional*, defaults to `"embeddings"`):
+            `"embeddings"` (a second, partial forward with noised input embeddings), `"hidden"` (noise on the layer's
+            states) or `"none"` (no noised view: LoRA+CL).
+        cl_noise_distribution (`str`, *optional*, defaults to `"uniform"`):
+            `"uniform"` (NEFTune's) or `"gaussian"`, at the same scale.
+        cl_noise_alpha (`float`, *optional*, defaults to `5.0`):
+            Noise magnitude (NEFTune's alpha).
+        cl_positive_grad (`bool`, *optional*, defaults to `False`):
+            Let gradients flow through the noised view; off, that pass stores no activations.
+
+        > Parameters that control which tokens enter the term, and their labels
+
+        cl_max_tokens (`int`, *optional*, defaults to `1024`):
+            Cap on the tokens per micro-batch (the cost is quadratic); O tokens are subsampled first. `None`: no cap.
+        cl_anchor_outside (`bool`, *optional*, defaults to `False`):
+            Also use O tokens as anchors; by default they are negatives only.
+        cl_label_mode (`str`, *optional*, defaults to `"auto"`):
+            `"query"` (the queried type inside its spans), `"gold"` (each token's own type) or `"auto"` (`"gold"`
+            under prompt format 2, else `"query"`).
+
+        > Parameters that control the samples of each epoch
+
+        empty_ratio (`float`, *optional*):
+            Samples without an entity kept per epoch, per sample with one, for each type; they rotate. `None`: all.
+        length_bucket_batches (`int`, *optional*, defaults to `1`):
+            Sort each group of this many batches by length, for less padding; 1 gives plain random batches.
+        fit_stop (`float`, *optional*):
+            Stop after the first epoch in which this fraction of the samples (with and without an entity) is fitted.
+
+        > Parameters that control speed on the CPU (`cllmfs_trainer.training.cpu`); accelerators ignore them
+
+        compact_lm_head (`bool`, *optional*, defaults to `True`):
+            Score only the labelled positions in the LM head, as TRL's fused head does on CUDA.
+        lora_dropout_rng (`str`, *optional*, defaults to `"auto"`):
+            Where LoRA dropout masks are drawn: `"torch"`, `"numpy"` or `"auto"` (a probe keeps the faster).
+        lora_compute_dtype (`str`, *optional*, defaults to `"float32"`):
+            `"model"` runs LoRA matmuls in a half-precision model's dtype with float32 master weights; `"float32"` is
+            PEFT's own.
+
+        > Parameters whose defaults differ from `SFTConfig`
+
+        bf16 (`bool`, *optional*):
+            bf16 mixed precision; `None` turns it on only where a GPU supports it (`SFTConfig`'s `True` fails on a
+            CPU).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep columns the model does not take, such as `cl_labels`, for the collator.
+
+    Two more are set in `__post_init__`: `dataset_kwargs` defaults to `{"skip_prepare_dataset": True}` (the datasets
+    arrive tokenised with `cl_labels`, and TRL's preparation would truncate only some columns), and `use_cpu` is set
+    when several processes are launched on a machine without CUDA (each would otherwise train alone).
     """
 
     cl_weight: float = field(

@@ -26,9 +26,9 @@ from trl import SFTTrainer
 
 from cllmfs_trainer.training.collator import ContrastiveDataCollator
 from cllmfs_trainer.training.config import ContrastiveSFTConfig
-from cllmfs_trainer.training.dropout import use_numpy_lora_dropout
-from cllmfs_trainer.training.lm_head import add_compact_lm_head, fused_model
-from cllmfs_trainer.training.lora_precision import compute_lora_in_model_dtype
+from cllmfs_trainer.training.cpu.dropout import use_numpy_lora_dropout
+from cllmfs_trainer.training.cpu.lm_head import add_compact_lm_head, fused_model
+from cllmfs_trainer.training.cpu.lora_precision import compute_lora_in_model_dtype
 from cllmfs_trainer.training.losses import add_noise, select_tokens, supervised_contrastive_loss
 from cllmfs_trainer.training.sampler import FewShotSampler
 from cllmfs_trainer.training.support_fit import SupportFitCallback, SupportFitTracker
