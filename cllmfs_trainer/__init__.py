@@ -1,16 +1,18 @@
 """cllmfs-trainer: few-shot NER with LLMs (CLLMFS: LoRA SFT plus a contrastive loss on one layer's hidden states).
 
 The data path lives in `cllmfs_trainer.data`, model loading (including the embedded default model) in
-`cllmfs_trainer.models`. `ContrastiveSFTTrainer` and `ContrastiveSFTConfig` are imported lazily, so importing the
-package itself stays cheap (no torch, transformers or trl).
+`cllmfs_trainer.models`. `ContrastiveSFTTrainer`, `ContrastiveSFTConfig`, `EntityExtractor` and `Entity` are imported
+lazily, so importing the package itself stays cheap (no torch, transformers or trl).
 """
 
 __version__ = "0.1.0.dev0"
-__all__ = ["ContrastiveSFTConfig", "ContrastiveSFTTrainer"]
+__all__ = ["ContrastiveSFTConfig", "ContrastiveSFTTrainer", "Entity", "EntityExtractor"]
 
 _LAZY = {
     "ContrastiveSFTConfig": "cllmfs_trainer.training.config",
     "ContrastiveSFTTrainer": "cllmfs_trainer.training.trainer",
+    "Entity": "cllmfs_trainer.inference.extract",
+    "EntityExtractor": "cllmfs_trainer.inference.generate",
 }
 
 

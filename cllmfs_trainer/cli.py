@@ -21,7 +21,7 @@ from typing import Any
 
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
-from cllmfs_trainer.data.io import DataFormatError, Sentence, jsonl_line
+from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.registry import load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
@@ -35,7 +35,6 @@ from cllmfs_trainer.files import (
     control_character,
     read_text_lines,
 )
-from cllmfs_trainer.inference.parse import char_offsets
 from cllmfs_trainer.models import load_tokenizer, materialize_default_model, resolve_model
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
@@ -52,6 +51,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
     return value
 
 
@@ -221,6 +231,14 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _entity_record(entity: Any, with_score: bool) -> dict[str, Any]:
+    """An `Entity` as a JSONL record: start, end, type, text, and its score if asked for."""
+    record = entity.as_dict()
+    if not with_score:
+        del record["score"]
+    return record
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     # Heavy (torch and transformers): `cllmfs --help`, `model` and `prepare` start without them.
     from cllmfs_trainer.inference.generate import EntityExtractor
@@ -230,6 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     run = RunFolder.load(run_dir)  # refuses a folder without its weights, naming the missing file
     run.check_tokenizer()
     texts = _read_texts(args)
+    if args.threshold is not None and args.unconstrained:
+        raise UsageError("--threshold needs a score per entity, which only constrained decoding gives")
     if args.types_file is not None:
         check_input_file(args.types_file, "--types-file")
     types = _predict_types(run_dir, args.types, args.types_file)
@@ -245,22 +265,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         **({} if args.end_penalty is None else {"end_penalty": args.end_penalty}),
         **({} if args.one_type_per_span is None else {"one_type_per_span": args.one_type_per_span}),
     )
-    predictions = extractor.predict(
-        [Sentence(text.split(), [], f"line {i + 1}") for i, text in enumerate(texts)], progress=True
-    )
+    # Each input line is one sentence: asked whole, as the model was trained (no sentence splitting).
+    found = extractor.extract(texts, threshold=args.threshold, split_sentences=False, progress=True)
     with atomic_open(output) as out:  # a failure leaves no half-written file
-        for text, prediction in zip(texts, predictions):
-            offsets = char_offsets(text, prediction.sentence.tokens)
-            entities = [
-                {
-                    "start": offsets[s.start][0],
-                    "end": offsets[s.end - 1][1],
-                    "type": s.type,
-                    "text": text[offsets[s.start][0] : offsets[s.end - 1][1]],
-                }
-                for s in prediction.spans
-            ]
-            out.write(jsonl_line({"text": text, "entities": entities}))
+        for text, entities in zip(texts, found):
+            records = [_entity_record(entity, args.scores) for entity in entities]
+            out.write(jsonl_line({"text": text, "entities": records}))
     print(
         json.dumps(
             {"sentences": len(texts), "types": [t.label for t in extractor.types], **extractor.stats.as_dict()},
@@ -323,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=positive_int, default=32)
     pred.add_argument("--max-new-tokens", type=positive_int, default=64)
     pred.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
+    pred.add_argument(
+        "--threshold",
+        type=probability,
+        help="drop entities whose score (the probability of the entity under the constraint) is below this",
+    )
+    pred.add_argument("--scores", action="store_true", help="write each entity's score into the output")
     pred.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],

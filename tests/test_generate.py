@@ -246,6 +246,33 @@ def test_types_file_adds_a_type_at_prediction_time(run_dir, tmp_path):
     assert {e["type"] for e in line["entities"]} <= {"person", "drug"}
 
 
+def test_cli_predict_writes_what_extract_returns_with_scores_and_threshold(run_dir, tmp_path):
+    """`cllmfs predict` is a client of `EntityExtractor.extract`: the same entities, scores on request."""
+    source = tmp_path / "in.txt"
+    source.write_text("Ann Lee met Bo in Rome. Bo left.\nZoë visited  Reykjavík\n", encoding="utf-8")
+    common = ["predict", "--run", str(run_dir), "--input", str(source), "--max-new-tokens", "100", "--end-penalty", "8"]
+    assert cli_main([*common, "--output", str(tmp_path / "s.jsonl"), "--scores", "--dtype", "float32"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    extractor = EntityExtractor.from_run(run_dir, max_new_tokens=100, end_penalty=8, dtype="float32")
+    texts = source.read_text(encoding="utf-8").splitlines()
+    found = extractor.extract(texts, split_sentences=False)  # one line, one sentence, as the CLI asks
+    assert [r["entities"] for r in records] == [[e.as_dict() for e in entities] for entities in found]
+    scores = sorted(e["score"] for r in records for e in r["entities"])
+    assert scores, "the end penalty makes the tiny model name entities"
+    middle = scores[len(scores) // 2]
+    assert (
+        cli_main([*common, "--output", str(tmp_path / "t.jsonl"), "--threshold", str(middle), "--dtype", "float32"])
+        == 0
+    )
+    kept = [json.loads(line)["entities"] for line in (tmp_path / "t.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = [
+        [{k: v for k, v in e.items() if k != "score"} for e in r["entities"] if e["score"] >= middle] for r in records
+    ]
+    assert kept == expected
+    assert cli_main([*common, "--output", str(tmp_path / "u.jsonl"), "--threshold", "2"]) == 2
+    assert cli_main([*common, "--output", str(tmp_path / "u.jsonl"), "--threshold", "0.5", "--unconstrained"]) == 2
+
+
 # --- The fast path equals plain per-prompt generation ----------------------------------------------------------------
 
 EQUALITY_SENTENCES = [

@@ -4,48 +4,25 @@ Decoding is greedy by default. The paper samples at temperature 0.01 with top-p,
 greedy is deterministic, so runs are reproducible and the fast and naive paths can be compared exactly.
 `do_sample=True` with a temperature is available for those who want the paper's setting to the letter.
 
-Speed levers used here, each of which leaves the generated tokens unchanged (up to floating-point noise, see below):
-
-- LoRA weights merged into the base model (`EntityExtractor.from_run`).
-- Prompts sorted by length, so a batch carries little padding; batches mix entity types.
-- Prefix reuse (`reuse_prefix`): all prompts of a type begin with the same instruction, whose key/value states are
-  computed once per `predict` call and copied into each batch's cache (`prefix_cache.SharedPrefixes`); the model only
-  runs over the rest of each prompt.
-- Answer prefill (`prefill_answer`, constrained decoding only): every answer starts with the same prefix
-  (`<im_start> I can extract entities for you, the extracted entities are`), which the constraint forces token by
-  token. We append its tokens to the prompt instead, so they cost one batched forward pass rather than one `generate`
-  step each; the constraint still starts at the answer's first token and the budget `max_new_tokens` still counts
-  them.
-- Generation ends at EOS, which the constraint forces right after `<im_end>`.
-- Constrained greedy decoding runs in our own loop (`greedy.constrained_greedy`, `compact_decoding`): a finished
-  row leaves the batch at once instead of riding along until the batch's longest answer ends, and an answer that
-  has started its forced ` <im_end>` ending is completed without the model. Sampling, beams and other
-  `generate` options go through `generate`.
-
-The computed values are the same as without these levers, but not bit for bit: a prefix computed alone, or answer
-tokens computed in one pass, go through matrix products of other shapes, whose float sums may round differently. A
-greedy choice between two tokens whose scores are that close can flip; `tests/test_generate.py` checks equality with
-plain per-prompt `generate` on a random and on the real default model. `bench/inference.py` measures each lever
-against the naive `generate` loop and checks that their answers agree.
+The batched decoding itself (prompts in, answers out) and its speed levers are in `answers.py`; the entity scores
+in `scores.py`; raw texts to `Entity` objects in `extract.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, overload
 
 import torch
-from transformers import LogitsProcessorList
 
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sft import (
     ANSWER_FORMAT,
-    IM_END,
     PROMPT_FORMAT,
     build_prompt,
     check_answer_format,
@@ -53,10 +30,12 @@ from cllmfs_trainer.data.sft import (
 )
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
 from cllmfs_trainer.errors import UserError
-from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
-from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
+from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (Job: users import it here)
+from cllmfs_trainer.inference.constraints import CompletionTemplate, build_automata
+from cllmfs_trainer.inference.extract import Entity, TypesArgument
+from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
-from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
+from cllmfs_trainer.inference.scores import group_scores
 from cllmfs_trainer.models import load_model, load_tokenizer, precision
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
@@ -66,10 +45,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """Predicted spans of one sentence, across all requested types (they may overlap: each type is asked alone)."""
+    """Predicted spans of one sentence, across all requested types (they may overlap: each type is asked alone).
+
+    Args:
+        sentence (`Sentence`):
+            The sentence as given.
+        spans (`list[Span]`, *optional*, defaults to `[]`):
+            The predicted spans over its words, sorted.
+        scores (`dict[Span, float]`, *optional*, defaults to `{}`):
+            Each span's score (`cllmfs_trainer.inference.scores`), where decoding gives one: constrained greedy
+            decoding in our own loop does, `generate` does not.
+    """
 
     sentence: Sentence
     spans: list[Span] = field(default_factory=list)
+    scores: dict[Span, float] = field(default_factory=dict)
 
 
 def resolve_types(spans: Sequence[Span], scores: dict[Span, float]) -> list[Span]:
@@ -89,15 +79,7 @@ def resolve_types(spans: Sequence[Span], scores: dict[Span, float]) -> list[Span
     return [span for span in spans if best[span.start, span.end] is span]
 
 
-class Job(NamedTuple):
-    """One prompt to answer: its text, the words the constraint may copy, and the group sharing its prefix."""
-
-    prompt: str
-    words: list[str]
-    group: Hashable
-
-
-class EntityExtractor:
+class EntityExtractor(AnswerBatcher):
     """Extracts entities of given types from sentences with a fine-tuned causal LM.
 
     Args:
@@ -187,6 +169,9 @@ class EntityExtractor:
         self.compact_decoding = compact_decoding
         self.end_penalty = float(end_penalty)
         self.last_first_odds: list[dict[int, float]] = []  # per job of the last `generate` call, with one_type_per_span
+        # Per job of the last `generate` call: the answer's ids and their log-probabilities (our loop only), for scores.
+        self.last_answer_logprobs: list[tuple[list[int], list[float]] | None] = []
+        self.run_types: list[EntityType] = []  # the run's types, which `extract` may ask for by label
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.one_type_per_span = one_type_per_span
         if one_type_per_span and not (
@@ -256,26 +241,121 @@ class EntityExtractor:
         # The run's threshold belongs to constrained decoding; unconstrained prediction has no ending choice to move.
         kwargs.setdefault("end_penalty", run.end_penalty if kwargs.get("constrained", True) else 0.0)
         kwargs.setdefault("one_type_per_span", run.one_type_per_span and kwargs.get("constrained", True))
-        return cls(model, tokenizer, types, **kwargs)
+        extractor = cls(model, tokenizer, types, **kwargs)
+        extractor.run_types = [*run.test_types, *run.train_types]
+        return extractor
 
-    def predict(self, sentences: Sequence[Sentence], progress: bool = False) -> list[Prediction]:
-        """Predict spans for every sentence and type. Order of the output follows the input."""
+    @property
+    def gives_scores(self) -> bool:
+        """Whether predictions carry a score per entity: constrained greedy decoding in our own loop."""
+        return self.constrained and self.compact_decoding and is_plain_greedy(self.generation_kwargs, self.model)
+
+    def known_types(self) -> list[EntityType]:
+        """The extractor's types, then its run's others (first description wins): what `extract` knows by label."""
+        known = {}
+        for entity_type in [*self.types, *self.run_types]:
+            known.setdefault(entity_type.label, entity_type)
+        return list(known.values())
+
+    @overload
+    def extract(
+        self, texts: str, types: TypesArgument = ..., threshold: float | None = ..., **kwargs: Any
+    ) -> list[Entity]: ...
+
+    @overload
+    def extract(
+        self, texts: Sequence[str], types: TypesArgument = ..., threshold: float | None = ..., **kwargs: Any
+    ) -> list[list[Entity]]: ...
+
+    def extract(
+        self,
+        texts: str | Sequence[str],
+        types: TypesArgument = None,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        split_sentences: bool = True,
+        language: str = "en",
+        progress: bool = False,
+    ) -> list[Entity] | list[list[Entity]]:
+        """Find entities in raw texts of any length, with character offsets and scores.
+
+        Args:
+            texts (`str` or `Sequence[str]`):
+                One text, or a list of texts.
+            types (`TypesArgument`, *optional*):
+                The types to ask for in this call: labels of the extractor's or its run's types, `EntityType`s, or
+                `{label: description}` (new types, or new descriptions). Default: the extractor's types.
+            threshold (`float`, *optional*):
+                Drop entities whose score is below this probability. Default: keep every entity decoding returns.
+            batch_size (`int`, *optional*):
+                Prompts per batch in this call (default: the extractor's `batch_size`).
+            split_sentences (`bool`, *optional*, defaults to `True`):
+                Split each text into sentences first (as the model was trained on sentences); False asks each text
+                whole (still cut between words beyond `max_sentence_words`).
+            language (`str`, *optional*, defaults to `"en"`):
+                The language code for the sentence splitter (`sentencex`).
+            progress (`bool`, *optional*, defaults to `False`):
+                Show a progress bar.
+
+        Returns:
+            `list[Entity]` for one text, `list[list[Entity]]` (one list per text, in order) for a list; each list
+            sorted by position. Cut sentences and answers are logged as warnings (`cllmfs_trainer.inference.extract`).
+        """
+        from cllmfs_trainer.inference.extract import extract_entities
+
+        single = isinstance(texts, str)
+        saved = self.batch_size
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            self.batch_size = batch_size
+        try:
+            found = extract_entities(
+                self, [texts] if single else list(texts), types, threshold, split_sentences, language, progress
+            )
+        finally:
+            self.batch_size = saved
+        return found[0] if single else found
+
+    def predict(
+        self, sentences: Sequence[Sentence], progress: bool = False, types: Sequence[EntityType] | None = None
+    ) -> list[Prediction]:
+        """Predict spans for every sentence and type, with their scores. Order of the output follows the input.
+
+        Args:
+            sentences (`Sequence[Sentence]`):
+                The sentences (their spans are ignored).
+            progress (`bool`, *optional*, defaults to `False`):
+                Show a progress bar.
+            types (`Sequence[EntityType]`, *optional*):
+                The types to ask for in this call (default: `self.types`).
+        """
         self._automata = {}
+        types = self.types if types is None else list(types)
         chunks = [split_sentence(s, self.max_sentence_words) for s in sentences]
         found: dict[tuple[int, int], list[Span]] = {}
+        scores: dict[tuple[int, int], dict[Span, float]] = {}
         odds: dict[tuple[int, int], dict[Span, float]] = {}
-        for places, texts, first_odds in self._answer_blocks(chunks, progress):
-            self._collect(chunks, places, texts, found)
+        for places, texts, first_odds, answers in self._answer_blocks(chunks, progress, types):
+            self._collect(chunks, places, texts, answers, found, scores)
             if self.one_type_per_span:
                 self._span_odds(chunks, places, first_odds, found, odds)
         if self.one_type_per_span:
             found = {key: resolve_types(spans, odds.get(key, {})) for key, spans in found.items()}
-        return [
-            Prediction(sentence, merge_chunk_spans(chunks[i], [found.get((i, j), []) for j in range(len(chunks[i]))]))
-            for i, sentence in enumerate(sentences)
-        ]
+        predictions = []
+        for i, sentence in enumerate(sentences):
+            pieces = range(len(chunks[i]))
+            spans = merge_chunk_spans(chunks[i], [found.get((i, j), []) for j in pieces])
+            # Shift each chunk's scores as merge_chunk_spans shifts its spans.
+            shifted = {
+                Span(span.start + chunks[i][j].offset, span.end + chunks[i][j].offset, span.type): score
+                for j in pieces
+                for span, score in scores.get((i, j), {}).items()
+            }
+            predictions.append(Prediction(sentence, spans, {span: shifted[span] for span in spans if span in shifted}))
+        return predictions
 
-    def _answer_blocks(self, chunks: list[list[Any]], progress: bool):
+    def _answer_blocks(self, chunks: list[list[Any]], progress: bool, types: Sequence[EntityType]):
         """Yield `(places, answers)`: one job per (chunk, type), answered together or in blocks of sentences.
 
         In format 1 the prompts of a type share its instruction, so the type is the prefix group and one `generate`
@@ -284,10 +364,7 @@ class EntityExtractor:
         gap each row carries up to the block's longest prefix.
         """
         places = [
-            (i, j, t)
-            for i, sentence_chunks in enumerate(chunks)
-            for j in range(len(sentence_chunks))
-            for t in self.types
+            (i, j, t) for i, sentence_chunks in enumerate(chunks) for j in range(len(sentence_chunks)) for t in types
         ]
         if self.prompt_format == 1:
             jobs = [
@@ -298,7 +375,7 @@ class EntityExtractor:
                 )
                 for i, j, t in places
             ]
-            yield places, self.generate(jobs, progress), self.last_first_odds
+            yield places, self.generate(jobs, progress), self.last_first_odds, self.last_answer_logprobs
             return
         pieces = sorted({(i, j) for i, j, _ in places}, key=lambda ij: len(chunks[ij[0]][ij[1]].sentence.tokens))
         blocks = [pieces[k : k + self.SENTENCES_PER_BLOCK] for k in range(0, len(pieces), self.SENTENCES_PER_BLOCK)]
@@ -307,7 +384,7 @@ class EntityExtractor:
 
             blocks = tqdm(blocks, desc="extracting", unit="block")
         for block in blocks:
-            block_places = [(i, j, t) for i, j in block for t in self.types]
+            block_places = [(i, j, t) for i, j in block for t in types]
             jobs = [
                 Job(
                     build_prompt(chunks[i][j].sentence.text, t, self.prompt_format, self.type_descriptions),
@@ -316,15 +393,22 @@ class EntityExtractor:
                 )
                 for i, j, t in block_places
             ]
-            yield block_places, self.generate(jobs), self.last_first_odds
+            yield block_places, self.generate(jobs), self.last_first_odds, self.last_answer_logprobs
 
-    def _collect(self, chunks, places, texts, found: dict[tuple[int, int], list[Span]]) -> None:
-        """Parse answers into spans of their chunks, counting malformed outputs in `self.stats`."""
-        for (i, j, t), text in zip(places, texts):
+    def _collect(self, chunks, places, texts, answers, found, scores) -> None:
+        """Parse answers into spans of their chunks, with their scores; count malformed outputs in `self.stats`."""
+        for (i, j, t), text, answer in zip(places, texts, answers):
+            words = chunks[i][j].sentence.tokens
             parsed = parse_output(text, self.answer_format)
-            match = entities_to_spans(chunks[i][j].sentence.tokens, parsed.entities, t.label)
+            match = entities_to_spans(words, parsed.entities, t.label)
             self.stats.update(parsed, match)
             found.setdefault((i, j), []).extend(match.spans)
+            if answer is None or not parsed.entities:
+                continue
+            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)
+            for span, score in zip(match.placed, group_scores(*answer, parsed.entities, automaton[0])):
+                if span is not None and score is not None:
+                    scores.setdefault((i, j), {})[span] = score
 
     def _span_odds(self, chunks, places, first_odds, found, odds) -> None:
         """Record, per chunk, the first-token log-odds of each span found under each type (for `resolve_types`)."""
@@ -338,128 +422,3 @@ class EntityExtractor:
                     continue
                 run = automaton.runs.get(" ".join(words[span.start : span.end]))
                 odds[i, j][span] = row_odds.get(run[0], float("-inf")) if run else float("-inf")
-
-    def _answer_prefill(self) -> tuple[int, ...]:
-        """Token ids of the answer prefix to feed with the prompt; `()` when the answer is generated in full."""
-        if not (self.constrained and self.prefill_answer):
-            return ()
-        if self._template is None:
-            self._template = CompletionTemplate.from_tokenizer(self.tokenizer, self.answer_format)
-        prefix = self._template.prefix
-        # Keep at least one generated token: a budget that ends inside the prefix is left to plain generation.
-        return prefix if len(prefix) < self.max_new_tokens else ()
-
-    def _shared_prefixes(self, encoded: Sequence[list[int]], groups: Sequence[Hashable]) -> SharedPrefixes:
-        """The groups' shared prefixes, computed by the model; all empty when prefix reuse is off or impossible."""
-        members: dict[Hashable, list[list[int]]] = {}
-        for ids, group in zip(encoded, groups):
-            members.setdefault(group, []).append(ids)
-        config = getattr(self.model, "generation_config", None)
-        expands = (
-            max(
-                self.generation_kwargs.get(name, getattr(config, name, 1)) or 1
-                for name in ("num_beams", "num_return_sequences")
-            )
-            > 1
-        )
-        if self.reuse_prefix and not expands:
-            prefixes = {group: ids[0][: shared_prefix_length(ids)] for group, ids in members.items()}
-            try:
-                return SharedPrefixes(self.model, prefixes)
-            except NotImplementedError as err:
-                logger.warning("generating without prefix reuse: %s", err)
-        return SharedPrefixes(self.model, dict.fromkeys(members, ()))
-
-    @torch.no_grad()
-    def generate(self, jobs: Sequence[Job], progress: bool = False) -> list[str]:
-        """Generate an answer for every job, in batches of similar length; returns decoded answers in job order.
-
-        Args:
-            jobs (`Sequence[Job]`):
-                Prompts, with the words the constraint allows and the group whose prompts share a prefix.
-            progress (`bool`, *optional*, defaults to `False`):
-                Show a progress bar over batches.
-
-        Returns:
-            `list[str]`: the decoded answers (special tokens skipped), answer prefix included.
-        """
-        if not jobs:
-            return []
-        tokenizer = self.tokenizer
-        encoded = tokenizer([job.prompt for job in jobs])["input_ids"]  # one batched call, not one per prompt
-        groups = [job.group for job in jobs]
-        shared = self._shared_prefixes(encoded, groups)
-        answer = list(self._answer_prefill())
-        # What the model still has to read for each job: the prompt after its group's prefix, then the answer prefix.
-        rests = [ids[shared.length(group) :] + answer for ids, group in zip(encoded, groups)]
-        order = sorted(range(len(jobs)), key=lambda k: -len(rests[k]))
-        batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc="extracting", unit="batch")
-        device = next(self.model.parameters()).device
-        own_loop = self.compact_decoding and is_plain_greedy(self.generation_kwargs, self.model)
-        outputs: list[str] = [""] * len(jobs)
-        self.last_first_odds = [{} for _ in jobs]
-        for batch in batches:
-            # Row layout: [group prefix | masked gap up to shared.width | padding | rest]; the cache holds the first
-            # shared.width columns and positions follow the mask, so each row reads as its unpadded prompt.
-            width = shared.width + max(len(rests[k]) for k in batch)
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, k in enumerate(batch):
-                length = shared.length(groups[k])
-                ids[row, :length] = torch.tensor(encoded[k][:length], dtype=torch.long)
-                ids[row, width - len(rests[k]) :] = torch.tensor(rests[k], dtype=torch.long)
-                mask[row, :length] = 1
-                mask[row, width - len(rests[k]) :] = 1
-            answer_start = width - len(answer)  # the column of the answer's first token, fed or generated
-            batch_groups = [groups[k] for k in batch]
-            if self.constrained and own_loop:
-                automata = build_automata(
-                    tokenizer, [jobs[k].words for k in batch], cache=self._automata, answer_format=self.answer_format
-                )
-                first_odds: list[dict[int, float]] | None = [] if self.one_type_per_span else None
-                answers = constrained_greedy(
-                    self.model,
-                    ids.to(device),
-                    mask.to(device),
-                    automata,
-                    self.max_new_tokens - len(answer),
-                    cache=shared.cache_for(batch_groups),
-                    written=answer,
-                    end_penalty=self.end_penalty,
-                    first_odds=first_odds,
-                )
-                for row, (k, tokens) in enumerate(zip(batch, answers)):
-                    outputs[k] = tokenizer.decode(answer + tokens, skip_special_tokens=True)
-                    if first_odds:
-                        self.last_first_odds[k] = first_odds[row]
-                continue
-            extra: dict[str, Any] = shared.generate_kwargs(batch_groups)
-            if self.constrained:
-                processor = EntityConstraintProcessor(
-                    tokenizer,
-                    [jobs[k].words for k in batch],
-                    prompt_length=answer_start,
-                    cache=self._automata,
-                    answer_format=self.answer_format,
-                    end_penalty=self.end_penalty,
-                )
-                extra["logits_processor"] = LogitsProcessorList([processor])
-            else:  # without the constraint, also stop at the marker in case the model skips EOS
-                extra.update(stop_strings=[IM_END], tokenizer=tokenizer)
-            generated = self.model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=self.max_new_tokens - len(answer),
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **self.generation_kwargs,
-                **extra,
-            )
-            texts = tokenizer.batch_decode(generated[:, answer_start:], skip_special_tokens=True)
-            for k, text in zip(batch, texts):
-                outputs[k] = text
-        return outputs

@@ -11,7 +11,7 @@ only spell the rest of ` <im_end>` and then EOS), greedy decoding under the cons
 tokens: every other token's score is -inf. So the loop appends them and finishes the row without further steps.
 
 The tokens chosen are the ones `generate` with `EntityConstraintProcessor` chooses (greedy argmax over the same
-masked scores), up to the floating-point noise of batches of other shapes that `generate.py` describes;
+masked scores), up to the floating-point noise of batches of other shapes that `answers.py` describes;
 `tests/test_generate.py` checks equality with per-prompt `generate`.
 """
 
@@ -70,6 +70,7 @@ def constrained_greedy(
     written: Sequence[int] = (),
     end_penalty: float = 0.0,
     first_odds: list[dict[int, float]] | None = None,
+    token_logprobs: list[list[float]] | None = None,
 ) -> list[list[int]]:
     """Greedy decoding under per-row answer automata; returns each row's generated token ids (EOS included).
 
@@ -106,6 +107,8 @@ def constrained_greedy(
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     states = [automaton.walk(written) for automaton in automata]
     generated: list[list[int]] = [[] for _ in range(rows)]
+    if token_logprobs is not None:
+        token_logprobs.extend([] for _ in range(rows))
     active = list(range(rows))  # original row of each batch row
     new_ids, mask, step_positions = input_ids[:, cached:], attention_mask, positions[:, cached:]
     while active and max_new_tokens > 0:
@@ -121,18 +124,29 @@ def constrained_greedy(
         if first_odds is not None and not generated[active[0]]:  # the first step: every row is still active
             first_odds.extend(_log_odds(logits, automata, states, allowed))
         scores = mask_to_allowed(logits, allowed)
+        # The constrained distribution's normaliser, taken before the penalty so that scores stay the model's own.
+        normaliser = scores.float().logsumexp(dim=-1) if token_logprobs is not None else None
         if end_penalty:  # the default 0 costs nothing per step
             rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
             scores = penalise_ending(scores, rows_automata, rows_states, end_penalty)
         choices = scores.argmax(dim=-1).tolist()
+        chosen_logprobs = None
+        if normaliser is not None:
+            chosen = torch.tensor(choices, device=logits.device)[:, None]
+            chosen_logprobs = (logits.float().gather(1, chosen)[:, 0] - normaliser).tolist()
         keep = []
         for index, (row, token) in enumerate(zip(active, choices)):
             automaton = automata[row]
             generated[row].append(token)
             states[row] = automaton.step(states[row], token)
             ending = automaton.forced_ending(states[row])
+            if chosen_logprobs is not None:
+                token_logprobs[row].append(chosen_logprobs[index])
             if ending is not None:  # finished, or nothing left to choose: write the rest without the model
-                generated[row].extend(ending[: max(max_new_tokens - len(generated[row]), 0)])
+                written_ending = ending[: max(max_new_tokens - len(generated[row]), 0)]
+                generated[row].extend(written_ending)
+                if token_logprobs is not None:  # forced: probability 1 under the constraint
+                    token_logprobs[row].extend([0.0] * len(written_ending))
             elif len(generated[row]) < max_new_tokens:
                 keep.append(index)
         if not keep:

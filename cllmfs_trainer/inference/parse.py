@@ -170,10 +170,14 @@ class SpanMatch:
         not_found (`list[str]`, *optional*, defaults to `[]`):
             Entity strings that are no token-aligned run of the sentence, or were predicted more often than they occur
             (once per unmatched prediction).
+        placed (`list[Span | None]`, *optional*, defaults to `[]`):
+            Per entity string, in the order given, the span it took (`None`: not found); it carries a string's score
+            over to its span.
     """
 
     spans: list[Span] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
+    placed: list[Span | None] = field(default_factory=list, compare=False)
 
 
 def _first_free_run(tokens: Sequence[str], words: list[str], taken: list[bool]) -> int | None:
@@ -217,10 +221,12 @@ def entities_to_spans(tokens: Sequence[str], entities: Sequence[str], entity_typ
         start = _first_free_run(tokens, words, taken)
         if start is None:
             match.not_found.append(entity)
+            match.placed.append(None)
             continue
         end = start + len(words)
         taken[start:end] = [True] * len(words)
         match.spans.append(Span(start, end, entity_type))
+        match.placed.append(match.spans[-1])
     match.spans.sort()
     return match
 
