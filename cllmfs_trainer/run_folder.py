@@ -239,13 +239,42 @@ class RunFolder:
                 )
 
     def check_weights(self) -> None:
-        """Raise `RunFolderError` naming the first weights file that is missing."""
+        """Raise `RunFolderError` naming the first weights file that is missing, a run that made no optimizer step,
+        or an adapter whose safetensors file is corrupt or holds NaN or infinite weights (a diverged training)."""
         for alternatives in WEIGHT_FILES[self.weights]:
             if not any((self.path / name).is_file() for name in alternatives):
                 raise RunFolderError(
                     f"{self.path}: weights={self.weights!r} but {' / '.join(alternatives)} is "
                     "missing; the run folder is incomplete (was the training interrupted?)"
                 )
+        steps = self.extra.get("train_steps")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise RunFolderError(
+                f"{self.run_file}: train_steps is {steps!r}: the run was never trained; train it again"
+            )
+        adapter = self.path / "adapter_model.safetensors"
+        if self.weights == "adapter" and adapter.is_file():
+            check_finite_safetensors(adapter)
+
+
+def check_finite_safetensors(path: Path) -> None:
+    """Raise `RunFolderError` for a safetensors file that cannot be read or holds NaN or infinite values.
+
+    Reads every tensor: meant for adapters (megabytes), not for a full model's weights.
+    """
+    import torch  # deferred: reading a run record needs no torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            bad = [name for name in weights.keys() if not torch.isfinite(weights.get_tensor(name)).all()]
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise RunFolderError(f"{path}: not a readable safetensors file ({err}); the run folder is damaged") from None
+    if bad:
+        raise RunFolderError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); the training "
+            "diverged: train again with a lower learning_rate"
+        )
 
 
 def _types(value: Any, run_file: Path, name: str) -> list[EntityType]:

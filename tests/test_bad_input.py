@@ -10,8 +10,10 @@ import json
 import logging
 
 import pytest
+import torch
 import yaml
 from helpers import REPO
+from safetensors.torch import save_file
 
 from cllmfs_trainer import cli
 from cllmfs_trainer.command_line import run_entry_point
@@ -189,8 +191,10 @@ def fake_run(tmp_path, tiny_run_inputs):
         test_types=[PERSON],
     )
     run.save()
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
         (run.path / name).write_text("{}")
+    # A readable adapter file: loading a run checks its weights before anything heavy.
+    save_file({"lora_A": torch.zeros(2, 2)}, run.path / "adapter_model.safetensors")
     return run.path
 
 
@@ -398,7 +402,7 @@ def train_recipe(tmp_path, tiny_run_inputs, text=None, **changes):
     [
         ({"cl_wieght": 0.1}, "cl_wieght: unknown key; did you mean 'cl_weight'?"),
         ({"dataset": "wnut18"}, "unknown dataset 'wnut18'; known: wnut17,"),
-        ({"setting": "cross"}, "setting must be 'intra' or 'inter', got 'cross'"),
+        ({"setting": "cross"}, "setting must be 'intra', 'inter' or 'prior', got 'cross'"),
         ({"n_types": ["spaceship"]}, "dataset 'wnut17' has no type 'spaceship'"),
         ({"support_set": "missing.txt"}, "support_set missing.txt does not exist"),
         ({"cl_layer": 26}, "cl_layer=26 is out of range for a model with 4 layers; use 1..4"),
@@ -409,7 +413,16 @@ def train_recipe(tmp_path, tiny_run_inputs, text=None, **changes):
             {"one_type_per_span": True, "answer_format": "marked"},
             "one_type_per_span needs answer_format pointer",
         ),
-        ({"learning_rate": -0.1}, "learning_rate must be >= 0, got -0.1"),
+        ({"learning_rate": -0.1}, "learning_rate must be > 0, got -0.1"),
+        # Settings that would save an untrained or NaN run folder and exit 0
+        ({"learning_rate": 0}, "learning_rate must be > 0, got 0: the run would save untrained weights"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number, got inf"),
+        ({"cl_weight": float("nan")}, "cl_weight must be a finite number, got nan"),
+        ({"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs must be > 0 when max_steps is -1, got 0"),
+        ({"max_steps": 0}, "max_steps must be >= 1, or -1 to train for num_train_epochs, got 0"),
+        ({"max_steps": -5}, "max_steps must be >= 1, or -1 to train for num_train_epochs, got -5"),
+        ({"lora_alpha": -8}, "lora_alpha must be > 0, got -8"),
+        ({"lora_r": 0}, "lora_r must be an integer >= 1, got 0"),
         ({"k": -3}, "k must be an integer >= 1, got -3"),
         ({"k": 50}, "k=50 but the support set has fewer mentions of some types ({'person': 4}); pass k <= 4"),
         ({"k": [1, 2]}, "k: expected an integer, got [1, 2]"),
@@ -464,9 +477,10 @@ def test_train_refuses_unknown_options_and_bad_values_on_the_command_line(
 
 
 def test_resume_true_takes_the_latest_checkpoint(train_script, tmp_path):
+    from test_run_integrity import checkpoint  # complete checkpoint folders: every file a resume reads
+
     for step in (2, 10, 4):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        checkpoint(tmp_path, step)
     args = argparse.Namespace(resume_from_checkpoint="true", output_dir=str(tmp_path))
     assert train_script.resolve_resume(args) == str(tmp_path / "checkpoint-10")
     args.resume_from_checkpoint = str(tmp_path / "checkpoint-4")

@@ -6,6 +6,22 @@ from cllmfs_trainer.data.registry import dataset_keys
 from cllmfs_trainer.data.sft import instruction
 
 EXPECTED_TYPE_COUNTS = {"wnut17": 6, "conll2003": 4, "ontonotes5": 18, "gum": 11, "i2b2_2014": 23, "fewnerd": 66}
+# The NER prior's general-NER corpora (../shared/data/README.md)
+EXPECTED_TYPE_COUNTS.update(
+    wikigold=4,
+    btc=3,
+    crossner_politics=9,
+    crossner_science=17,
+    crossner_music=13,
+    crossner_literature=12,
+    crossner_ai=14,
+    sec_filings=4,
+    ncbi_disease=1,
+    anem=11,
+    uner_en_ewt=3,
+    uner_en_pud=3,
+)
+PRIOR_CORPORA = [key for key, count in EXPECTED_TYPE_COUNTS.items() if get_dataset(key).prior_only]
 
 
 @pytest.mark.parametrize("key", dataset_keys())
@@ -20,7 +36,7 @@ def test_every_entry_has_named_described_types(key):
         assert text.endswith(".") and ".." not in text
 
 
-@pytest.mark.parametrize("key", ["wnut17", "conll2003", "ontonotes5", "gum", "fewnerd"])
+@pytest.mark.parametrize("key", ["wnut17", "conll2003", "ontonotes5", "gum", "fewnerd", *PRIOR_CORPORA])
 def test_registry_covers_every_label_in_the_real_files(key):
     info = get_dataset(key)
     folder = SHARED_DATA / (info.folder or key)

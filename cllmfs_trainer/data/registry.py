@@ -76,6 +76,7 @@ class DatasetInfo:
     hf_id: str | None = None
     aliases: tuple[str, ...] = field(default=())
     folder: str | None = None  # folder name under the data dir when it differs from the key
+    prior_only: bool = False  # general-NER data for the NER prior, never an evaluation target
 
     def type(self, label: str) -> EntityType:
         for entity_type in self.types:
@@ -290,6 +291,26 @@ _ENTRIES: dict[str, dict[str, Any]] = {
         folder="fewnerd_inter",
     ),
 }
+# General-NER corpora for the NER prior only (`cllmfs_trainer.data.prior`), never an evaluation target: a model trained
+# on them has seen their sentences and types. Licenses as their sources state them (../shared/data/README.md).
+PRIOR_ENTRIES: dict[str, dict[str, Any]] = {
+    "wikigold": dict(title="Wikigold (Wikipedia)", license="CC BY 4.0"),
+    "btc": dict(title="Broad Twitter Corpus", license="CC BY 4.0"),
+    **{
+        f"crossner_{domain}": dict(title=f"CrossNER, {domain}", license="MIT (CrossNER repository); Wikipedia text")
+        for domain in ("politics", "science", "music", "literature", "ai")
+    },
+    "sec_filings": dict(title="SEC filings (loan agreements)", license="CC BY 3.0", splits=("train", "test")),
+    "ncbi_disease": dict(title="NCBI Disease (PubMed abstracts)", license="public domain (NLM notice)"),
+    "anem": dict(
+        title="AnEM (anatomical entities)",
+        license="annotations CC BY-SA 3.0; texts under NLM/PMC terms",
+        splits=("train", "test"),
+    ),
+    "uner_en_ewt": dict(title="Universal NER, English-EWT", license="CC BY-SA 4.0", splits=("dev", "test")),
+    "uner_en_pud": dict(title="Universal NER, English-PUD", license="CC BY-SA 3.0", splits=("test",)),
+}
+_ENTRIES.update({key: {**entry, "prior_only": True} for key, entry in PRIOR_ENTRIES.items()})
 _cache: dict[str, DatasetInfo] = {}
 
 

@@ -279,6 +279,8 @@ def make_task(
         raise UserError(f"setting must be 'intra' or 'inter', got {setting!r}")
     setting = setting.lower()
     target = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    if target.prior_only:  # the NER prior has seen its sentences and types: no few-shot claim can be made on it
+        raise UserError(f"{target.title} is NER-prior data only, never a few-shot evaluation target")
     source = target if setting == "intra" else get_dataset(INTER_SOURCE)
     full_query = target.load(query_split, data_dir, allow_empty=False).sentences  # nothing to predict
     query = query_subset(full_query, query_size, query_seed)

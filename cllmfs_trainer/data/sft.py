@@ -357,13 +357,37 @@ def build_sft_dataset(
     """
     if repeat_entity_samples < 1:
         raise ValueError(f"repeat_entity_samples must be >= 1, got {repeat_entity_samples}")
-    import datasets  # deferred: importing datasets costs about a second
-
     samples = [
         sample
         for sample in build_samples(sentences, types, prompt_format, answer_format, type_descriptions)
         for _ in range(repeat_entity_samples if sample.entity_chars else 1)
     ]
+    return samples_to_dataset(samples, tokenizer, max_length, keep_text, prompt_format)
+
+
+def samples_to_dataset(
+    samples: Sequence[SFTSample],
+    tokenizer: Any,
+    max_length: int | None = None,
+    keep_text: bool = False,
+    prompt_format: int = PROMPT_FORMAT,
+) -> Any:
+    """Tokenise built samples into the `datasets.Dataset` that `ContrastiveSFTTrainer` takes.
+
+    Args:
+        samples (`Sequence[SFTSample]`):
+            From `build_samples` (or the NER prior's `build_prior_samples`).
+        tokenizer (`Any`):
+            A fast tokenizer.
+        max_length (`int`, *optional*):
+            Cut longer rows (see `tokenize_samples`).
+        keep_text (`bool`, *optional*, defaults to `False`):
+            Also keep `prompt`, `completion` and `type` columns.
+        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
+            The samples' prompt format, recorded per row for the trainer's `cl_label_mode="auto"`.
+    """
+    import datasets  # deferred: importing datasets costs about a second
+
     rows, _ = tokenize_samples(samples, tokenizer, max_length)
     for row in rows:  # the trainer's `cl_label_mode="auto"` reads it
         row["prompt_format"] = prompt_format

@@ -12,12 +12,14 @@ Every key and file is checked before the model loads. A mistake ends with one li
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
-import os
 import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -25,15 +27,26 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
-from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS
+from cllmfs_trainer.data.prior import (
+    PRIOR_MIX,
+    build_prior_samples,
+    draw_prior,
+    load_prior_corpora,
+    prior_splits,
+    prior_type_ids,
+    prior_types,
+)
+from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS, samples_to_dataset
 from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.files import check_input_file, check_output_dir
 from cllmfs_trainer.models import load_model, load_tokenizer
 from cllmfs_trainer.models.loading import check_model_reference
+from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
+from cllmfs_trainer.training.checkpoints import checkpoint_problem, latest_complete_checkpoint
 from cllmfs_trainer.training.cpu.auto_choices import apply_auto_choices, resolve_auto_choices
 
 PROG = "train.py"
@@ -49,13 +62,40 @@ class ScriptArguments:
     `ModelConfig`."""
 
     dataset: str = field(default="wnut17", metadata={"help": "Registry key of the (target) dataset."})
-    setting: str = field(default="intra", metadata={"help": "intra, or inter (support set from OntoNotes)."})
+    setting: str = field(
+        default="intra",
+        metadata={
+            "help": "intra, inter (support set from OntoNotes), or prior: general NER training on the corpora of "
+            "`prior_corpora` (the NER prior, cllmfs_trainer.data.prior), with no support set."
+        },
+    )
     k: int = field(default=5, metadata={"help": "Shots per type."})
     n_types: list[str] | None = field(default=None, metadata={"help": "Labels of an N-way subset; all by default."})
     support_seed: int = field(default=0, metadata={"help": "Seed of the support-set sample."})
     support_set: str | None = field(default=None, metadata={"help": "Use this BIO file as the support set."})
     types_file: str | None = field(default=None, metadata={"help": "YAML overriding/extending type descriptions."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
+    init_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this LoRA adapter and keep training it instead of a fresh LoRA: `prior` (the NER prior "
+            "shipped for the default model) or a run folder. Its rank and targets replace the recipe's lora_* keys."
+        },
+    )
+    prior_corpora: list[str] | None = field(
+        default=None,
+        metadata={"help": "setting prior: registry keys of the general-NER corpora; all of PRIOR_MIX by default."},
+    )
+    prior_sentences: int = field(
+        default=4000,
+        metadata={"help": "setting prior: sentences drawn from the corpora in all (shared by size ** 0.5)."},
+    )
+    prior_absent_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "setting prior: absent types asked per present type, drawn from the sentence's own corpus only."
+        },
+    )
     repeat_entity_samples: int = field(
         default=1,
         metadata={
@@ -216,8 +256,6 @@ def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
     Raises:
         `UserError`: when there is no checkpoint to resume from.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     value = training_args.resume_from_checkpoint
     if value is None or isinstance(value, bool):
         value = "true" if value else None
@@ -225,11 +263,11 @@ def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
         return None
     output_dir = training_args.output_dir
     if value.strip().lower() in RESUME_LATEST:
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = latest_complete_checkpoint(output_dir)
         if last is None:
             raise UserError(
-                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no checkpoint-<step> folder to "
-                "resume from; drop the option to start afresh, or give a checkpoint folder"
+                f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete checkpoint-<step> "
+                "folder to resume from; drop the option to start afresh, or give a checkpoint folder"
             )
         return last
     if not Path(value).is_dir():
@@ -237,6 +275,9 @@ def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
             f"resume_from_checkpoint: {value} is not a checkpoint folder; give one (output_dir/checkpoint-<step>), "
             "or true for the latest one in output_dir"
         )
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise UserError(f"resume_from_checkpoint: {value} is incomplete ({problem}); give a complete checkpoint")
     return value
 
 
@@ -265,8 +306,17 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         raise UsageError(f"end_penalty must be a finite number, got {script_args.end_penalty!r}")
     if script_args.one_type_per_span and script_args.answer_format != "pointer":
         raise UsageError("one_type_per_span needs answer_format pointer: its scores come from the answer's first token")
-    if str(script_args.setting).lower() not in ("intra", "inter"):
-        raise UsageError(f"setting must be 'intra' or 'inter', got {script_args.setting!r}")
+    if str(script_args.setting).lower() not in ("intra", "inter", "prior"):
+        raise UsageError(f"setting must be 'intra', 'inter' or 'prior', got {script_args.setting!r}")
+    script_args.prior_corpora = _as_list(script_args.prior_corpora)
+    if not isinstance(script_args.prior_sentences, int) or script_args.prior_sentences < 1:
+        raise UsageError(f"prior_sentences must be an integer >= 1, got {script_args.prior_sentences!r}")
+    if not math.isfinite(script_args.prior_absent_ratio) or script_args.prior_absent_ratio < 0:
+        raise UsageError(f"prior_absent_ratio must be a finite number >= 0, got {script_args.prior_absent_ratio!r}")
+    for key in script_args.prior_corpora or ():
+        prior_splits(get_dataset(key))  # unknown names, evaluation targets
+    if script_args.init_adapter is not None:
+        script_args.init_adapter = str(resolve_init_adapter(script_args.init_adapter, model_args.model_name_or_path))
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
         raise MissingFileError(f"data_dir {script_args.data_dir} is not an existing folder")
     for name in ("support_set", "types_file"):
@@ -279,13 +329,17 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         target = get_dataset(name)
         if script_args.eval_split not in target.splits:
             raise UsageError(f"evaluate_on {name}: the dataset has no {script_args.eval_split} split")
-    if script_args.n_types is not None:
+    if script_args.n_types is not None and script_args.setting.lower() != "prior":
         source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
         for label in script_args.n_types:
             source.type(label)
-    for name in ("learning_rate", "weight_decay", "num_train_epochs"):
+    for name in ("weight_decay", "num_train_epochs"):
         if getattr(training_args, name) < 0:
             raise UsageError(f"{name} must be >= 0, got {getattr(training_args, name)!r}")
+    if model_args.use_peft and (not isinstance(model_args.lora_r, int) or model_args.lora_r < 1):
+        raise UsageError(f"lora_r must be an integer >= 1, got {model_args.lora_r!r}")
+    if model_args.use_peft and not (math.isfinite(model_args.lora_alpha) and model_args.lora_alpha > 0):
+        raise UsageError(f"lora_alpha must be > 0, got {model_args.lora_alpha!r}")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(training_args, name) < 1:
             raise UsageError(f"{name} must be >= 1, got {getattr(training_args, name)!r}")
@@ -325,28 +379,31 @@ def main(
         `ContrastiveSFTTrainer`: the trainer, after training.
     """
     check_arguments(script_args, training_args, model_args)
-    dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
-    task = make_task(
-        script_args.setting,
-        dataset,
-        script_args.k,
-        script_args.support_seed,
-        n_types=script_args.n_types,
-        data_dir=script_args.data_dir,
-        support_set=script_args.support_set,
-    )
-
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    train_dataset = build_sft_dataset(
-        task.support.sentences,
-        task.train_types,
-        tokenizer,
-        training_args.max_length,
-        repeat_entity_samples=script_args.repeat_entity_samples,
-        prompt_format=script_args.prompt_format,
-        answer_format=script_args.answer_format,
-        type_descriptions=script_args.type_descriptions,
-    )
+    if script_args.setting.lower() == "prior":
+        task = None
+        train_dataset, prior = _prior_dataset(script_args, training_args, tokenizer)
+    else:
+        dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
+        task = make_task(
+            script_args.setting,
+            dataset,
+            script_args.k,
+            script_args.support_seed,
+            n_types=script_args.n_types,
+            data_dir=script_args.data_dir,
+            support_set=script_args.support_set,
+        )
+        train_dataset = build_sft_dataset(
+            task.support.sentences,
+            task.train_types,
+            tokenizer,
+            training_args.max_length,
+            repeat_entity_samples=script_args.repeat_entity_samples,
+            prompt_format=script_args.prompt_format,
+            answer_format=script_args.answer_format,
+            type_descriptions=script_args.type_descriptions,
+        )
     # Before the quantization config, which takes its compute dtype from `dtype`; a resumed training reads back
     # what its first start chose.
     apply_auto_choices(resolve_auto_choices(training_args, model_args), training_args, model_args)
@@ -360,14 +417,22 @@ def main(
         attn_implementation=model_args.attn_implementation,
     )
 
+    peft_config = get_peft_config(model_args)
+    if script_args.init_adapter is not None:
+        from peft import PeftModel  # deferred like the other heavy imports of this path: only this branch needs it
+
+        # The adapter's own rank and targets; PEFT loads its weights in float32 (master weights for training).
+        model = PeftModel.from_pretrained(model, script_args.init_adapter, is_trainable=True)
+        peft_config = None
     trainer = ContrastiveSFTTrainer(
         model,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config,
     )
     metrics = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint).metrics
+    check_trained(trainer)
     if torch.cuda.is_available():  # this process's peak, weights included (bench/gpu/gpu_check.sh reports it)
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     trainer.save_metrics("train", metrics)  # train_results.json in the run folder
@@ -385,17 +450,23 @@ def main(
             type_descriptions=script_args.type_descriptions,
             end_penalty=script_args.end_penalty,
             one_type_per_span=script_args.one_type_per_span,
-            setting=task.setting,
-            dataset=dataset.key,
-            k=script_args.k,
-            train_types=list(task.train_types),
-            test_types=list(task.test_types),
+            setting=task.setting if task else "prior",
+            dataset=dataset.key if task else PRIOR_DATASET,
+            k=script_args.k if task else 0,
+            train_types=list(task.train_types) if task else prior["types"],
+            test_types=list(task.test_types) if task else prior["types"],
             cl_layer=trainer.cl_layer,
             world_size=training_args.world_size,
             distributed_type=trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU, DEEPSPEED, FSDP, ...
-            extra={"train_steps": trainer.state.global_step, "support_fit": trainer.support_fit_callback.history},
+            extra={
+                "train_steps": trainer.state.global_step,
+                "support_fit": trainer.support_fit_callback.history,
+                **({"init_adapter": _adapter_record(script_args.init_adapter)} if script_args.init_adapter else {}),
+                **({"prior": prior["record"]} if task is None else {}),
+            },
         )
-        task.support.save(run.support_file)
+        if task is not None:
+            task.support.save(run.support_file)
         run.save()
         if script_args.evaluate_on:
             metrics = evaluate_run(
@@ -412,6 +483,65 @@ def main(
                     f"{script_args.eval_split} sentences"
                 )
     return trainer
+
+
+def check_trained(trainer: ContrastiveSFTTrainer) -> None:
+    """Refuse to write a run folder that cannot predict: no optimizer step was made, or the trained weights hold NaN
+    or infinite values.
+
+    Raises:
+        `UserError`: naming `output_dir` and what to change.
+    """
+    output_dir = trainer.args.output_dir
+    if trainer.state.global_step < 1:
+        raise UserError(
+            f"{output_dir}: the training made no optimizer step; no run folder was written (check max_steps, "
+            "num_train_epochs and the size of the training data)"
+        )
+    trained = [(name, p) for name, p in trainer.model.named_parameters() if p.requires_grad]
+    bad = [name for name, p in trained if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(
+            f"{output_dir}: the training diverged: {len(bad)} of {len(trained)} trained weight tensors hold NaN or "
+            f"infinite values (first: {bad[0]}); no run folder was written; lower learning_rate "
+            f"({trainer.args.learning_rate})"
+        )
+
+
+PRIOR_DATASET = "ner_prior"  # the run record's `dataset` for a prior training: a mix, not one registry entry
+
+
+def _prior_dataset(
+    script_args: ScriptArguments, training_args: ContrastiveSFTConfig, tokenizer: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The NER prior's tokenised samples, and what the run record keeps of the mix (corpora, counts, types)."""
+    corpora = load_prior_corpora(script_args.prior_corpora or PRIOR_MIX, script_args.data_dir)
+    draws = draw_prior(corpora, script_args.prior_sentences, script_args.prior_absent_ratio, training_args.seed)
+    samples = build_prior_samples(
+        draws,
+        prior_type_ids(corpora),
+        script_args.prompt_format,
+        script_args.answer_format,
+        script_args.type_descriptions,
+    )
+    samples = [s for s in samples for _ in range(script_args.repeat_entity_samples if s.entity_chars else 1)]
+    dataset = samples_to_dataset(samples, tokenizer, training_args.max_length, prompt_format=script_args.prompt_format)
+    counts = Counter(draw.corpus for draw in draws)
+    record = {
+        "corpora": {c.key: {"sentences": counts[c.key], "types": len(c.types)} for c in corpora},
+        "sentences": len(draws),
+        "samples": len(samples),
+        "samples_with_entities": sum(bool(s.entity_chars) for s in samples),
+        "absent_ratio": script_args.prior_absent_ratio,
+    }
+    return dataset, {"types": prior_types(corpora), "record": record}
+
+
+def _adapter_record(path: str) -> dict[str, Any]:
+    """What the run record says of its starting adapter: where it was, and the sha256 of its weights."""
+    weights = Path(path) / "adapter_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    return {"path": path, "shipped_prior": Path(path).resolve() == SHIPPED_PRIOR.resolve(), "sha256": digest}
 
 
 def cli(argv: list[str] | None = None) -> None:

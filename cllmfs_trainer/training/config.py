@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -246,6 +247,7 @@ class ContrastiveSFTConfig(SFTConfig):
             )
         if self.dataset_kwargs is None:
             self.dataset_kwargs = {"skip_prepare_dataset": True}
+        self._check_budget()
         super().__post_init__()
         if self.cl_weight < 0:
             raise ValueError(f"cl_weight must be >= 0, got {self.cl_weight}")
@@ -279,6 +281,28 @@ class ContrastiveSFTConfig(SFTConfig):
             )
         if self.cl_max_tokens is not None and self.cl_max_tokens < 2:
             raise ValueError(f"cl_max_tokens must be >= 2 or None, got {self.cl_max_tokens}")
+
+    def _check_budget(self) -> None:
+        """Refuse settings that would save a run folder without one useful optimizer step: NaN or infinite numbers
+        (an infinite learning rate gives all-NaN weights), a zero budget, or a step count transformers would silently
+        reinterpret (any `max_steps` below -1 means "use the epochs")."""
+        for name in ("learning_rate", "weight_decay", "num_train_epochs", "cl_weight", "cl_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if not math.isfinite(self.cl_noise_alpha):
+            raise ValueError(f"cl_noise_alpha must be a finite number, got {self.cl_noise_alpha}")
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"learning_rate must be > 0, got {self.learning_rate}: the run would save untrained weights"
+            )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1, or -1 to train for num_train_epochs, got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"num_train_epochs must be > 0 when max_steps is -1, got {self.num_train_epochs}: the run would make "
+                "no optimizer step"
+            )
 
     def resolve_cl_layer(self, num_layers: int) -> int:
         """The hidden_states index of the contrastive layer for a model with `num_layers` blocks.

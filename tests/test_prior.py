@@ -1,0 +1,205 @@
+"""The NER prior: its mix and sampler (absent types from the sentence's own corpus only), and starting a training
+from a prior adapter (`init_adapter`)."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from helpers import REPO, SHARED_DATA
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from test_recipes import tiny_args
+
+from cllmfs_trainer.data import Sentence, Span, make_task, write_bio
+from cllmfs_trainer.data.prior import (
+    EVALUATION_TARGETS,
+    PRIOR_MIX,
+    PriorCorpus,
+    build_prior_samples,
+    corpus_budgets,
+    draw_prior,
+    load_prior_corpora,
+    prior_splits,
+    prior_type_ids,
+    prior_types,
+)
+from cllmfs_trainer.data.registry import EntityType, get_dataset
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
+from cllmfs_trainer.run_folder import RunFolder
+from cllmfs_trainer.training.prior_export import export_prior, prior_card
+
+
+def _types(*labels):
+    return [EntityType(label, label.lower(), f"names of {label.lower()} things") for label in labels]
+
+
+def _corpus(key, labels, n=40):
+    """Sentences holding 0-2 of the corpus' first two labels; the other labels never occur in them."""
+    sentences = []
+    for i in range(n):
+        spans = [Span(0, 1, labels[0])] if i % 3 else []
+        if i % 4 == 0:
+            spans.append(Span(2, 4, labels[1]))
+        sentences.append(Sentence(f"w{i} x {key} y z".split(), spans, id=f"{key}:{i}"))
+    return PriorCorpus(key, sentences, _types(*labels))
+
+
+A = _corpus("a", ["PER", "LOC", "ORG", "MISC"])
+B = _corpus("b", ["PER", "disease", "drug"], n=200)
+
+
+def test_absent_types_come_only_from_the_sentences_own_corpus():
+    draws = draw_prior([A, B], 120, absent_ratio=1.0, seed=3)
+    assert len(draws) == 120
+    for draw in draws:
+        own = {t.label for t in (A if draw.corpus == "a" else B).types}
+        asked = [t.label for t in draw.types]
+        present = sorted({s.type for s in draw.sentence.spans})
+        assert set(asked) <= own and draw.sentence.id.startswith(f"{draw.corpus}:")
+        assert asked[: len(present)] == present  # every present type is asked, first
+        absent = asked[len(present) :]
+        assert not set(absent) & set(present) and len(set(absent)) == len(absent)
+        assert len(absent) == min(max(len(present), 1), len(own) - len(present))  # about 1:1, capped by the corpus
+
+
+def test_the_absent_ratio_and_the_seed():
+    none = draw_prior([A], 30, absent_ratio=0.0, seed=0)
+    assert all(len(d.types) == len({s.type for s in d.sentence.spans}) for d in none)
+    assert not [d for d in none if not d.sentence.spans]  # a sentence with nothing to ask is left out
+    twice = draw_prior([A], 30, absent_ratio=2.0, seed=0)
+    assert sum(len(d.types) for d in twice) > sum(len(d.types) for d in draw_prior([A], 30, 1.0, 0))
+    same = [(d.sentence.id, [t.label for t in d.types]) for d in draw_prior([A, B], 50, 1.0, seed=7)]
+    assert same == [(d.sentence.id, [t.label for t in d.types]) for d in draw_prior([A, B], 50, 1.0, seed=7)]
+    with pytest.raises(ValueError, match="absent_ratio"):
+        draw_prior([A], 5, absent_ratio=float("nan"))
+
+
+def test_corpus_budgets_share_by_the_square_root_of_size_and_cap_at_the_size():
+    assert corpus_budgets([10, 200], 120) == [10, 110]  # 10 is capped; the rest goes to the larger corpus
+    budgets = corpus_budgets([100, 10000], 1000)
+    assert sum(budgets) == 1000 and budgets[0] in (90, 91)  # sqrt share: 1000 * 10 / 110, plus a rounding leftover
+    assert corpus_budgets([3, 4], 100) == [3, 4]  # never more than there is
+    with pytest.raises(ValueError):
+        corpus_budgets([3], 0)
+
+
+def test_type_ids_keep_two_corpora_apart_and_follow_the_samples():
+    ids = prior_type_ids([A, B])
+    assert ids[("a", "PER")] != ids[("b", "PER")] and len(set(ids.values())) == len(ids) == 7
+    draws = draw_prior([A, B], 60, seed=1)
+    samples = build_prior_samples(draws, ids, answer_format="pointer")
+    assert len(samples) == sum(len(d.types) for d in draws)
+    for sample in samples:
+        corpus = sample.sentence_id.split(":")[0]
+        assert sample.type_id == ids[(corpus, sample.type_label)]
+        own_present = {ids[(corpus, t.label)] for t in (A if corpus == "a" else B).types[:2]}
+        assert {t for _, _, t in sample.gold_chars} <= own_present
+        if not sample.entity_chars:
+            assert sample.completion.endswith("entities are <im_end>")
+    assert {t.label for t in prior_types([A, B])} >= {"a:PER", "b:PER"}
+
+
+def test_evaluation_targets_never_enter_the_prior():
+    for key in ("conll2003", "wnut17", "ontonotes5", "gum"):
+        with pytest.raises(UserError, match="evaluation target"):
+            prior_splits(get_dataset(key))
+    assert prior_splits(get_dataset("fewnerd")) == ("train",)  # its test split holds the unseen types
+    assert prior_splits(get_dataset("crossner_ai")) == ("train", "dev", "test")
+    with pytest.raises(UserError, match="twice"):
+        load_prior_corpora(["btc", "btc"])
+    with pytest.raises(UserError, match="NER-prior data only"):
+        make_task("intra", "crossner_ai")  # and a prior corpus is never a few-shot target
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fewnerd_inter" / "test.txt").is_file(), reason="../shared/data is absent")
+def test_the_real_mix_keeps_fewnerds_test_types_unseen():
+    corpora = {c.key: c for c in load_prior_corpora(PRIOR_MIX, SHARED_DATA)}
+    assert set(corpora) == set(PRIOR_MIX)
+    fewnerd = corpora["fewnerd"]
+    test_types = {s.type for sentence in get_dataset("fewnerd").load("test", SHARED_DATA) for s in sentence.spans}
+    assert len(fewnerd.types) == 36 and len(test_types) == 17
+    assert not test_types & {t.label for t in fewnerd.types}
+    assert {t.label for t in corpora["btc"].types} == {"PER", "LOC", "ORG"}
+    draws = draw_prior(list(corpora.values()), 400, seed=0)
+    assert set(Counter(d.corpus for d in draws)) == set(PRIOR_MIX)  # every corpus contributes
+
+
+# --- starting from a prior adapter -----------------------------------------------------------------------------------
+
+
+def test_init_adapter_resolution_errors(tmp_path):
+    with pytest.raises(UserError, match="NER prior of the default model"):
+        resolve_init_adapter("prior", "meta-llama/Llama-2-7b-hf")
+    with pytest.raises(UserError, match="holds no LoRA adapter"):
+        resolve_init_adapter(tmp_path, None)
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "PREFIX_TUNING"}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match="not a LoRA adapter"):
+        resolve_init_adapter(tmp_path, None)
+    assert SHIPPED_PRIOR.name == "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    from cllmfs_trainer.scripts import train
+
+    return train
+
+
+def test_a_training_continues_the_adapter_and_names_it_in_the_run_record(train_script, tiny_run_inputs, tmp_path):
+    prior = tmp_path / "prior"
+    train_script.main(*train_script.parse_args(tiny_args(tiny_run_inputs, prior)))
+    # One step at a tiny learning rate moves each weight by about 1e-8: the result stays the adapter it started from
+    # (a fresh LoRA would start its B matrices at zero, far from the prior's).
+    args = tiny_args(tiny_run_inputs, tmp_path / "next")
+    args += ["--init_adapter", str(prior), "--learning_rate", "1e-8", "--max_steps", "1", "--lora_r", "4"]
+    trainer = train_script.main(*train_script.parse_args(args))
+    assert trainer.model.peft_config["default"].r == 16  # the adapter's own rank, not the recipe's lora_r
+    before = load_file(prior / "adapter_model.safetensors")
+    after = load_file(tmp_path / "next" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)
+    assert max(before[k].abs().max() for k in before if "lora_B" in k) > 1e-4  # the prior's B is far from zero
+    record = json.loads((tmp_path / "next" / "cllmfs_run.json").read_text())["init_adapter"]
+    assert record["path"] == str(prior) and record["shipped_prior"] is False and len(record["sha256"]) == 64
+
+
+def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_path):
+    data = tmp_path / "data"
+    for folder, labels, splits in (
+        ("fewnerd_inter", ["person-actor", "location-GPE"], ["train"]),
+        ("btc", ["PER"], ["train", "dev", "test"]),
+    ):
+        for split in splits:
+            sentences = [
+                Sentence(f"we met {n} in town".split(), [Span(2, 3, labels[i % len(labels)])])
+                for i, n in enumerate(["Ann", "Bo", "Cy", "Di"])
+            ]
+            (data / folder).mkdir(parents=True, exist_ok=True)
+            write_bio(data / folder / f"{split}.txt", sentences)
+    args = tiny_args(tiny_run_inputs, tmp_path / "run")
+    args += ["--setting", "prior", "--prior_corpora", "fewnerd", "btc", "--data_dir", str(data)]
+    args += ["--prior_sentences", "6"]  # tiny_args' n_types and support_set belong to the 5-shot stage: unused here
+    train_script.main(*train_script.parse_args(args))
+    run = json.loads((tmp_path / "run" / "cllmfs_run.json").read_text())
+    assert (run["setting"], run["dataset"], run["k"]) == ("prior", "ner_prior", 0)
+    assert {t["label"] for t in run["train_types"]} == {"fewnerd:person-actor", "fewnerd:location-GPE", "btc:PER"}
+    assert run["prior"]["sentences"] == 6 and set(run["prior"]["corpora"]) == {"fewnerd", "btc"}
+    assert not (tmp_path / "run" / "support.txt").exists()
+    # Its model card: Hub metadata that huggingface_hub reads back, and each corpus with its license.
+    card = ModelCard(prior_card(RunFolder.load(tmp_path / "run")))
+    assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "| Few-NERD (INTER) | INTER train split only | " in card.text and "CC BY-SA 4.0 |" in card.text
+    with pytest.raises(UserError, match="not a NER-prior adapter run of the default model"):
+        export_prior(tmp_path / "run", tmp_path / "shipped")  # a tiny random base model: nothing to ship
+    with pytest.raises(UserError, match="evaluation target"):
+        train_script.main(*train_script.parse_args(args + ["--prior_corpora", "conll2003"]))
+
+
+def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train_script):
+    script_args, training_args, _ = train_script.parse_args([str(REPO / "recipes" / "smollm2" / "ner_prior.yaml")])
+    assert script_args.setting == "prior" and script_args.prior_corpora is None  # None: all of PRIOR_MIX
+    assert not set(PRIOR_MIX) & set(EVALUATION_TARGETS)
+    assert training_args.save_strategy == "steps"  # resumable: checkpoints along the way

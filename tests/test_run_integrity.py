@@ -1,0 +1,124 @@
+"""A run folder that cannot predict correctly is refused, at save and at load, with one line: no optimizer step,
+NaN or infinite weights, a corrupt adapter file."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.run_folder import RunFolder, RunFolderError
+from cllmfs_trainer.scripts.train import check_trained, resolve_resume
+from cllmfs_trainer.training.checkpoints import latest_complete_checkpoint
+
+PERSON = EntityType("person", "person", "names of people")
+
+
+def adapter_run(tmp_path, tensors, **extra):
+    """A run record with an adapter config and the given adapter tensors."""
+    run = RunFolder(tmp_path, "default", "adapter", 1, "intra", "wnut17", 5, [PERSON], [PERSON], extra=extra)
+    run.save()
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    return run
+
+
+def test_a_trained_adapter_loads(tmp_path):
+    adapter_run(tmp_path, {"lora_A": torch.ones(2, 4)}, train_steps=3)
+    assert RunFolder.load(tmp_path).extra["train_steps"] == 3
+
+
+@pytest.mark.parametrize("steps", [0, -1, "3"])
+def test_a_run_without_an_optimizer_step_is_refused(tmp_path, steps):
+    adapter_run(tmp_path, {"lora_A": torch.ones(2, 4)}, train_steps=steps)
+    with pytest.raises(RunFolderError, match="the run was never trained"):
+        RunFolder.load(tmp_path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_infinite_adapter_weights_are_refused(tmp_path, value):
+    weights = torch.ones(2, 4)
+    weights[1, 2] = value
+    adapter_run(tmp_path, {"a.lora_A": torch.ones(2, 4), "b.lora_B": weights}, train_steps=5)
+    with pytest.raises(RunFolderError, match=r"1 weight tensor\(s\) hold NaN or infinite values \(first: b.lora_B\)"):
+        RunFolder.load(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "foreign"])
+def test_a_corrupt_adapter_file_is_one_line(tmp_path, damage):
+    adapter_run(tmp_path, {"lora_A": torch.ones(64, 64)}, train_steps=5)
+    path = tmp_path / "adapter_model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "foreign": b"PK\x03\x04 not weights"}[damage])
+    with pytest.raises(RunFolderError, match="not a readable safetensors file") as err:
+        RunFolder.load(tmp_path)
+    assert "\n" not in str(err.value)
+    assert RunFolder.load(tmp_path, check_weights=False).weights == "adapter"  # the record itself still reads
+
+
+def fake_trainer(steps, weights):
+    model = torch.nn.Linear(4, 2)
+    model.weight.data = weights
+    model.bias.requires_grad_(False)
+    return SimpleNamespace(
+        args=SimpleNamespace(output_dir="runs/x", learning_rate=1e9),
+        state=SimpleNamespace(global_step=steps),
+        model=model,
+    )
+
+
+def test_check_trained_refuses_no_step_and_diverged_weights():
+    check_trained(fake_trainer(3, torch.ones(2, 4)))
+    with pytest.raises(UserError, match="runs/x: the training made no optimizer step; no run folder was written"):
+        check_trained(fake_trainer(0, torch.ones(2, 4)))
+    with pytest.raises(
+        UserError,
+        match=r"runs/x: the training diverged: 1 of 1 trained weight tensors .* lower learning_rate \(1000000000.0\)",
+    ):
+        check_trained(fake_trainer(3, torch.full((2, 4), float("nan"))))
+
+
+# --- resuming: only complete checkpoints count ----------------------------------------------------------------------
+
+
+def checkpoint(output_dir, step, drop=(), truncate=()):
+    folder = output_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    save_file({"lora_A": torch.ones(2, 2)}, folder / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({"state": torch.arange(1000)}, folder / name)
+    for name in truncate:
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_names_the_skipped_ones(tmp_path, caplog):
+    good = checkpoint(tmp_path, 10)
+    checkpoint(tmp_path, 20, drop=["optimizer.pt", "scheduler.pt"])
+    checkpoint(tmp_path, 30, truncate=["optimizer.pt"])
+    checkpoint(tmp_path, 40, drop=["trainer_state.json"])  # the save was cut before its last file
+    assert latest_complete_checkpoint(tmp_path) == str(good)
+    skipped = [r.getMessage() for r in caplog.records]
+    assert any("checkpoint-40 (trainer_state.json missing)" in m for m in skipped)
+    assert any("checkpoint-30 (optimizer.pt is truncated" in m for m in skipped)
+    assert any("checkpoint-20 (optimizer.pt, scheduler.pt missing)" in m for m in skipped)
+    assert latest_complete_checkpoint(tmp_path / "absent") is None
+
+
+def test_resume_refuses_an_incomplete_checkpoint_it_is_given(tmp_path):
+    folder = checkpoint(tmp_path, 5, truncate=["scheduler.pt"])
+    args = SimpleNamespace(resume_from_checkpoint=str(folder), output_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"checkpoint-5 is incomplete \(scheduler.pt is truncated"):
+        resolve_resume(args)
+    (folder / "scheduler.pt").unlink()
+    checkpoint(tmp_path, 6, drop=["adapter_model.safetensors"])
+    args.resume_from_checkpoint = "true"
+    with pytest.raises(UserError, match="holds no complete checkpoint-<step> folder"):
+        resolve_resume(args)
