@@ -5,6 +5,10 @@ The data path lives in `cllmfs_trainer.data`, model loading (including the embed
 lazily, so importing the package itself stays cheap (no torch, transformers or trl).
 """
 
+from cllmfs_trainer import offline_imports as _offline_imports
+
+_offline_imports.install()  # before anything imports peft: keeps bitsandbytes' import off the network
+
 __version__ = "0.1.0.dev0"
 __all__ = ["ContrastiveSFTConfig", "ContrastiveSFTTrainer", "Entity", "EntityExtractor"]
 

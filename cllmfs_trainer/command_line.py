@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cllmfs_trainer.errors import UsageError, UserError
+from cllmfs_trainer.offline_imports import disable_telemetry
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -97,6 +98,7 @@ def run_entry_point(
     """
     argv, debug = pop_debug_flag(sys.argv[1:] if argv is None else argv, keep_debug_with_value)
     debug = debug or debug_requested()
+    disable_telemetry()  # our commands reach the network only for a hub id the user gives
     try:
         body(argv)
     except (UserError, OSError) as err:
