@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -128,6 +129,16 @@ def atomic_open(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[IO
             The text encoding.
     """
     path = Path(path)
+    if _write_in_place(path):
+        # A device, FIFO or the process's own stream (/dev/null, /dev/stdout): replacing it would swap the device
+        # for a plain file (as root) or cut the stream from its reader. Write into it; a full device (/dev/full)
+        # raises its OSError here.
+        with open(path, "w", encoding=encoding) as handle:
+            yield handle
+        return
+    if path.is_symlink():
+        # Write the file the link points at and keep the link, as a plain `open` would.
+        path = Path(os.path.realpath(path))
     handle = tempfile.NamedTemporaryFile(
         "w", encoding=encoding, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
     )
@@ -141,6 +152,16 @@ def atomic_open(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[IO
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
         raise
+
+
+def _write_in_place(path: Path) -> bool:
+    """Whether `path` is a special file, or a name for one of the process's streams, that must be written into."""
+    if path.parts[:2] in (("/", "dev"), ("/", "proc")):
+        return True
+    try:
+        return path.exists() and not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
