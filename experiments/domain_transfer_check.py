@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from cllmfs_trainer.baselines import container, proml
-from cllmfs_trainer.baselines.gaussian_metric import cached_source_training
+from cllmfs_trainer.benchmark.baselines import container, proml
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import cached_source_training
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, query_subset

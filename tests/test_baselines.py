@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cllmfs_trainer.baselines import (
+from cllmfs_trainer.benchmark.baselines import (
     Encoder,
     TokenPrototypeNER,
     classify_words,
@@ -22,7 +22,7 @@ from cllmfs_trainer.baselines import (
     resolve_encoder,
     token_labels,
 )
-from cllmfs_trainer.baselines import encoder as encoder_module
+from cllmfs_trainer.benchmark.baselines import encoder as encoder_module
 from cllmfs_trainer.data import Sentence, Span
 from cllmfs_trainer.models import PROVENANCE_FILE, ChecksumMismatchError, ModelDownloadError, WheelSpec, wheels
 
@@ -301,7 +301,7 @@ def test_resolve_encoder(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_minilm_on_wnut17_5shot():
-    from cllmfs_trainer.baselines import load_encoder
+    from cllmfs_trainer.benchmark.baselines import load_encoder
     from cllmfs_trainer.data import SupportSet, get_dataset
     from cllmfs_trainer.data.registry import SHIPPED_DATA
 

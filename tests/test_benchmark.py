@@ -222,7 +222,8 @@ def test_inter_units_train_with_the_inter_recipe_and_its_settings_are_compared_o
     bench.prepare()
     for unit in bench.units():
         with pytest.raises(Stop):
-            bench.train(unit, bench.support(unit))
+            bench.support(unit)
+            bench.train(unit, config.method(unit.method).overrides)
     assert recipes == {"wnut17": config.recipe, "ontonotes5": str(inter_recipe)}
     inter_recipe.write_text(yaml.safe_dump({**original, "max_steps": 9}), encoding="utf-8")
     with pytest.raises(ValueError, match="inter_recipe_settings"):
@@ -362,7 +363,7 @@ def test_predict_dtype_reaches_the_extractor_and_the_fingerprint(tiny_run_inputs
     assert "predict_dtype" not in plain.fingerprint()  # reports written before the field still match
     bf16 = tiny_config(tiny_run_inputs, out, methods=["zero_shot"], predict_dtype="bfloat16")
     assert bf16.fingerprint()["predict_dtype"] == "bfloat16"
-    extractor = Benchmark(bf16)._extractor(None, get_dataset("wnut17").types)
+    extractor = Benchmark(bf16).extractor(None, get_dataset("wnut17").types)
     assert next(extractor.model.parameters()).dtype == torch.bfloat16
     Benchmark(bf16).prepare()
     with pytest.raises(ValueError, match="predict_dtype"):  # a finished bfloat16 run is not resumed in float32
@@ -397,8 +398,7 @@ def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path)
 def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(
     bench_script, tiny_run_inputs, tmp_path, caplog
 ):
-    from cllmfs_trainer.benchmark import write_report
-    from cllmfs_trainer.benchmark.protocol import Unit
+    from cllmfs_trainer.benchmark import Unit, write_report
 
     def record(method, seed, f1):
         errors = dict.fromkeys(["correct", "boundary", "type", "boundary_type", "spurious", "missed"], 0)
@@ -438,7 +438,7 @@ def test_restore_from_a_report_marks_its_units_done_on_a_fresh_output_dir(
     assert restored["span"]["f1"] == 0.2 and restored["restored_from"] == str(report)
     assert not bench.unit_path(Unit("intra", "wnut17", 1, 0, "nnshot")).exists()
     # Restored units have no predictions, so zero-shot prompting of seed 2 cannot reuse them.
-    assert bench._zero_shot_done(Unit("intra", "wnut17", 1, 2, "zero_shot")) is None
+    assert bench._same_dataset_unit(Unit("intra", "wnut17", 1, 2, "zero_shot")) is None
     assert bench.restore_from(report) == 0  # idempotent
 
     # A report of other settings is refused, naming what differs.

@@ -12,8 +12,9 @@ import pytest
 import torch
 from helpers import shared_dataset
 
-from cllmfs_trainer.baselines import container as container_module
-from cllmfs_trainer.baselines.container import (
+from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig
+from cllmfs_trainer.benchmark.baselines import container as container_module
+from cllmfs_trainer.benchmark.baselines.container import (
     ContainerConfig,
     ContainerNER,
     container_loss,
@@ -21,14 +22,13 @@ from cllmfs_trainer.baselines.container import (
     transition_scores,
     viterbi,
 )
-from cllmfs_trainer.baselines.gaussian_metric import (
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import (
     chunk_ranges,
     clean_words,
     encode_words,
     nearest_by_label,
     symmetric_kl,
 )
-from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig
 from cllmfs_trainer.data import Sentence, Span
 
 TYPES = ["person", "location"]

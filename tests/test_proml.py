@@ -11,10 +11,16 @@ import torch
 from helpers import shared_dataset
 from test_container import TYPES, build_tiny_encoder, random_sentences
 
-from cllmfs_trainer.baselines import proml as proml_module
-from cllmfs_trainer.baselines.gaussian_metric import symmetric_kl
-from cllmfs_trainer.baselines.proml import ProMLConfig, ProMLNER, label_aware_prompt, option_prompt, proml_loss
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig
+from cllmfs_trainer.benchmark.baselines import proml as proml_module
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import symmetric_kl
+from cllmfs_trainer.benchmark.baselines.proml import (
+    ProMLConfig,
+    ProMLNER,
+    label_aware_prompt,
+    option_prompt,
+    proml_loss,
+)
 from cllmfs_trainer.data import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 

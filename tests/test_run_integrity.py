@@ -2,6 +2,10 @@
 NaN or infinite weights, a corrupt adapter file."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +14,7 @@ from safetensors.torch import save_file
 
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.locks import LOCK_FILE, claim_folder
 from cllmfs_trainer.run_folder import RunFolder, RunFolderError
 from cllmfs_trainer.scripts.train import check_trained, resolve_resume
 from cllmfs_trainer.training.checkpoints import latest_complete_checkpoint
@@ -122,3 +127,47 @@ def test_resume_refuses_an_incomplete_checkpoint_it_is_given(tmp_path):
     args.resume_from_checkpoint = "true"
     with pytest.raises(UserError, match="holds no complete checkpoint-<step> folder"):
         resolve_resume(args)
+
+
+# --- one writer per run folder ---------------------------------------------------------------------------------------
+
+
+def test_a_second_writer_of_a_folder_stops_with_the_holder_named(tmp_path):
+    with claim_folder(tmp_path / "run"):
+        with pytest.raises(
+            UserError, match=rf"output_dir {tmp_path / 'run'} is in use by another run \(pid {os.getpid()} on "
+        ):
+            with claim_folder(tmp_path / "run"):
+                pass
+        assert (tmp_path / "run" / LOCK_FILE).is_file()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()  # released when the block ends
+    with claim_folder(tmp_path / "run"):  # and free again
+        pass
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(
+        f"pid {dead.stdout.strip()} on {socket.gethostname()} since 2026-01-01 00:00:00\n"
+    )
+    with claim_folder(tmp_path):
+        assert f"pid {os.getpid()} " in (tmp_path / LOCK_FILE).read_text()
+    (tmp_path / LOCK_FILE).write_text("pid 1 on another-host since 2026-01-01 00:00:00\n")
+    with pytest.raises(UserError, match="another-host"):  # another host's process cannot be checked from here
+        with claim_folder(tmp_path):
+            pass
+
+
+def test_training_into_a_finished_run_folder_needs_overwrite(tiny_run_inputs, tmp_path):
+    from test_recipes import tiny_args
+
+    from cllmfs_trainer.scripts import train
+
+    args = tiny_args(tiny_run_inputs, tmp_path / "run") + ["--max_steps", "1"]
+    train.main(*train.parse_args(args))
+    first = (tmp_path / "run" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="holds a finished run \\(cllmfs_run.json\\); pass --overwrite true"):
+        train.main(*train.parse_args(args + ["--seed", "5"]))
+    assert (tmp_path / "run" / "adapter_model.safetensors").read_bytes() == first  # untouched
+    train.main(*train.parse_args(args + ["--seed", "5", "--overwrite", "true"]))
+    assert not (tmp_path / "run" / LOCK_FILE).exists()

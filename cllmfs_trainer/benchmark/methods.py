@@ -1,16 +1,16 @@
-"""The benchmark's methods: a registry from name to how the method predicts a unit, and its label in reports.
+"""The benchmark's methods: each knows how it predicts a unit, and its label in reports; a registry names them.
 
-A method is one of three kinds:
+- `TrainedMethod`: the training recipe plus overrides (the paper's Table 2 ablations); it trains a run folder and
+  predicts with it.
+- `ZeroShotMethod`: the base LLM prompted without training; its predictions do not depend on the seed or K, so a
+  unit of the same dataset under another seed, K or setting is reused.
+- `SupportMethod`: a classifier fitted on the unit's support set by a `fit_predict` function of
+  `cllmfs_trainer.benchmark.baselines` (the prototype baselines, CONTaiNER and ProML), given a `BaselineContext`.
+  It can only label types it has examples of, so in INTER it takes the target's support set, as in the
+  domain-transfer protocol of the literature. CONTaiNER and ProML also train on the source data first.
 
-- `trained`: the training recipe plus overrides (the paper's Table 2 ablations); it trains a run folder through the
-  benchmark's `train_fn` and predicts with it.
-- `zero_shot`: the base LLM prompted without training; its predictions do not depend on the seed or K.
-- `support`: a classifier fitted on the unit's support set by a function (the prototype baselines, CONTaiNER and
-  ProML). It can only label types it has examples of, so in INTER it takes the target's support set, as in the
-  domain-transfer protocol of the literature. It is given the benchmark and the unit, so an INTER method may also
-  train on the source data (CONTaiNER and ProML do).
-
-Add a method with `register_method(Method(...))`; `BenchmarkConfig.methods` accepts every registered name.
+Add a method with `register_method(...)`; `BenchmarkConfig.methods` accepts every registered name and the names of
+its own `settings` (trained methods that are never registered).
 """
 
 from __future__ import annotations
@@ -19,57 +19,113 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.baselines import TokenPrototypeNER
+from cllmfs_trainer.benchmark.baselines import TokenPrototypeNER, container, proml
+from cllmfs_trainer.benchmark.baselines.context import BaselineContext
+from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.data.sampling import SupportSet
 
 if TYPE_CHECKING:
-    from cllmfs_trainer.benchmark.protocol import Benchmark, Unit
-    from cllmfs_trainer.data.io import Sentence, Span
-    from cllmfs_trainer.data.registry import EntityType
+    from cllmfs_trainer.benchmark.config import Unit
+    from cllmfs_trainer.benchmark.runner import Benchmark
 
-# (benchmark, unit, support sentences, query sentences, test types) -> (predicted spans per query sentence, extra)
+# (context, support sentences, query sentences, test types) -> (predicted spans per query sentence, extra facts)
 FitPredict = Callable[
-    ["Benchmark", "Unit", "list[Sentence]", "list[Sentence]", "list[EntityType]"],
-    "tuple[list[list[Span]], dict[str, Any]]",
+    [BaselineContext, list[Sentence], list[Sentence], list[EntityType]], tuple[list[list[Span]], dict[str, Any]]
 ]
-KINDS = ("trained", "zero_shot", "support")
+Prediction = tuple[list[list[Span]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One benchmark method.
+    """One benchmark method: how it predicts a unit, and how reports name it.
 
     Args:
         name (`str`):
             The key used in configs and unit files.
         title (`str`):
             The label in reports.
-        kind (`str`):
-            `trained`, `zero_shot` or `support` (see the module docstring).
-        overrides (`dict`, *optional*, defaults to `{}`):
-            For `trained` methods, the recipe keys this method changes.
-        fit_predict (`FitPredict`, *optional*):
-            For `support` methods, the function that fits and predicts.
-        trains_on_source (`bool`, *optional*, defaults to `False`):
-            For `support` methods, whether INTER first trains on the source (OntoNotes) data; reports say so.
     """
 
     name: str
     title: str
-    kind: str
+    # What the runner and the reports need to know of a method's behaviour.
+    needs_recipe = False  # trains an LLM run folder from the benchmark's recipe
+    uses_target_support = False  # reads the target's support set in INTER (it cannot label types it never saw)
+    same_for_every_seed = False  # predicts without the support set: one prediction per dataset serves every unit
+    trains_on_source = False  # in INTER, trains on the source (OntoNotes) data first; reports say so
+
+    def predict(
+        self,
+        runner: Benchmark,
+        unit: Unit,
+        support: SupportSet,
+        query: list[Sentence],
+        train_types: list[EntityType],
+        test_types: list[EntityType],
+    ) -> Prediction:
+        """Predict the unit's query.
+
+        Args:
+            runner (`Benchmark`):
+                The benchmark run, for what it shares between units (trained run folders, loaded models).
+            unit (`Unit`):
+                The unit.
+            support (`SupportSet`):
+                The unit's support set.
+            query (`list[Sentence]`):
+                The sentences to predict.
+            train_types (`list[EntityType]`):
+                The types of the support set's source.
+            test_types (`list[EntityType]`):
+                The types of the query.
+
+        Returns:
+            `tuple[list[list[Span]], dict[str, Any]]`: the predicted spans per query sentence, and facts to record.
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TrainedMethod(Method):
+    """The training recipe with `overrides` (recipe keys this method changes), trained per source, K and seed."""
+
     overrides: dict[str, Any] = field(default_factory=dict)
+    needs_recipe = True
+
+    def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
+        run_dir = runner.train(unit, self.overrides)
+        extractor = runner.extractor(run_dir, test_types)
+        predicted = [p.spans for p in extractor.predict(query)]
+        extra: dict[str, Any] = {"parse_stats": extractor.stats.as_dict()}
+        extra["train_seconds"] = runner.train_seconds(run_dir)
+        if runner.measures_support_fit(unit):
+            extra["support_fit"] = runner.support_fit(run_dir, support, train_types)
+        return predicted, extra
+
+
+@dataclass(frozen=True)
+class ZeroShotMethod(Method):
+    """The base LLM prompted with the instruction alone."""
+
+    same_for_every_seed = True
+
+    def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
+        extractor = runner.extractor(None, test_types)
+        predicted = [p.spans for p in extractor.predict(query)]
+        return predicted, {"parse_stats": extractor.stats.as_dict()}
+
+
+@dataclass(frozen=True)
+class SupportMethod(Method):
+    """A baseline fitted on the unit's support set; `fit_predict` sees a `BaselineContext`, never the benchmark."""
+
     fit_predict: FitPredict | None = None
     trains_on_source: bool = False
+    uses_target_support = True
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if (self.kind == "support") != (self.fit_predict is not None):
-            raise ValueError(f"method {self.name!r}: fit_predict is required for, and only for, kind 'support'")
-
-    @property
-    def uses_target_support(self) -> bool:
-        """Whether the method reads the target's support set in INTER (it cannot label types it never saw)."""
-        return self.kind == "support"
+    def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
+        return self.fit_predict(runner.baseline_context(unit), support.sentences, query, test_types)
 
 
 METHODS: dict[str, Method] = {}
@@ -98,43 +154,27 @@ def method_title(name: str) -> str:
     return METHODS[name].title if name in METHODS else name
 
 
-def method_order(name: str) -> int:
-    """Position of a method in reports: registration order, unknown names last."""
+def method_order(name: str) -> tuple[int, str]:
+    """Position of a method in reports: registration order, then unregistered names (settings) by name."""
     names = list(METHODS)
-    return names.index(name) if name in names else len(names)
+    return (names.index(name), "") if name in names else (len(names), name)
 
 
 def _prototype(method: str) -> FitPredict:
-    def fit_predict(benchmark, unit, support, query, test_types):
-        ner = TokenPrototypeNER(benchmark.encoder(), [t.label for t in test_types], method=method)
+    def fit_predict(context, support, query, test_types):
+        ner = TokenPrototypeNER(context.frozen_encoder(), [t.label for t in test_types], method=method)
         return ner.fit(support).predict(query), {}
 
     return fit_predict
 
 
-register_method(Method("cllmfs", "CLLMFS (LoRA+CL+Noise)", "trained"))  # the recipe as written
-register_method(Method("lora", "LoRA only", "trained", {"cl_weight": 0.0}))
-register_method(Method("lora_cl", "LoRA+CL (no noise)", "trained", {"cl_noise_site": "none"}))
-register_method(Method("cllmfs_format2", "CLLMFS, prompt format 2", "trained", {"prompt_format": 2}))
-register_method(Method("zero_shot", "zero-shot prompting", "zero_shot"))
-register_method(Method("protobert", "ProtoBERT", "support", fit_predict=_prototype("proto")))
-register_method(Method("nnshot", "NNShot", "support", fit_predict=_prototype("nnshot")))
-
-
-def _trains_encoder(module: str) -> FitPredict:
-    """CONTaiNER and ProML (`cllmfs_trainer.baselines.<module>.fit_predict`) fine-tune their encoder on the support
-    set, after training it on OntoNotes in INTER; their module is imported on first use (it needs torch)."""
-
-    def fit_predict(benchmark, unit, support, query, test_types):
-        from importlib import import_module
-
-        method = import_module(f"cllmfs_trainer.baselines.{module}")
-        return method.fit_predict(benchmark, unit, support, query, test_types)
-
-    return fit_predict
-
-
-register_method(
-    Method("container", "CONTaiNER", "support", fit_predict=_trains_encoder("container"), trains_on_source=True)
-)
-register_method(Method("proml", "ProML", "support", fit_predict=_trains_encoder("proml"), trains_on_source=True))
+register_method(TrainedMethod("cllmfs", "CLLMFS (LoRA+CL+Noise)"))  # the recipe as written
+register_method(TrainedMethod("lora", "LoRA only", {"cl_weight": 0.0}))
+register_method(TrainedMethod("lora_cl", "LoRA+CL (no noise)", {"cl_noise_site": "none"}))
+register_method(TrainedMethod("cllmfs_format2", "CLLMFS, prompt format 2", {"prompt_format": 2}))
+register_method(ZeroShotMethod("zero_shot", "zero-shot prompting"))
+register_method(SupportMethod("protobert", "ProtoBERT", fit_predict=_prototype("proto")))
+register_method(SupportMethod("nnshot", "NNShot", fit_predict=_prototype("nnshot")))
+# CONTaiNER and ProML fine-tune their encoder on the support set, after training it on OntoNotes in INTER.
+register_method(SupportMethod("container", "CONTaiNER", fit_predict=container.fit_predict, trains_on_source=True))
+register_method(SupportMethod("proml", "ProML", fit_predict=proml.fit_predict, trains_on_source=True))

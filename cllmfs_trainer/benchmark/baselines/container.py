@@ -27,7 +27,7 @@ Where this differs from the public code:
 - A query word identical to a support word keeps its exact match (the code's per-label maximum drops scores of 0).
 
 The Gaussian heads, the word encoding and the source cache are in `gaussian_metric`, shared with ProML
-(`cllmfs_trainer.baselines.proml`), which builds on CONTaiNER's Gaussian embeddings.
+(`cllmfs_trainer.benchmark.baselines.proml`), which builds on CONTaiNER's Gaussian embeddings.
 """
 
 from __future__ import annotations
@@ -35,31 +35,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.baselines.encoder import Encoder
-from cllmfs_trainer.baselines.gaussian_metric import (
-    SOURCE_DIR,
+from cllmfs_trainer.benchmark.baselines.context import BaselineContext
+from cllmfs_trainer.benchmark.baselines.encoder import Encoder
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import (
     GaussianMetricNER,
-    cached_source_training,
     chunk_ranges,
     clean_words,
     encode_words,
-    excluded_queries,
     gaussian,
     label_ids,
     nearest_by_label,
-    source_sentences,
     symmetric_kl,
 )
-from cllmfs_trainer.baselines.token_baselines import OUTSIDE, labels_to_spans, token_labels
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import (
+    fit_predict as gaussian_fit_predict,
+)
+from cllmfs_trainer.benchmark.baselines.token_baselines import OUTSIDE, labels_to_spans, token_labels
 from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily, as in the rest of the package
     import torch
-
-    from cllmfs_trainer.benchmark.protocol import Benchmark
 
 
 # --- The loss ---------------------------------------------------------------------------------------------------------
@@ -233,6 +232,8 @@ class ContainerNER(GaussianMetricNER):
         ```
     """
 
+    method_name = "container"
+
     def __init__(
         self, encoder: str, config: ContainerConfig | None = None, seed: int = 0, device: str | None = None
     ) -> None:
@@ -241,6 +242,16 @@ class ContainerNER(GaussianMetricNER):
         self.priors: dict[str, float] | None = None
         self.types: list[str] = []
         self.finetune_steps = 0
+
+    def types_argument(self, types: Sequence[EntityType]) -> list[str]:
+        """CONTaiNER knows types by their labels only."""
+        return [t.label for t in types]
+
+    def use_source_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Keep the source's tag-transition priors for Viterbi decoding; the rest are the facts to report."""
+        stats = dict(stats)
+        self.priors = stats.pop("priors")
+        return stats
 
     def _chunks(self, sentences: Sequence[Sentence], types: Sequence[str]) -> list[tuple[list[str], list[int]]]:
         """`(words, label ids)` per chunk of each sentence that fits the window."""
@@ -381,25 +392,8 @@ BENCHMARK_CONFIG = ContainerConfig()
 
 
 def fit_predict(
-    benchmark: Benchmark, unit: Any, support: list[Sentence], query: list[Sentence], test_types: list[Any]
+    context: BaselineContext, support: list[Sentence], query: list[Sentence], test_types: list[EntityType]
 ) -> tuple[list[list[Span]], dict[str, Any]]:
-    """The benchmark's `container` method: source training in INTER (cached per seed), adaptation, prediction."""
-    config = BENCHMARK_CONFIG
-    ner = ContainerNER(benchmark.config.encoder, config, seed=unit.seed)
-    extra: dict[str, Any] = {}
-    if unit.setting == "inter":
-
-        def train() -> dict[str, Any]:
-            pool, source_types = source_sentences(benchmark)
-            return ner.train_source(pool, [t.label for t in source_types])
-
-        fingerprint = {"method": "container", "encoder": benchmark.config.encoder, "seed": unit.seed}
-        fingerprint.update(config=asdict(config), excluded_queries=excluded_queries(benchmark)[1])
-        folder = benchmark.root / SOURCE_DIR / "container" / f"seed{unit.seed}"
-        stats = cached_source_training(ner, folder, fingerprint, train)
-        ner.priors = stats.pop("priors")
-        extra.update(stats)
-    start = time.perf_counter()
-    ner.fit(support, [t.label for t in test_types])
-    extra.update(finetune_steps=ner.finetune_steps, finetune_seconds=round(time.perf_counter() - start, 1))
-    return ner.predict(query), extra
+    """The benchmark's `container` method (see `gaussian_metric.fit_predict`)."""
+    ner = ContainerNER(context.encoder, BENCHMARK_CONFIG, seed=context.seed)
+    return gaussian_fit_predict(ner, BENCHMARK_CONFIG, context, support, query, test_types)

@@ -6,36 +6,35 @@
   symmetric KL divergence between two such Gaussians.
 - `GaussianMetricNER`: a copy of any HF encoder plus the heads, seeded, saved and loaded as one folder.
 - The source cache: INTER trains on OntoNotes (without the run's queries) once per (method, seed), under the
-  benchmark's `output_dir`, so that every INTER target of that seed adapts the same source model.
+  benchmark's `output_dir`, so that every INTER target of that seed adapts the same source model; `fit_predict`
+  runs a unit of either method.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.baselines.encoder import resolve_encoder
-from cllmfs_trainer.baselines.token_baselines import token_labels
-from cllmfs_trainer.data.io import Sentence
-from cllmfs_trainer.data.registry import get_dataset
-from cllmfs_trainer.data.sampling import INTER_SOURCE
-from cllmfs_trainer.files import replace_folder
+from cllmfs_trainer.benchmark.baselines.context import BaselineContext
+from cllmfs_trainer.benchmark.baselines.encoder import resolve_encoder
+from cllmfs_trainer.benchmark.baselines.token_baselines import token_labels
+from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.files import atomic_write_text, replace_folder
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily, as in the rest of the package
     import torch
 
-    from cllmfs_trainer.benchmark.protocol import Benchmark
 
 logger = logging.getLogger(__name__)
-
-SOURCE_DIR = "source_models"  # under the benchmark's output_dir: source-trained encoders, one per (method, seed)
 
 
 # --- Words to encoder inputs ------------------------------------------------------------------------------------------
@@ -223,6 +222,8 @@ class GaussianMetricNER:
             Where to train; CUDA if available by default.
     """
 
+    method_name = "gaussian"  # the benchmark's name of the method, in the source cache's fingerprint
+
     def __init__(
         self,
         encoder: str,
@@ -263,6 +264,14 @@ class GaussianMetricNER:
                 yield
 
         return scope()
+
+    def types_argument(self, types: Sequence[EntityType]) -> Sequence[Any]:
+        """The types as `train_source` and `fit` take them: the `EntityType`s themselves (ProML reads their names)."""
+        return types
+
+    def use_source_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Take what the source training needs kept from its facts; returns the facts to report."""
+        return stats
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.heads.parameters()]
@@ -315,22 +324,6 @@ def nearest_by_label(
     return out
 
 
-def excluded_queries(benchmark: Benchmark) -> tuple[set[tuple[str, ...]], str]:
-    """The token sequences of every query sentence of the run, and a short digest of them (for cache fingerprints)."""
-    excluded = {tuple(s.tokens) for task in benchmark.config.tasks for s in benchmark.query(task.split(":", 1)[1])}
-    digest = hashlib.sha256("\n".join(sorted(" ".join(t) for t in excluded)).encode()).hexdigest()[:16]
-    return excluded, digest
-
-
-def source_sentences(benchmark: Benchmark) -> tuple[list[Sentence], list[Any]]:
-    """OntoNotes train without any query sentence of the run, and OntoNotes' entity types."""
-
-    dataset = get_dataset(INTER_SOURCE)
-    excluded, _ = excluded_queries(benchmark)
-    pool = dataset.load("train", benchmark.config.data_dir).sentences
-    return [s for s in pool if tuple(s.tokens) not in excluded], list(dataset.types)
-
-
 def cached_source_training(
     ner: GaussianMetricNER, folder: Path, fingerprint: dict[str, Any], train: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -354,6 +347,51 @@ def cached_source_training(
     shutil.rmtree(partial, ignore_errors=True)
     ner.save(partial)
     record = {"fingerprint": fingerprint, "stats": stats}
-    (partial / "source.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(partial / "source.json", json.dumps(record, indent=2) + "\n")
     replace_folder(partial, folder)
     return {**stats, "source_cached": False}
+
+
+def fit_predict(
+    ner: GaussianMetricNER,
+    config: Any,
+    context: BaselineContext,
+    support: list[Sentence],
+    query: list[Sentence],
+    test_types: list[EntityType],
+) -> tuple[list[list[Span]], dict[str, Any]]:
+    """The benchmark's CONTaiNER and ProML: in INTER a source training (cached per method and seed), then adaptation
+    to the support set, then prediction.
+
+    Args:
+        ner (`GaussianMetricNER`):
+            A fresh `ContainerNER` or `ProMLNER`, seeded with the unit's seed.
+        config (`Any`):
+            Its dataclass config, part of the source cache's fingerprint.
+        context (`BaselineContext`):
+            The unit.
+        support (`list[Sentence]`):
+            The support set it adapts to.
+        query (`list[Sentence]`):
+            The sentences it predicts.
+        test_types (`list[EntityType]`):
+            The types of the query.
+
+    Returns:
+        `tuple[list[list[Span]], dict[str, Any]]`: the predicted spans per query sentence, and the training's facts
+        (source steps and whether the source training was cached, fine-tuning steps and seconds).
+    """
+    extra: dict[str, Any] = {}
+    if context.setting == "inter":
+
+        def train() -> dict[str, Any]:
+            pool, source_types = context.source_sentences()
+            return ner.train_source(pool, ner.types_argument(source_types))
+
+        fingerprint = {"method": ner.method_name, "encoder": context.encoder, "seed": context.seed}
+        fingerprint.update(config=asdict(config), excluded_queries=context.source_digest)
+        extra.update(ner.use_source_stats(cached_source_training(ner, context.cache_dir, fingerprint, train)))
+    start = time.perf_counter()
+    ner.fit(support, ner.types_argument(test_types))
+    extra.update(finetune_steps=ner.finetune_steps, finetune_seconds=round(time.perf_counter() - start, 1))
+    return ner.predict(query), extra

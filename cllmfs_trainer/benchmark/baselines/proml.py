@@ -9,7 +9,7 @@ The method, as its paper and public code (AChen-qaq/ProML) define it:
   A word's vector is its first piece's hidden state averaged over the encoder's last four layers, read only at the
   sentence's own words. A support word's representation is the weighted average `mix_rate * option + (1 - mix_rate)
   * label-aware` (0.7, the published domain-transfer setting); a query word has only the option prompt.
-- CONTaiNER's Gaussian heads (`cllmfs_trainer.baselines.gaussian_metric`) project these vectors; the distance is the sum
+- CONTaiNER's Gaussian heads (`gaussian_metric`) project these vectors; the distance is the sum
   of both KL directions. The loss is NCA: for a query word of label `y`, `-log(sum_{support s of label y} exp(-d) /
   sum_{all support s} exp(-d))`, averaged over query words whose label has support words.
 - INTER: trained on N-way K-shot episodes sampled from the source data (OntoNotes), with warmup and linear decay; then,
@@ -42,33 +42,32 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cllmfs_trainer.baselines.gaussian_metric import (
-    SOURCE_DIR,
+from cllmfs_trainer.benchmark.baselines.context import BaselineContext
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import (
     GaussianMetricNER,
-    cached_source_training,
     chunk_ranges,
     clean_words,
     encode_words,
-    excluded_queries,
     gaussian,
     label_ids,
     nearest_by_label,
     piece_counts,
-    source_sentences,
     symmetric_kl,
 )
-from cllmfs_trainer.baselines.token_baselines import OUTSIDE, labels_to_spans
+from cllmfs_trainer.benchmark.baselines.gaussian_metric import (
+    fit_predict as gaussian_fit_predict,
+)
+from cllmfs_trainer.benchmark.baselines.token_baselines import OUTSIDE, labels_to_spans
 from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sampling import sample_support_set
 
 if TYPE_CHECKING:
     import torch
 
-    from cllmfs_trainer.benchmark.protocol import Benchmark
-    from cllmfs_trainer.data.registry import EntityType
 
 # (encoder words, positions of the sentence's words among them) for one chunk of one sentence
 Inputs = list[tuple[list[str], list[int]]]
@@ -229,6 +228,8 @@ class ProMLNER(GaussianMetricNER):
         spans = ner.fit(support, get_dataset("wnut17").types).predict(query)
         ```
     """
+
+    method_name = "proml"
 
     def __init__(self, encoder: str, config: ProMLConfig | None = None, seed: int = 0, device: str | None = None):
         self.config = config or ProMLConfig()
@@ -448,22 +449,8 @@ BENCHMARK_CONFIG = ProMLConfig()
 
 
 def fit_predict(
-    benchmark: Benchmark, unit: Any, support: list[Sentence], query: list[Sentence], test_types: list[EntityType]
+    context: BaselineContext, support: list[Sentence], query: list[Sentence], test_types: list[EntityType]
 ) -> tuple[list[list[Span]], dict[str, Any]]:
-    """The benchmark's `proml` method: source training in INTER (cached per seed), fine-tuning, prediction."""
-    config = BENCHMARK_CONFIG
-    ner = ProMLNER(benchmark.config.encoder, config, seed=unit.seed)
-    extra: dict[str, Any] = {}
-    if unit.setting == "inter":
-
-        def train() -> dict[str, Any]:
-            return ner.train_source(*source_sentences(benchmark))
-
-        fingerprint = {"method": "proml", "encoder": benchmark.config.encoder, "seed": unit.seed}
-        fingerprint.update(config=asdict(config), excluded_queries=excluded_queries(benchmark)[1])
-        folder = benchmark.root / SOURCE_DIR / "proml" / f"seed{unit.seed}"
-        extra.update(cached_source_training(ner, folder, fingerprint, train))
-    start = time.perf_counter()
-    ner.fit(support, test_types)
-    extra.update(finetune_steps=ner.finetune_steps, finetune_seconds=round(time.perf_counter() - start, 1))
-    return ner.predict(query), extra
+    """The benchmark's `proml` method (see `gaussian_metric.fit_predict`)."""
+    ner = ProMLNER(context.encoder, BENCHMARK_CONFIG, seed=context.seed)
+    return gaussian_fit_predict(ner, BENCHMARK_CONFIG, context, support, query, test_types)

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cllmfs_trainer.baselines.encoder import Encoder
+from cllmfs_trainer.benchmark.baselines.encoder import Encoder
 from cllmfs_trainer.data.io import Sentence, Span
 
 if TYPE_CHECKING:

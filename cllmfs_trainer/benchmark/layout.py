@@ -1,0 +1,75 @@
+"""Where a benchmark keeps everything under its `output_dir`: every path is built here, and nowhere else.
+
+Nothing under `output_dir` is meant for git: it holds dataset sentences, whose licenses may forbid it.
+
+    benchmark.json                              the config and its fingerprint; a resumed run must match it
+    support/<source>/k5/seed0.txt (+ .json)     support sets (source = the dataset, or `ontonotes5` for INTER)
+    runs/<source>/k5/seed0/<method>/            trained run folders (`cllmfs_trainer.run_folder`)
+    runs/<source>/k5/seed0/<method>.partial/    a training under way (with its checkpoints); renamed when complete
+    source_models/<method>/seed0/               CONTaiNER's and ProML's source-trained encoders, shared by INTER targets
+    units/<setting>-<dataset>/k5/seed0/<method>.json   scores of one unit; its presence marks the unit done
+    units/.../<method>.predictions.jsonl        predicted spans per query sentence (ids and offsets, no text)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cllmfs_trainer.benchmark.config import Unit
+
+SETTINGS = ("intra", "inter")
+
+
+@dataclass(frozen=True)
+class BenchmarkLayout:
+    """The paths of one benchmark's `output_dir`.
+
+    Args:
+        root (`Path`):
+            The benchmark's `output_dir`.
+    """
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        """`benchmark.json`: the config and fingerprint of the run that claimed the folder."""
+        return self.root / "benchmark.json"
+
+    def support_set(self, unit: Unit) -> Path:
+        """The BIO file of a unit's support set (shared by every unit of the same source, K and seed)."""
+        return self.root / "support" / unit.source / f"k{unit.k}" / f"seed{unit.seed}.txt"
+
+    def run_dir(self, unit: Unit) -> Path:
+        """The trained run folder of a unit (shared by every INTER target of the same method, K and seed)."""
+        return self.root / "runs" / unit.source / f"k{unit.k}" / f"seed{unit.seed}" / unit.method
+
+    def partial_run_dir(self, unit: Unit) -> Path:
+        """Where `run_dir(unit)` is trained, and checkpointed, until it is complete."""
+        run_dir = self.run_dir(unit)
+        return run_dir.with_name(run_dir.name + ".partial")
+
+    def source_model_dir(self, method: str, seed: int) -> Path:
+        """The source-trained encoder of a baseline that trains on OntoNotes before adapting (CONTaiNER, ProML)."""
+        return self.root / "source_models" / method / f"seed{seed}"
+
+    def task_dir(self, setting: str, dataset: str) -> Path:
+        """The units of one task."""
+        return self.root / "units" / f"{setting}-{dataset}"
+
+    def unit_file(self, unit: Unit) -> Path:
+        """The scores of a unit; it exists only once the unit is done."""
+        return self.task_dir(unit.setting, unit.dataset) / f"k{unit.k}" / f"seed{unit.seed}" / f"{unit.method}.json"
+
+    def predictions_file(self, unit: Unit) -> Path:
+        """The predicted spans of a unit, one JSON line per query sentence."""
+        return self.unit_file(unit).with_suffix(".predictions.jsonl")
+
+    def same_dataset_units(self, unit: Unit) -> list[Path]:
+        """Score files of the same dataset and method under any setting, K and seed (zero-shot reuses them)."""
+        return [
+            path
+            for setting in SETTINGS
+            for path in sorted(self.task_dir(setting, unit.dataset).glob(f"k*/seed*/{unit.method}.json"))
+        ]
