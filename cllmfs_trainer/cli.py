@@ -25,7 +25,7 @@ from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.registry import load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
-from cllmfs_trainer.errors import UsageError
+from cllmfs_trainer.errors import UsageError, UserError
 from cllmfs_trainer.files import (
     atomic_open,
     atomic_write_text,
@@ -36,6 +36,7 @@ from cllmfs_trainer.files import (
     read_text_lines,
 )
 from cllmfs_trainer.models import load_tokenizer, materialize_default_model, resolve_model
+from cllmfs_trainer.models.embedded import verify_converted_model
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
 
@@ -148,6 +149,15 @@ def cmd_model(args: argparse.Namespace) -> None:
     if args.model is not None:
         check_model_reference(args.model, "--model", weights=True)
     path = materialize_default_model(force=True) if args.force else resolve_model(args.model)
+    if args.verify:
+        changed = verify_converted_model(path)
+        if changed:
+            raise UserError(
+                f"{path}: {', '.join(changed)} differ from the sha256 recorded at conversion; rebuild "
+                "it with `cllmfs model --force`"
+            )
+        print(f"{path}: every recorded file matches its sha256")
+        return
     print(path)
 
 
@@ -289,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="materialise the default model or resolve a model reference")
     model.add_argument("--model", default=None, help="hub id, local folder, .gguf file or 'default'")
     model.add_argument("--force", action="store_true", help="re-download and re-convert the default model")
+    model.add_argument(
+        "--verify", action="store_true", help="check a converted model's files against the sha256 of their conversion"
+    )
     model.set_defaults(func=cmd_model)
 
     prep = sub.add_parser("prepare", help="sample a support set and build SFT samples")

