@@ -32,6 +32,13 @@ class BenchmarkLayout:
 
     root: Path
 
+    # Everything the benchmark writes under `root`; `--overwrite` removes these and nothing else.
+    OWNED = ("benchmark.json", "support", "runs", "source_models", "units")
+
+    def owned_paths(self) -> list[Path]:
+        """The entries of `root` that the benchmark wrote (and may remove), as far as they exist."""
+        return [self.root / name for name in self.OWNED if (self.root / name).exists()]
+
     @property
     def config_file(self) -> Path:
         """`benchmark.json`: the config and fingerprint of the run that claimed the folder."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cllmfs_trainer.benchmark.config import BenchmarkConfig, Unit, changed_fields, upgrade_fingerprint
 from cllmfs_trainer.benchmark.layout import BenchmarkLayout
+from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def check_resume(config: BenchmarkConfig, layout: BenchmarkLayout, overwrite: bo
             Empty a folder that holds a run with other settings, instead of raising.
 
     Raises:
-        `ValueError`: naming the settings that differ, when the folder holds another run and `overwrite` is off.
+        `UserError`: naming the settings that differ, when the folder holds another run and `overwrite` is off.
     """
     saved = layout.config_file
     current = {"config": asdict(config), "fingerprint": config.fingerprint()}
@@ -41,11 +42,15 @@ def check_resume(config: BenchmarkConfig, layout: BenchmarkLayout, overwrite: bo
         changed = changed_fields(previous["fingerprint"], current["fingerprint"])
         if changed:
             if not overwrite:
-                raise ValueError(
+                raise UserError(
                     f"{layout.root} holds a benchmark run with different settings ({', '.join(changed)})"
                     "; resume with the same ones, pick another output_dir, or pass --overwrite"
                 )
-            shutil.rmtree(layout.root)
+            for path in layout.owned_paths():  # only what a benchmark wrote: the user's own files stay
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         elif previous["fingerprint"].get("settings"):
             # Keep the definitions of settings this config leaves out: their finished units stay on disk.
             merged = {**previous["fingerprint"]["settings"], **current["fingerprint"].get("settings", {})}
