@@ -95,7 +95,7 @@ def naive_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
     """What a user writes: batches in the given order, left-padded full prompts, unconstrained, stop at the marker."""
     import torch
 
-    from cllmfs_trainer.data.sft import IM_END
+    from cllmfs_trainer.data.format import IM_END
 
     texts = []
     with torch.no_grad():
@@ -142,10 +142,9 @@ def main() -> None:
 
     import torch
 
+    from cllmfs_trainer.data.format import ANSWER_FORMAT, IM_END, build_prompt, parse_output
     from cllmfs_trainer.data.registry import get_dataset
-    from cllmfs_trainer.data.sft import ANSWER_FORMAT, IM_END, build_prompt
     from cllmfs_trainer.inference.generate import EntityExtractor, Job
-    from cllmfs_trainer.inference.parse import parse_output
     from cllmfs_trainer.models.precision import probe_cpu_dtype
     from cllmfs_trainer.run_folder import RunFolder
 

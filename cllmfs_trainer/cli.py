@@ -21,10 +21,10 @@ from typing import Any
 
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 from cllmfs_trainer.data import build_samples, get_dataset, make_task, tokenize_samples
+from cllmfs_trainer.data.format import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
 from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.registry import load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS, PROMPT_FORMAT, PROMPT_FORMATS
 from cllmfs_trainer.errors import UsageError, UserError
 from cllmfs_trainer.files import (
     atomic_open,

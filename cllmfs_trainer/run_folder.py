@@ -2,7 +2,7 @@
 
 This module is the only place that knows the folder's file names. A run folder holds:
 
-    cllmfs_run.json     `RunFolder` below: base model, weights kind, prompt format, types, training facts
+    cllmfs_run.json     `RunFolder` below: base model, weights kind, the `PromptFormat`, types, training facts
     support.txt (+ .json)   the support set it was trained on (BIO, with its sampling sidecar)
     adapter_config.json, adapter_model.safetensors   the LoRA adapter (weights="adapter")
     config.json, model.safetensors (or shards)       the whole model (weights="full", e.g. `use_peft: false`)
@@ -21,16 +21,18 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.data.format import ANSWER_FORMAT, ANSWER_FORMATS, PromptFormat
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_FORMATS
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import atomic_write_text
 
 RUN_FILE = "cllmfs_run.json"
 SUPPORT_FILE = "support.txt"
 METRICS_FILE = "metrics.json"
-# Bump when a field's meaning changes; `load` reads every older version it knows how to upgrade.
-FORMAT_VERSION = 1
+# Bump when a field's meaning changes; `load` reads every older version it knows how to upgrade. Version 2 stores the
+# prompt format, answer format and type descriptions as one value, `format`; version 1 had them as three fields.
+FORMAT_VERSION = 2
+FORMAT_FIELDS = ("prompt_format", "answer_format", "type_descriptions")
 # The files each kind of weights needs (any one of a tuple's alternatives).
 WEIGHT_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
     "adapter": (("adapter_config.json",), ("adapter_model.safetensors", "adapter_model.bin")),
@@ -139,9 +141,16 @@ class RunFolder:
 
     # --- reading and writing ----------------------------------------------------------------------------------------
 
+    @property
+    def format(self) -> PromptFormat:
+        """How the run's prompts were written and its answers are read: one value, `format` in `cllmfs_run.json`."""
+        return PromptFormat(self.prompt_format, self.answer_format, self.type_descriptions)
+
     def save(self) -> Path:
         """Write `cllmfs_run.json` atomically (a temporary file, then a rename); returns its path."""
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("path", "extra")}
+        skipped = ("path", "extra", *FORMAT_FIELDS)
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
+        record["format"] = self.format.to_dict()
         record["train_types"] = [asdict(t) for t in self.train_types]
         record["test_types"] = [asdict(t) for t in self.test_types]
         record.update(self.extra)
@@ -194,6 +203,8 @@ class RunFolder:
             )
         if "weights" not in record:  # records before format 1 did not say; the files do
             record["weights"] = "adapter" if (folder / "adapter_config.json").is_file() else "full"
+        if "format" in record:  # format 2: one value
+            _unpack_format(record, run_file)
         record.setdefault("prompt_format", 1)  # runs before prompt format 2 had no choice
         record.setdefault("answer_format", ANSWER_FORMAT)  # nor before the pointer answer format
         record["format_version"] = FORMAT_VERSION
@@ -237,6 +248,9 @@ class RunFolder:
                     f"{self.path}: the tokenizer is incomplete, {' / '.join(alternatives)} is missing; copy the "
                     "tokenizer files of the base model into the run folder"
                 )
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            if (self.path / name).is_file():
+                _json_object(self.path / name, "the tokenizer")
 
     def check_weights(self) -> None:
         """Raise `RunFolderError` naming the first weights file that is missing, a run that made no optimizer step,
@@ -253,8 +267,38 @@ class RunFolder:
                 f"{self.run_file}: train_steps is {steps!r}: the run was never trained; train it again"
             )
         adapter = self.path / "adapter_model.safetensors"
-        if self.weights == "adapter" and adapter.is_file():
-            check_finite_safetensors(adapter)
+        if self.weights == "adapter":
+            config = _json_object(self.path / "adapter_config.json", "the adapter")
+            if config.get("peft_type") != "LORA":
+                raise RunFolderError(
+                    f"{self.path / 'adapter_config.json'}: peft_type is {config.get('peft_type')!r}, not LORA; "
+                    "the run folder holds a foreign adapter"
+                )
+            if adapter.is_file():
+                check_finite_safetensors(adapter)
+
+
+def _json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`, or a `RunFolderError` naming the file for anything else (truncated, not UTF-8)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        problem = type(err).__name__
+        raise RunFolderError(f"{path}: {what} file is damaged ({problem}); the run folder cannot load") from None
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{path}: {what} file holds {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _unpack_format(record: dict[str, Any], run_file: Path) -> None:
+    """Spread the `format` value of a record into the fields `load` checks (the same as a format 1 record's)."""
+    value = record.pop("format")
+    if not isinstance(value, dict):
+        raise RunFolderError(f"{run_file}: field 'format' must be an object, got {value!r}")
+    unknown = sorted(set(value) - set(FORMAT_FIELDS))
+    if unknown:
+        raise RunFolderError(f"{run_file}: field 'format' has unknown key(s) {unknown}; known: {list(FORMAT_FIELDS)}")
+    record.update(value)
 
 
 def check_finite_safetensors(path: Path) -> None:

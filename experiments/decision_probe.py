@@ -26,7 +26,8 @@ from transformers import TrainerCallback
 
 from cllmfs_trainer import ContrastiveSFTConfig, ContrastiveSFTTrainer
 from cllmfs_trainer.data import build_samples, get_dataset, sample_support_set, tokenize_samples
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, CLOSE, IGNORE_INDEX, IM_END
+from cllmfs_trainer.data.format import ANSWER_PREFIX, CLOSE, IM_END
+from cllmfs_trainer.data.sft import IGNORE_INDEX
 from cllmfs_trainer.models import load_model, load_tokenizer
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from cllmfs_trainer.data import get_dataset
+from cllmfs_trainer.data.format import build_completion, build_prompt
 from cllmfs_trainer.data.io import Span
 from cllmfs_trainer.data.sampling import query_subset
-from cllmfs_trainer.data.sft import IGNORE_INDEX, SFTSample, build_completion, build_prompt, tokenize_sample
+from cllmfs_trainer.data.sft import IGNORE_INDEX, SFTSample, tokenize_sample
 from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores
 from cllmfs_trainer.inference.generate import EntityExtractor
 

@@ -261,11 +261,13 @@ def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path
         if damage == "test_types":
             del record["test_types"]
         elif damage == "answer_format":
-            record["answer_format"] = "brackets"
+            record["format"]["answer_format"] = "brackets"
         elif damage == "end_penalty":
             record["end_penalty"] = "high"
-        elif damage in ("one_type_per_span", "type_descriptions"):
+        elif damage == "one_type_per_span":
             record[damage] = "yes"
+        elif damage == "type_descriptions":
+            record["format"][damage] = "yes"
         else:
             record["base_model"] = str(tmp_path / "deleted-model")
         run_file.write_text(json.dumps(record))

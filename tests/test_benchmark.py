@@ -304,7 +304,7 @@ def test_pointer_setting_trains_and_predicts_in_its_answer_format(bench_script, 
     config = tiny_config(tiny_run_inputs, tmp_path, methods=["pointer"], settings=settings, fit_on_support=False)
     [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
     run = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "pointer" / "cllmfs_run.json").read_text())
-    assert run["answer_format"] == "pointer" and record["method"] == "pointer"
+    assert run["format"]["answer_format"] == "pointer" and record["method"] == "pointer"
     assert formats and set(formats) == {"pointer"} and record["parse_stats"]["outputs"] == len(formats)
 
 
@@ -324,7 +324,7 @@ def test_format2_method_trains_and_predicts_with_the_sentence_first(
     config = tiny_config(tiny_run_inputs, tmp_path, methods=["cllmfs_format2"], fit_on_support=False)
     [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)
     run = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "cllmfs_format2" / "cllmfs_run.json").read_text())
-    assert run["prompt_format"] == 2 and record["method"] == "cllmfs_format2"
+    assert run["format"]["prompt_format"] == 2 and record["method"] == "cllmfs_format2"
     assert formats and set(formats) == {2} and record["parse_stats"]["outputs"] == len(formats)
 
 
@@ -337,6 +337,21 @@ def test_resume_refuses_a_run_with_other_settings(tiny_run_inputs, tmp_path):
     Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], seeds=[0, 1])).prepare()  # more seeds: fine
     with pytest.raises(ValueError, match="query_size"):
         Benchmark(tiny_config(tiny_run_inputs, tmp_path, methods=["zero_shot"], query_size=10)).prepare()
+
+
+def test_overwrite_removes_only_what_the_benchmark_wrote(tiny_run_inputs, tmp_path):
+    out = tmp_path / "b"
+    Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"])).prepare()
+    (out / "runs" / "wnut17").mkdir(parents=True)
+    (out / "runs" / "wnut17" / "old.txt").write_text("a unit of the old settings")
+    (out / "my_notes.md").write_text("the user's own file")
+    (out / "data").mkdir()
+    (out / "data" / "keep.txt").write_text("and the user's own folder")
+    Benchmark(tiny_config(tiny_run_inputs, out, methods=["zero_shot"], query_size=10), overwrite=True).prepare()
+    assert not (out / "runs").exists()  # the old run's units are gone ...
+    assert (out / "my_notes.md").read_text() == "the user's own file"  # ... what the benchmark never wrote is not
+    assert (out / "data" / "keep.txt").is_file()
+    assert json.loads((out / "benchmark.json").read_text())["config"]["query_size"] == 10
 
 
 def test_resume_accepts_new_settings_but_not_a_changed_one(tiny_run_inputs, tmp_path):

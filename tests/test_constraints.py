@@ -11,8 +11,17 @@ from hypothesis import strategies as st
 from transformers import LogitsProcessorList
 
 from cllmfs_trainer.data import get_dataset
+from cllmfs_trainer.data.format import (
+    ANSWER_PREFIX,
+    NO_END,
+    NO_PREFIX,
+    UNBALANCED,
+    build_completion,
+    build_prompt,
+    parse_output,
+)
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, build_completion, build_prompt, build_samples, tokenize_sample
+from cllmfs_trainer.data.sft import build_samples, tokenize_sample
 from cllmfs_trainer.inference.constraints import (
     CompletionTemplate,
     EntityAutomaton,
@@ -21,7 +30,6 @@ from cllmfs_trainer.inference.constraints import (
     candidate_runs,
     sentence_words,
 )
-from cllmfs_trainer.inference.parse import NO_END, NO_PREFIX, UNBALANCED, parse_output
 from cllmfs_trainer.models import ensure_pad_token
 
 TOKENIZERS = ["smollm2_tokenizer", "sp_tokenizer"]

@@ -6,12 +6,11 @@ import copy
 import pytest
 import torch
 
+from cllmfs_trainer.data.format import build_prompt, parse_output
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import build_prompt
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityAutomaton, penalise_ending
 from cllmfs_trainer.inference.generate import EntityExtractor, Job
-from cllmfs_trainer.inference.parse import parse_output
 from cllmfs_trainer.models import ensure_pad_token
 
 PERSON = EntityType("person", "person", "names of people")

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from cllmfs_trainer.data import Sentence
+from cllmfs_trainer.data.format import build_prompt, parse_output
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import build_prompt
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import build_automata
 from cllmfs_trainer.inference.extract import Entity, sentence_spans
 from cllmfs_trainer.inference.generate import EntityExtractor
 from cllmfs_trainer.inference.greedy import constrained_greedy
-from cllmfs_trainer.inference.parse import entities_to_spans, parse_output
+from cllmfs_trainer.inference.parse import entities_to_spans
 from cllmfs_trainer.inference.scores import group_scores
 
 PERSON = EntityType("person", "person", "names of people")

@@ -14,12 +14,11 @@ from transformers import LogitsProcessorList
 
 from cllmfs_trainer.cli import main as cli_main
 from cllmfs_trainer.data import Sentence
+from cllmfs_trainer.data.format import IM_END, build_prompt, parse_output
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import IM_END, build_prompt
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
 from cllmfs_trainer.inference.generate import EntityExtractor, Job
 from cllmfs_trainer.inference.greedy import is_plain_greedy
-from cllmfs_trainer.inference.parse import parse_output
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 from cllmfs_trainer.models import ensure_pad_token
 
@@ -549,8 +548,13 @@ def test_from_run_and_cli_use_the_runs_prediction_options_unless_told(run_dir, t
     recipe = yaml.safe_load((REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text())
     assert record["end_penalty"] == recipe["end_penalty"]  # the recipe's choice, saved for prediction
     assert record["one_type_per_span"] is recipe["one_type_per_span"]
-    assert record["type_descriptions"] is True
-    changed = {**record, "end_penalty": 1.5, "one_type_per_span": True, "type_descriptions": False}
+    assert record["format"]["type_descriptions"] is True
+    changed = {
+        **record,
+        "end_penalty": 1.5,
+        "one_type_per_span": True,
+        "format": {**record["format"], "type_descriptions": False},
+    }
     (run / "cllmfs_run.json").write_text(json.dumps(changed))
     extractor = EntityExtractor.from_run(run)
     assert extractor.end_penalty == 1.5 and extractor.one_type_per_span

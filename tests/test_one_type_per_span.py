@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from cllmfs_trainer.data import Sentence
+from cllmfs_trainer.data.format import build_prompt
 from cllmfs_trainer.data.io import Span
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import build_prompt
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityAutomaton
 from cllmfs_trainer.inference.generate import EntityExtractor, resolve_types

@@ -2,18 +2,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cllmfs_trainer.data.format import ANSWER_PREFIX, PROBLEM_KINDS, ParsedOutput, build_completion, parse_output
 from cllmfs_trainer.data.io import Span
-from cllmfs_trainer.data.sft import ANSWER_PREFIX, build_completion
-from cllmfs_trainer.inference.parse import (
-    PROBLEM_KINDS,
-    ParsedOutput,
-    ParseStats,
-    SpanMatch,
-    char_offsets,
-    entities_to_spans,
-    parse_output,
-    resolve_overlaps,
-)
+from cllmfs_trainer.inference.parse import ParseStats, SpanMatch, char_offsets, entities_to_spans, resolve_overlaps
 
 EMPTY = build_completion([])
 P = ANSWER_PREFIX

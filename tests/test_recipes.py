@@ -91,7 +91,7 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
         "auto_choices.json",  # read back by a resumed training instead of probing again
     } <= files
     run = json.loads((tmp_path / "cllmfs_run.json").read_text())
-    assert run["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
+    assert run["format"]["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
     assert run["end_penalty"] == 1.5 and run["one_type_per_span"] is True  # saved for prediction
     assert [t["label"] for t in run["train_types"]] == ["person"]
     assert run["train_types"][0]["description"]

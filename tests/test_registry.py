@@ -2,8 +2,8 @@ import pytest
 from helpers import SHARED_DATA
 
 from cllmfs_trainer.data import DataFormatError, get_dataset, load_types_file, read_conll
+from cllmfs_trainer.data.format import instruction
 from cllmfs_trainer.data.registry import dataset_keys
-from cllmfs_trainer.data.sft import instruction
 
 EXPECTED_TYPE_COUNTS = {"wnut17": 6, "conll2003": 4, "ontonotes5": 18, "gum": 11, "i2b2_2014": 23, "fewnerd": 66}
 # The NER prior's general-NER corpora (../shared/data/README.md)

@@ -1,8 +1,9 @@
 import pytest
 
 from cllmfs_trainer.data import Sentence, Span, build_samples, build_sft_dataset, get_dataset, tokenize_samples
+from cllmfs_trainer.data.format import IM_END, IM_START, build_completion, build_prompt
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import IGNORE_INDEX, IM_END, IM_START, build_completion, build_prompt
+from cllmfs_trainer.data.sft import IGNORE_INDEX
 
 PERSON = EntityType("PER", "person", "people, including fictional ones, named by their names")
 LOCATION = EntityType("LOC", "location", "named places such as countries, cities and mountains")

@@ -100,7 +100,7 @@ class TrainedMethod(Method):
         extra: dict[str, Any] = {"parse_stats": extractor.stats.as_dict()}
         extra["train_seconds"] = runner.train_seconds(run_dir)
         if runner.measures_support_fit(unit):
-            extra["support_fit"] = runner.support_fit(run_dir, support, train_types)
+            extra["support_fit"] = runner.support_fit(extractor, support, train_types)
         return predicted, extra
 
 

@@ -324,10 +324,19 @@ class Benchmark:
         model = load_model(self.config.model, dtype=self.config.predict_dtype)
         return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size)
 
-    def support_fit(self, run_dir: Path, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
-        """Span scores of the trained model on its own support set: did it at least learn what it was shown?"""
-        extractor = self.extractor(run_dir, train_types)
-        predicted = [p.spans for p in extractor.predict(support.sentences)]
+    @staticmethod
+    def support_fit(extractor: Any, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
+        """Span scores of a trained model on its own support set: did it at least learn what it was shown?
+
+        Args:
+            extractor (`EntityExtractor`):
+                The unit's extractor, loaded once for its query and its support set.
+            support (`SupportSet`):
+                The support set it was trained on.
+            train_types (`list[EntityType]`):
+                The types it was trained on (an INTER run: the source's).
+        """
+        predicted = [p.spans for p in extractor.predict(support.sentences, types=train_types)]
         scores = span_scores([s.spans for s in support.sentences], predicted)
         return {key: scores[key] for key in ("precision", "recall", "f1")}
 

@@ -1,5 +1,6 @@
 """The few-shot NER data path: read -> sample a support set -> build SFT samples -> tokenise -> collate."""
 
+from cllmfs_trainer.data.format import PROMPT_FORMAT, PromptFormat, build_completion, build_prompt
 from cllmfs_trainer.data.io import (
     Corpus,
     DataFormatError,
@@ -15,15 +16,7 @@ from cllmfs_trainer.data.io import (
 from cllmfs_trainer.data.readers import detect_format, read_examples
 from cllmfs_trainer.data.registry import EntityType, get_dataset, load_types_file, merge_types
 from cllmfs_trainer.data.sampling import FewShotTask, SupportSet, make_task, sample_support_set
-from cllmfs_trainer.data.sft import (
-    PROMPT_FORMAT,
-    SFTSample,
-    build_completion,
-    build_prompt,
-    build_samples,
-    build_sft_dataset,
-    tokenize_samples,
-)
+from cllmfs_trainer.data.sft import SFTSample, build_samples, build_sft_dataset, tokenize_samples
 from cllmfs_trainer.data.splitting import Chunk, merge_chunk_spans, split_sentence
 
 __all__ = [
@@ -33,6 +26,7 @@ __all__ = [
     "EntityType",
     "FewShotTask",
     "PROMPT_FORMAT",
+    "PromptFormat",
     "SFTSample",
     "Sentence",
     "Span",

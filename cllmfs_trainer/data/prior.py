@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cllmfs_trainer.data.format import ANSWER_FORMAT, PROMPT_FORMAT
 from cllmfs_trainer.data.io import Sentence
 from cllmfs_trainer.data.registry import DatasetInfo, EntityType, get_dataset
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, PROMPT_FORMAT, SFTSample, build_samples
+from cllmfs_trainer.data.sft import SFTSample, build_samples
 from cllmfs_trainer.errors import UserError
 
 # Few-NERD first: the largest corpus with the most fine types; then the corpora marked `prior_only` in the registry.

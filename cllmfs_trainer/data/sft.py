@@ -1,43 +1,7 @@
-"""Per-(sentence, entity type) SFT samples in the paper's format, and their tokenisation with `cl_labels`.
+"""Per-(sentence, entity type) SFT samples and their tokenisation with `cl_labels`.
 
-Prompt format 1 (the default; the paper fixes the instruction and the output, not the glue between them)::
-
-    Please extract the entity of person in the input sentence given below, the entity of person refers to ...
-    Input: Andrew Little met the press .
-    Output:
-
-Prompt format 2 puts the sentence first, so that all types' prompts of a sentence share it as a prefix (inference
-computes it once), and the queried type sits right before the answer::
-
-    Input: Andrew Little met the press .
-    Please extract the entity of person in the input sentence given above, the entity of person refers to ...
-    Output:
-
-The format is a training choice: a run folder records it and prediction builds its prompts the same way. So is
-`type_descriptions=False`, which asks for a type by its name alone ("Please extract the entity of person in the input
-sentence given below."): the description is most of the prompt's tokens, and so of the time of every sample and
-every prediction.
-
-and the completion (the paper's output format, entities in sentence order)::
-
-    <im_start> I can extract entities for you, the extracted entities are <<< Andrew Little >>> <im_end>
-
-A sentence without entities of the queried type gets the same sentence with no `<<< >>>` group::
-
-    <im_start> I can extract entities for you, the extracted entities are <im_end>
-
-Answer format `pointer` (ours, not the paper's) drops the opening `<<<`::
-
-    <im_start> I can extract entities for you, the extracted entities are Andrew Little >>> <im_end>
-
-With `<<<` first, the model must decide "an entity follows" before it points at one, and a small model learns that
-yes/no token last (`experiments/decision_probe.py`). Without it, the first answer token is the entity's own first
-word, copied from the sentence, or the start of `<im_end>`: deciding and pointing are one choice.
-
-Markers `<im_start>`, `<im_end>`, `<<<`, `>>>` are plain text, not added special tokens: nothing in the vocabulary or
-the embedding matrix changes, so a LoRA adapter stays small and works on any tokenizer (SmolLM2's byte-level BPE and
-LLaMA-2's SentencePiece alike). Generation stops at the EOS token that follows `<im_end>` in every training sample,
-and `<im_end>` itself can serve as a stop string.
+The text of each sample, its prompt and its completion, is written by `cllmfs_trainer.data.format` (`PromptFormat`);
+see [method.md](../../docs/method.md) for the samples and `cl_labels`.
 """
 
 from __future__ import annotations
@@ -47,101 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cllmfs_trainer.data.format import (
+    ANSWER_FORMAT,
+    PROMPT_FORMAT,
+    build_completion,
+    check_answer_format,
+    prompt_parts,
+)
 from cllmfs_trainer.data.io import Sentence
 from cllmfs_trainer.data.registry import EntityType
 
 logger = logging.getLogger(__name__)
 
-PROMPT_FORMAT = 1  # the default format
-IM_START, IM_END, OPEN, CLOSE = "<im_start>", "<im_end>", "<<<", ">>>"
-ANSWER_FORMAT = "marked"  # the paper's ` <<< X >>>` groups
-ANSWER_FORMATS = ("marked", "pointer")  # pointer: ` X >>>`, no opening marker
-INSTRUCTION = (
-    "Please extract the entity of {name} in the input sentence given {where}, "
-    "the entity of {name} refers to {description}."
-)
-INSTRUCTION_BY_NAME = "Please extract the entity of {name} in the input sentence given {where}."
-# format -> (prompt template, where the instruction says the sentence is)
-PROMPT_FORMATS = {
-    1: ("{instruction}\nInput: {sentence}\nOutput:\n", "below"),
-    2: ("Input: {sentence}\n{instruction}\nOutput:\n", "above"),
-}
-ANSWER_PREFIX = f"{IM_START} I can extract entities for you, the extracted entities are"
 IGNORE_INDEX = -100
-
-
-def check_prompt_format(prompt_format: int) -> int:
-    """Return `prompt_format` if it is a known format, else raise a `ValueError` listing the known ones."""
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(
-            f"unknown prompt_format {prompt_format!r}; known: {sorted(PROMPT_FORMATS)} "
-            "(1: instruction first, 2: sentence first)"
-        )
-    return prompt_format
-
-
-def check_answer_format(answer_format: str) -> str:
-    """Return `answer_format` if it is a known format, else raise a `ValueError` listing the known ones."""
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(
-            f"unknown answer_format {answer_format!r}; known: {list(ANSWER_FORMATS)} "
-            "(marked: ' <<< X >>>' groups, as the paper; pointer: ' X >>>', no opening marker)"
-        )
-    return answer_format
-
-
-def open_marker(answer_format: str = ANSWER_FORMAT) -> str:
-    """The text that opens an entity group: `<<<`, or nothing in the `pointer` format."""
-    return OPEN if check_answer_format(answer_format) == "marked" else ""
-
-
-def instruction(entity_type: EntityType, prompt_format: int = PROMPT_FORMAT, type_descriptions: bool = True) -> str:
-    """The paper's Appendix A instruction for one type ("given above" when the sentence comes first); without its
-    description clause if `type_descriptions` is false."""
-    where = PROMPT_FORMATS[check_prompt_format(prompt_format)][1]
-    template = INSTRUCTION if type_descriptions else INSTRUCTION_BY_NAME
-    return template.format(name=entity_type.name, description=entity_type.description, where=where)
-
-
-def _prompt_parts(entity_type: EntityType, prompt_format: int, type_descriptions: bool = True) -> tuple[str, str]:
-    """The prompt text before and after the sentence."""
-    template = PROMPT_FORMATS[check_prompt_format(prompt_format)][0]
-    before, after = template.split("{sentence}")
-    text = instruction(entity_type, prompt_format, type_descriptions)
-    return before.format(instruction=text), after.format(instruction=text)
-
-
-def build_prompt(
-    sentence_text: str, entity_type: EntityType, prompt_format: int = PROMPT_FORMAT, type_descriptions: bool = True
-) -> str:
-    """Prompt for one (sentence, type) pair; the sentence is the tokens joined by single spaces.
-
-    Args:
-        sentence_text (`str`):
-            The sentence.
-        entity_type (`EntityType`):
-            The queried type.
-        prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
-            1 (instruction first) or 2 (sentence first); see the module docstring.
-        type_descriptions (`bool`, *optional*, defaults to `True`):
-            Whether the instruction gives the type's description (the paper) or its name alone.
-    """
-    before, after = _prompt_parts(entity_type, prompt_format, type_descriptions)
-    return before + sentence_text + after
-
-
-def build_completion(entities: Sequence[str], answer_format: str = ANSWER_FORMAT) -> str:
-    """The target output for the given entity strings (in sentence order); no entities gives the empty form.
-
-    Args:
-        entities (`Sequence[str]`):
-            The entity strings.
-        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
-            `marked` (` <<< X >>>` groups) or `pointer` (` X >>>`); see the module docstring.
-    """
-    opening = f" {OPEN}" if open_marker(answer_format) else ""
-    groups = "".join(f"{opening} {entity} {CLOSE}" for entity in entities)
-    return f"{ANSWER_PREFIX}{groups} {IM_END}"
 
 
 @dataclass
@@ -212,7 +94,7 @@ def build_samples(
             if s.type in type_ids
         ]
         for type_id, entity_type in enumerate(types, start=1):
-            before, after = _prompt_parts(entity_type, prompt_format, type_descriptions)
+            before, after = prompt_parts(entity_type, prompt_format, type_descriptions)
             prompt, start = before + text + after, len(before)
             spans = [s for s in sentence.spans if s.type == entity_type.label]
             samples.append(

@@ -12,6 +12,7 @@ from cllmfs_trainer.data.registry import get_dataset
 from cllmfs_trainer.data.sampling import query_subset
 from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores, string_scores
 from cllmfs_trainer.files import atomic_write_text
+from cllmfs_trainer.inference.parse import ParseStats
 from cllmfs_trainer.run_folder import RunFolder
 
 
@@ -47,7 +48,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Predict a split of each dataset with a trained run folder and score it; writes `metrics.json` there.
 
-    Each dataset is asked with its own types (for an INTER run: the target's types, not the source's).
+    The model is loaded (and an adapter merged) once; each dataset is asked with its own types (for an INTER run: the
+    target's types, not the source's).
 
     Args:
         run_dir (`str` or `Path`):
@@ -76,11 +78,12 @@ def evaluate_run(
     from cllmfs_trainer.inference.generate import EntityExtractor
 
     results: dict[str, Any] = {}
+    extractor = EntityExtractor.from_run(run_dir, batch_size=batch_size, dtype=dtype)
     for name in datasets:
         dataset = get_dataset(name)
         query = query_subset(dataset.load(split, data_dir).sentences, query_size, query_seed)
-        extractor = EntityExtractor.from_run(run_dir, types=dataset.types, batch_size=batch_size, dtype=dtype)
-        predicted = [p.spans for p in extractor.predict(query, progress=True)]
+        extractor.stats = ParseStats()  # each dataset's own counts
+        predicted = [p.spans for p in extractor.predict(query, progress=True, types=dataset.types)]
         results[name] = {
             "split": split,
             "query_size": len(query),

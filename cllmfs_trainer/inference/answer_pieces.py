@@ -1,6 +1,6 @@
 """The pieces of an answer and their tokens: what the constraint may let the model write, read off the tokenizer.
 
-An answer (`cllmfs_trainer.data.sft.build_completion`) is the answer prefix, then ` <<<`, ` RUN`, ` >>>` for each
+An answer (`cllmfs_trainer.data.format.build_completion`) is the answer prefix, then ` <<<`, ` RUN`, ` >>>` for each
 entity (` RUN`, ` >>>` in the `pointer` answer format), then ` <im_end>`. The constraint works on token ids, so it
 must know which token sequences the model learnt for each of these pieces. We take them from the tokenizer itself, in
 context: full completions are tokenised exactly as in training (`add_special_tokens=False`) and cut into pieces with
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_PREFIX, CLOSE, IM_END, OPEN, build_completion, open_marker
+from cllmfs_trainer.data.format import ANSWER_FORMAT, ANSWER_PREFIX, CLOSE, IM_END, OPEN, build_completion, open_marker
 
 DEFAULT_MAX_ENTITY_WORDS = 10
 # Any word does for the template probe: pre-tokenisation splits at the spaces around it.

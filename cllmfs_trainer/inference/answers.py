@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from transformers import LogitsProcessorList
 
-from cllmfs_trainer.data.sft import IM_END
+from cllmfs_trainer.data.format import IM_END
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length

@@ -1,7 +1,7 @@
 """Constrained decoding: the model may only write the answer template, and between `<<<` and `>>>` only a contiguous
 run of the input sentence's words.
 
-The allowed answers are (see `cllmfs_trainer.data.sft.build_completion`)::
+The allowed answers are (see `cllmfs_trainer.data.format.build_completion`)::
 
     ANSWER_PREFIX ( " <<<" " RUN" " >>>" )* " <im_end>" EOS      (answer format `marked`, the paper's)
     ANSWER_PREFIX ( " RUN" " >>>" )* " <im_end>" EOS              (answer format `pointer`)
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, build_completion
+from cllmfs_trainer.data.format import ANSWER_FORMAT, build_completion
 from cllmfs_trainer.inference.answer_pieces import (  # noqa: F401 (some are re-exported: users import them here)
     DEFAULT_MAX_ENTITY_WORDS,
     RUN,

@@ -19,22 +19,23 @@ from typing import Any, overload
 
 import torch
 
-from cllmfs_trainer.data.io import Sentence, Span
-from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.sft import (
+from cllmfs_trainer.data.format import (
     ANSWER_FORMAT,
     PROMPT_FORMAT,
     build_prompt,
     check_answer_format,
     check_prompt_format,
+    parse_output,
 )
+from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (Job: users import it here)
 from cllmfs_trainer.inference.constraints import CompletionTemplate, build_automata
 from cllmfs_trainer.inference.extract import Entity, TypesArgument
 from cllmfs_trainer.inference.greedy import is_plain_greedy
-from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans, parse_output
+from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans
 from cllmfs_trainer.inference.scores import group_scores
 from cllmfs_trainer.models import load_model, load_tokenizer, precision
 from cllmfs_trainer.models.loading import check_model_reference
@@ -104,7 +105,7 @@ class EntityExtractor(AnswerBatcher):
         prefill_answer (`bool`, *optional*, defaults to `True`):
             With `constrained`, feed the forced answer prefix with the prompt instead of generating it.
         prompt_format (`int`, *optional*, defaults to `PROMPT_FORMAT`):
-            The prompt format the model was trained with (`cllmfs_trainer.data.sft.PROMPT_FORMATS`).
+            The prompt format the model was trained with (`cllmfs_trainer.data.format.PROMPT_FORMATS`).
         answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
             The answer format the model was trained with: `marked` (` <<< X >>>`) or `pointer` (` X >>>`).
         type_descriptions (`bool`, *optional*, defaults to `True`):

@@ -1,163 +1,20 @@
-"""Turning generated answers back into entity spans.
+"""Generated answers onto the sentence: entity strings to token spans, tokens to character offsets, and one
+non-overlapping set of spans per sentence.
 
-The model is trained to answer (see `cllmfs_trainer.data.sft.build_completion`)::
-
-    <im_start> I can extract entities for you, the extracted entities are <<< Andrew Little >>> <<< Bo >>> <im_end>
-
-and, with no entity of the queried type, the same sentence with no `<<< >>>` group. At prediction time the answer is
-decoded with `skip_special_tokens=True`, so it may start with whitespace, may be cut before `<im_end>` by
-`max_new_tokens`, and an unconstrained or badly trained model may write anything. `parse_output` never raises; it
-returns what it could read plus the kinds of problems it met, so that a run can report how often the model strays.
-
-Parsing policy:
-
-- Everything after the first `<im_end>` is ignored. A missing `<im_end>` is the problem `no_end`; complete groups
-  before the cut still count.
-- The answer prefix is matched with any whitespace between its words. Missing, it is the problem `no_prefix`, and
-  the whole answer is still read for groups. Text before a prefix found later in the answer is
-  `text_outside_markers`.
-- A complete `<<< X >>>` group yields X with its whitespace normalised (split, joined by single spaces). An empty X
-  yields nothing and is the problem `empty_entity`.
-- A `<<<` without a matching `>>>` yields nothing and is the problem `unbalanced`; so is a `>>>` that closes no group.
-  A second `<<<` before the first is closed abandons the first group (the `>>>` belongs to the nearer `<<<`).
-- Any other non-whitespace text outside the groups is `text_outside_markers`; the groups still count.
-- When the answer was cut (no `<im_end>`), a trailing fragment of a marker (`<im_`, `<<`, or a prefix cut mid-way)
-  is what the cut left behind, not extra text: it adds nothing beyond `no_end` (and `no_prefix` for a cut prefix).
-
-In the `pointer` answer format (` X >>>`, no opening marker) every stretch of text that a `>>>` closes is an entity;
-text left before `<im_end>` without its `>>>` yields nothing and is `unbalanced` (when the answer was cut, a trailing
-fragment of `<im_end>` adds nothing beyond `no_end`, and an unclosed entity is `unbalanced` as above).
-
-Markers are found as substrings, so `<<<Bo>>>` without spaces still reads as `Bo`. The price: an entity whose own text
-contains `<<<`, `>>>` or `<im_end>` cannot be read back (no such token occurs in the shipped WNUT'17 data).
-
-`entities_to_spans` then maps the entity strings onto the sentence's tokens, and `resolve_overlaps` merges the
-per-type predictions of a sentence into one non-overlapping set for BIO export.
+Reading the entity strings out of an answer is `cllmfs_trainer.data.format.parse_output` (`PromptFormat.parse`), beside
+the code that writes the answers. `entities_to_spans` then maps the entity strings onto the sentence's tokens,
+`char_offsets` finds each token in the raw text, and `resolve_overlaps` merges the per-type predictions of a sentence
+into one non-overlapping set for BIO export.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cllmfs_trainer.data.format import PROBLEM_KINDS, ParsedOutput
 from cllmfs_trainer.data.io import Span
-from cllmfs_trainer.data.sft import ANSWER_FORMAT, ANSWER_PREFIX, CLOSE, IM_END, OPEN, check_answer_format
-
-# Problem kinds, in the order `ParsedOutput.problems` lists them.
-NO_PREFIX, NO_END, UNBALANCED, EMPTY_ENTITY, TEXT_OUTSIDE = (
-    "no_prefix",
-    "no_end",
-    "unbalanced",
-    "empty_entity",
-    "text_outside_markers",
-)
-PROBLEM_KINDS = (NO_PREFIX, NO_END, UNBALANCED, EMPTY_ENTITY, TEXT_OUTSIDE)
-
-# Tokenizers may decode the prefix with other whitespace (a newline, two spaces); its words are what matter.
-_PREFIX_RE = re.compile(r"\s+".join(re.escape(word) for word in ANSWER_PREFIX.split()))
-_MARKER_RE = re.compile(f"({re.escape(OPEN)}|{re.escape(CLOSE)})")
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _is_cut_marker(fragment: str, marker: str) -> bool:
-    """Whether `fragment` is a non-empty proper beginning of `marker` (up to whitespace): a marker cut by the limit."""
-    fragment, marker = _normalise(fragment), _normalise(marker)
-    return bool(fragment) and fragment != marker and marker.startswith(fragment)
-
-
-@dataclass
-class ParsedOutput:
-    """What `parse_output` read from one generated answer.
-
-    Args:
-        entities (`list[str]`, *optional*, defaults to `[]`):
-            Entity strings in output order, whitespace-normalised, repeats kept.
-        problems (`list[str]`, *optional*, defaults to `[]`):
-            Problem kinds found (each at most once, in the order of `PROBLEM_KINDS`); `[]` for a clean answer.
-    """
-
-    entities: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def parse_output(text: str, answer_format: str = ANSWER_FORMAT) -> ParsedOutput:
-    """Read the entity strings out of one generated answer; never raises on the text (see the module docstring for the
-    policy).
-
-    Args:
-        text (`str`):
-            The decoded generation (prompt excluded).
-        answer_format (`str`, *optional*, defaults to `ANSWER_FORMAT`):
-            `marked` (` <<< X >>>` groups) or `pointer` (` X >>>`): the format the model was trained on.
-
-    Returns:
-        `ParsedOutput`: the entities and the kinds of problems met.
-    """
-    found: set[str] = set()
-    end = text.find(IM_END)
-    cut = end < 0
-    if cut:
-        found.add(NO_END)
-    else:
-        text = text[:end]
-
-    prefix = _PREFIX_RE.search(text)
-    if prefix is None:
-        found.add(NO_PREFIX)
-        body = text
-        if cut and _is_cut_marker(body, ANSWER_PREFIX):
-            body = ""
-    else:
-        if text[: prefix.start()].strip():
-            found.add(TEXT_OUTSIDE)
-        body = text[prefix.end() :]
-
-    if check_answer_format(answer_format) == "pointer":
-        return _parse_pointer(body, cut, found)
-    entities: list[str] = []
-    pieces = _MARKER_RE.split(body)  # text, marker, text, marker, ..., text
-    open_group: str | None = None  # the text of the group being read, once a `<<<` has been seen
-    for index, piece in enumerate(pieces):
-        if piece == OPEN:
-            if open_group is not None:
-                found.add(UNBALANCED)
-            open_group = ""
-        elif piece == CLOSE:
-            if open_group is None:
-                found.add(UNBALANCED)
-            elif _normalise(open_group):
-                entities.append(_normalise(open_group))
-            else:
-                found.add(EMPTY_ENTITY)
-            open_group = None
-        elif open_group is not None:
-            open_group = piece
-        elif piece.strip():
-            is_last = index == len(pieces) - 1
-            if not (cut and is_last and (_is_cut_marker(piece, IM_END) or _is_cut_marker(piece, OPEN))):
-                found.add(TEXT_OUTSIDE)
-    if open_group is not None:
-        found.add(UNBALANCED)
-    return ParsedOutput(entities, [kind for kind in PROBLEM_KINDS if kind in found])
-
-
-def _parse_pointer(body: str, cut: bool, found: set[str]) -> ParsedOutput:
-    """The `pointer` format's groups: every stretch of `body` that a `>>>` closes."""
-    *groups, tail = body.split(CLOSE)
-    entities = []
-    for group in groups:
-        if _normalise(group):
-            entities.append(_normalise(group))
-        else:
-            found.add(EMPTY_ENTITY)
-    if tail.strip() and not (cut and _is_cut_marker(tail, IM_END)):
-        found.add(UNBALANCED)
-    return ParsedOutput(entities, [kind for kind in PROBLEM_KINDS if kind in found])
 
 
 @dataclass

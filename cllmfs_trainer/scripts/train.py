@@ -28,6 +28,7 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
+from cllmfs_trainer.data.format import ANSWER_FORMATS, PROMPT_FORMATS
 from cllmfs_trainer.data.prior import (
     PRIOR_MIX,
     build_prior_samples,
@@ -37,7 +38,7 @@ from cllmfs_trainer.data.prior import (
     prior_type_ids,
     prior_types,
 )
-from cllmfs_trainer.data.sft import ANSWER_FORMATS, PROMPT_FORMATS, samples_to_dataset
+from cllmfs_trainer.data.sft import samples_to_dataset
 from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.files import check_input_file, check_output_dir
