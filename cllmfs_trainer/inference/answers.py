@@ -35,7 +35,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from cllmfs_trainer.data.format import IM_END
-from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor, build_automata
+from cllmfs_trainer.inference.automaton import build_automata
+from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
 

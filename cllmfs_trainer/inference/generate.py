@@ -31,8 +31,9 @@ from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.inference.answer_pieces import CompletionTemplate
 from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (Job: users import it here)
-from cllmfs_trainer.inference.constraints import CompletionTemplate, build_automata
+from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.extract import Entity, TypesArgument
 from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans

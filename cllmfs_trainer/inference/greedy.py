@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from cllmfs_trainer.inference.constraints import EntityAutomaton, mask_to_allowed, penalise_ending
+from cllmfs_trainer.inference.automaton import EntityAutomaton
+from cllmfs_trainer.inference.constraints import mask_to_allowed, penalise_ending
 from cllmfs_trainer.inference.prefix_cache import cache_argument, last_logits_only
 
 _GREEDY_DEFAULTS = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cllmfs_trainer.inference.constraints import EntityAutomaton
+from cllmfs_trainer.inference.automaton import EntityAutomaton
 
 
 def group_scores(
