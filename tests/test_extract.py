@@ -1,10 +1,14 @@
 """`EntityExtractor.extract`: raw texts in, `Entity(start, end, type, text, score)` out; types per call; scores from
 the constrained decoding, checked against one unpadded forward pass; thresholds; nothing cut without a warning."""
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
+from helpers import REPO
 
 from cllmfs_trainer.data import Sentence
 from cllmfs_trainer.data.format import build_prompt, parse_output
@@ -154,3 +158,15 @@ def test_scores_equal_the_constrained_probabilities_of_one_unpadded_pass(extract
     placed = entities_to_spans(sentence.tokens, entities, "person").placed
     expected = {span: score for span, score in zip(placed, scores) if span is not None}
     assert prediction.spans == sorted(expected) and prediction.scores == pytest.approx(expected, rel=1e-3)
+
+
+def test_score_cost_benchmark_runs_and_finds_the_same_spans(tiny_run_inputs, tmp_path):
+    out = tmp_path / "scores.json"
+    model = str(tiny_run_inputs / "model")
+    command = [sys.executable, str(REPO / "bench" / "scores.py"), "--model", model, "--sentences", "2"]
+    subprocess.run(
+        [*command, "--rounds", "2", "--end-penalty", "8", "--out", str(out)], check=True, capture_output=True
+    )
+    result = json.loads(out.read_text())
+    assert result["same_spans"] and result["entities"] > 0 and result["prompts"] == 2 * 6
+    assert len(result["seconds"]["scored"]) == len(result["seconds"]["unscored"]) == 2

@@ -125,16 +125,11 @@ def constrained_greedy(
         if first_odds is not None and not generated[active[0]]:  # the first step: every row is still active
             first_odds.extend(_log_odds(logits, automata, states, allowed))
         scores = mask_to_allowed(logits, allowed)
-        # The constrained distribution's normaliser, taken before the penalty so that scores stay the model's own.
-        normaliser = scores.float().logsumexp(dim=-1) if token_logprobs is not None else None
         if end_penalty:  # the default 0 costs nothing per step
             rows_automata, rows_states = [automata[row] for row in active], [states[row] for row in active]
             scores = penalise_ending(scores, rows_automata, rows_states, end_penalty)
         choices = scores.argmax(dim=-1).tolist()
-        chosen_logprobs = None
-        if normaliser is not None:
-            chosen = torch.tensor(choices, device=logits.device)[:, None]
-            chosen_logprobs = (logits.float().gather(1, chosen)[:, 0] - normaliser).tolist()
+        chosen_logprobs = None if token_logprobs is None else _constrained_logprobs(logits, allowed, choices)
         keep = []
         for index, (row, token) in enumerate(zip(active, choices)):
             automaton = automata[row]
@@ -162,6 +157,23 @@ def constrained_greedy(
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         step_positions = step_positions[:, -1:] + 1
     return generated
+
+
+def _constrained_logprobs(logits: torch.Tensor, allowed: Sequence[torch.Tensor], choices: Sequence[int]) -> list[float]:
+    """Per row: the chosen token's log-probability among the row's allowed tokens, from the unpenalised logits.
+
+    The normaliser is a log-sum-exp over the allowed entries alone (a few dozen per row), gathered in one indexed
+    read, rather than over the vocabulary: on SmolLM2's 49k tokens and 32 rows that is a tenth of a millisecond per
+    step instead of several.
+    """
+    device = logits.device
+    counts = torch.tensor([ids.numel() for ids in allowed])
+    rows = torch.repeat_interleave(torch.arange(len(allowed)), counts).to(device)
+    values = logits[rows, torch.cat(list(allowed)).to(device)].float()
+    peak = torch.full((len(allowed),), float("-inf"), device=device).scatter_reduce(0, rows, values, "amax")
+    total = torch.zeros(len(allowed), device=device).index_add(0, rows, (values - peak[rows]).exp())
+    chosen = logits[torch.arange(len(allowed), device=device), torch.tensor(choices, device=device)].float()
+    return (chosen - peak - total.log()).tolist()
 
 
 def _log_odds(
