@@ -148,7 +148,7 @@ def extract_entities(
             long,
             extractor.max_sentence_words,
         )
-    cut_before = extractor.stats.problems["no_end"]
+    answers_before, cut_before = extractor.stats.outputs, extractor.stats.problems["no_end"]
     predictions = extractor.predict(sentences, progress=progress, types=selected)
     cut = extractor.stats.problems["no_end"] - cut_before
     if cut:
@@ -156,7 +156,7 @@ def extract_entities(
             "%d of %d answers reached max_new_tokens=%d before their end; entities after the cut are missing "
             "(raise max_new_tokens)",
             cut,
-            len(sentences) * len(selected),
+            extractor.stats.outputs - answers_before,
             extractor.max_new_tokens,
         )
     found: list[list[Entity]] = [[] for _ in texts]
