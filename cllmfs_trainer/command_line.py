@@ -14,6 +14,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.errors import UsageError, UserError
@@ -113,3 +114,35 @@ def run_entry_point(
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+# --- argparse types shared by the commands -----------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count, a size or a budget of 0 or less would silently do nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def existing_dir(text: str) -> str:
+    """argparse type: a folder that exists."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    return text

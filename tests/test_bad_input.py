@@ -310,9 +310,9 @@ def test_predict_reads_cr_lines_and_drops_a_bom(tmp_path):
     source = tmp_path / "in.txt"
     source.write_bytes("\ufeffAnn met Bo\rZo left\r\rlast\u2028part".encode())  # U+2028 does not end a line
     args = argparse.Namespace(text=None, dataset=None, input=str(source), limit=None)
-    assert cli._read_texts(args) == ["Ann met Bo", "Zo left", "", "last\u2028part"]
+    assert cli.predict.read_texts(args) == ["Ann met Bo", "Zo left", "", "last\u2028part"]
     args.limit = 1
-    assert cli._read_texts(args) == ["Ann met Bo"]
+    assert cli.predict.read_texts(args) == ["Ann met Bo"]
 
 
 def test_model_refuses_a_file_that_is_not_gguf(tmp_path, capsys):

@@ -68,7 +68,7 @@ def test_prepare_excerpt_is_the_real_summary(smollm2_tokenizer, tmp_path):
     """The quickstart's `cllmfs prepare` lines are what the command prints."""
     import argparse
 
-    from cllmfs_trainer.cli import prepare
+    from cllmfs_trainer.cli.prepare import prepare
 
     text = README.read_text(encoding="utf-8")
     command = re.search(r"^cllmfs prepare (.*)$", text, re.M).group(1).split()
