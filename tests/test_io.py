@@ -4,8 +4,9 @@ import pytest
 from helpers import shared_dataset
 
 from cllmfs_trainer.data import DataFormatError, Sentence, Span, read_conll, read_jsonl, write_bio, write_jsonl
-from cllmfs_trainer.data.io import from_hf_dataset, tags_to_spans
+from cllmfs_trainer.data.io import from_hf_dataset
 from cllmfs_trainer.data.registry import SHIPPED_DATA
+from cllmfs_trainer.data.tags import tags_to_spans
 
 
 def write(tmp_path, text, name="data.txt", encoding="utf-8"):

@@ -12,8 +12,8 @@ from seqeval.scheme import IOB2
 
 import cllmfs_trainer.evaluation.metrics as metrics_module
 from cllmfs_trainer.data import Sentence, Span, read_conll
-from cllmfs_trainer.data.io import tags_to_spans
 from cllmfs_trainer.data.registry import SHIPPED_DATA
+from cllmfs_trainer.data.tags import tags_to_spans
 from cllmfs_trainer.evaluation.metrics import bio_span_scores, error_breakdown, span_scores, string_scores
 
 SPAN_F1_DIR = Path(metrics_module.__file__).parent / "span_f1"

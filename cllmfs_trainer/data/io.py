@@ -5,7 +5,8 @@ exclusive. Tag schemes (BIO, IOB1, BIOES) exist only at the file boundary; insid
 
 Bad input raises `DataFormatError` naming the file and line. The one repair we make is the usual one for BIO data: an
 `I-X` that does not continue an `X` entity starts a new entity. Repairs are counted on the returned `Corpus` and
-logged, so nothing changes silently.
+logged, so nothing changes silently. The types live in `cllmfs_trainer.data.sentence`, the tag schemes in
+`cllmfs_trainer.data.tags`.
 """
 
 from __future__ import annotations
@@ -13,218 +14,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from cllmfs_trainer.data.sentence import Corpus, Sentence, Span
+from cllmfs_trainer.data.tags import check_scheme, decode_sentence, report_repairs, validate_tags
 from cllmfs_trainer.errors import DataFormatError
 from cllmfs_trainer.files import atomic_open, atomic_write_text, control_character, iter_text_lines
 
 logger = logging.getLogger(__name__)
-
-SCHEMES = ("auto", "bio", "iob1", "bioes")
-# Prefixes allowed per scheme. BIOES is also written IOBES, BILOU (L = E, U = S); we accept those letters too.
-_PREFIXES = {"bio": set("BI"), "iob1": set("BI"), "bioes": set("BIESLU")}
-
-
-class Span(NamedTuple):
-    """A gold or predicted entity over token indices `[start, end)`."""
-
-    start: int
-    end: int
-    type: str
-
-
-@dataclass
-class Sentence:
-    """One tokenised sentence with flat entity spans.
-
-    Args:
-        tokens (`list[str]`):
-            The words, in order. The sentence text is the tokens joined by single spaces.
-        spans (`list[Span]`, *optional*, defaults to `[]`):
-            Entities as `Span(start, end, type)` over token indices, end exclusive, sorted and non-overlapping.
-        id (`str`, *optional*, defaults to `""`):
-            Where the sentence came from, e.g. `train.txt:118` or `wnut_17/train:42`.
-    """
-
-    tokens: list[str]
-    spans: list[Span] = field(default_factory=list)
-    id: str = ""
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.tokens)
-
-    def token_char_offsets(self) -> list[tuple[int, int]]:
-        """Character `(start, end)` of every token in `self.text`."""
-        offsets, pos = [], 0
-        for token in self.tokens:
-            offsets.append((pos, pos + len(token)))
-            pos += len(token) + 1
-        return offsets
-
-    def span_text(self, span: Span) -> str:
-        return " ".join(self.tokens[span.start : span.end])
-
-    def to_bio(self) -> list[str]:
-        tags = ["O"] * len(self.tokens)
-        for start, end, etype in self.spans:
-            tags[start] = f"B-{etype}"
-            for i in range(start + 1, end):
-                tags[i] = f"I-{etype}"
-        return tags
-
-    def types(self) -> set[str]:
-        return {span.type for span in self.spans}
-
-    def restrict_types(self, keep: Iterable[str]) -> Sentence:
-        """A copy whose spans of types outside `keep` are dropped (they become O, as in N-way episodes)."""
-        keep = set(keep)
-        return Sentence(list(self.tokens), [s for s in self.spans if s.type in keep], self.id)
-
-
-@dataclass
-class Corpus:
-    """Sentences read from one source, with what the reader had to repair.
-
-    Args:
-        sentences (`list[Sentence]`):
-            The sentences, in file order.
-        source (`str`, *optional*, defaults to `""`):
-            The file path or dataset name they came from.
-        repairs (`list[tuple[str, str]]`, *optional*, defaults to `[]`):
-            `(location, tag)` of every `I-` tag that did not continue an entity and was read as a start.
-    """
-
-    sentences: list[Sentence]
-    source: str = ""
-    repairs: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.sentences)
-
-    def __iter__(self) -> Iterator[Sentence]:
-        return iter(self.sentences)
-
-    def __getitem__(self, index: int) -> Sentence:
-        return self.sentences[index]
-
-    def types(self) -> list[str]:
-        """Entity types present, sorted."""
-        return sorted({span.type for sentence in self.sentences for span in sentence.spans})
-
-
-def tags_to_spans(tags: Sequence[str], scheme: str = "bio") -> tuple[list[Span], list[int]]:
-    """Decode one sentence's tags into spans.
-
-    Args:
-        tags (`Sequence[str]`):
-            One tag per token, already validated by `split_tag`.
-        scheme (`str`, *optional*, defaults to `"bio"`):
-            `bio`, `iob1` or `bioes`.
-
-    Returns:
-        `tuple[list[Span], list[int]]`: the spans, and the indices of tags that had to be repaired (an `I-`/`E-` tag
-        that continues no entity of its type starts a new one). In IOB1 such a tag is the normal way to start an entity,
-        so it is not a repair there.
-    """
-    spans: list[Span] = []
-    repaired: list[int] = []
-    start, current = None, None  # open entity
-
-    def close(end: int) -> None:
-        nonlocal start, current
-        if current is not None:
-            spans.append(Span(start, end, current))
-        start, current = None, None
-
-    for i, tag in enumerate(tags):
-        prefix, etype = split_tag(tag)
-        prefix = {"L": "E", "U": "S"}.get(prefix, prefix)
-        if prefix == "O":
-            close(i)
-        elif prefix in ("B", "S"):
-            close(i)
-            start, current = i, etype
-        elif current != etype:  # I-/E- that continues nothing of its type
-            if scheme != "iob1":
-                repaired.append(i)
-            close(i)
-            start, current = i, etype
-        if prefix in ("S", "E") and current is not None:
-            close(i + 1)
-    close(len(tags))
-    return spans, repaired
-
-
-def split_tag(tag: str) -> tuple[str, str]:
-    """`B-location-GPE` -> (`B`, `location-GPE`); `O` -> (`O`, ``). Type names may contain `-` and `/`."""
-    if tag == "O":
-        return "O", ""
-    if len(tag) < 3 or tag[1] != "-":
-        raise ValueError(f"tag {tag!r} is neither 'O' nor '<prefix>-<type>'")
-    etype = tag[2:]
-    if any(ch.isspace() for ch in etype) or control_character(etype):
-        raise ValueError(f"tag {tag!r} has whitespace or a control character in its type {etype!r}")
-    return tag[0], etype
-
-
-def _detect_scheme(prefixes: set[str]) -> str:
-    return "bioes" if prefixes & set("ESLU") else "bio"
-
-
-def _check_scheme(scheme: str) -> None:
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown tag scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
-
-
-def _decode_sentence(
-    tokens: list[str], tags: list[str], locations: list[str], scheme: str, sentence_id: str, repairs: list
-) -> Sentence:
-    spans, repaired = tags_to_spans(tags, scheme)
-    repairs.extend((locations[i], tags[i]) for i in repaired)
-    return Sentence(tokens, spans, sentence_id)
-
-
-def _validate_tags(tags: list[str], locations: list[str], scheme: str) -> str:
-    """Check every tag against the scheme (detecting it when `auto`); returns the concrete scheme."""
-    prefixes: dict[str, str] = {}
-    for tag, where in zip(tags, locations):
-        try:
-            prefix, _ = split_tag(tag)
-        except ValueError as err:
-            raise DataFormatError(f"{where}: {err}; expected BIO, IOB1 or BIOES tags such as B-PER") from None
-        prefixes.setdefault(prefix, where)
-    unknown = sorted(set(prefixes) - _PREFIXES["bioes"] - {"O"})
-    if unknown:
-        raise DataFormatError(
-            f"{prefixes[unknown[0]]}: tag prefix {unknown[0]!r} belongs to no known tag scheme; "
-            "expected O, B-, I- (BIO, IOB1) or also E-, S-, L-, U- (BIOES)"
-        )
-    if scheme == "auto":
-        scheme = _detect_scheme(set(prefixes))
-    bad = set(prefixes) - _PREFIXES[scheme] - {"O"}
-    if bad:
-        prefix = sorted(bad)[0]
-        raise DataFormatError(
-            f"{prefixes[prefix]}: tag prefix {prefix!r} is not part of the {scheme.upper()} scheme; "
-            f"pass the right scheme (one of {', '.join(SCHEMES[1:])})"
-        )
-    return scheme
-
-
-def _report_repairs(corpus: Corpus) -> Corpus:
-    if corpus.repairs:
-        first_where, first_tag = corpus.repairs[0]
-        logger.warning(
-            "%s: %d I- tag(s) continued no entity and were read as entity starts (first: %s at %s)",
-            corpus.source,
-            len(corpus.repairs),
-            first_tag,
-            first_where,
-        )
-    return corpus
 
 
 def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -265,7 +63,7 @@ def read_conll(path: str | Path, scheme: str = "auto", allow_empty: bool = True)
         `DataFormatError`: naming `path:line` for non-UTF-8 bytes, a missing tag, a control character in a token or tag,
             or a tag outside the scheme; naming `path` for a file without sentences when `allow_empty` is False.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     path = Path(path)
     rows: list[tuple[list[str], list[str], list[str], int]] = []  # tokens, tags, locations, first line
     tokens, tags, where = [], [], []
@@ -295,12 +93,12 @@ def read_conll(path: str | Path, scheme: str = "auto", allow_empty: bool = True)
 
     all_tags = [t for row in rows for t in row[1]]
     all_where = [w for row in rows for w in row[2]]
-    concrete = _validate_tags(all_tags, all_where, scheme)
+    concrete = validate_tags(all_tags, all_where, scheme)
     corpus = Corpus([], str(path))
     for toks, tgs, locs, first_line in rows:
         sentence_id = f"{path.name}:{first_line}"
-        corpus.sentences.append(_decode_sentence(toks, tgs, locs, concrete, sentence_id, corpus.repairs))
-    return _check_not_empty(_report_repairs(corpus), allow_empty)
+        corpus.sentences.append(decode_sentence(toks, tgs, locs, concrete, sentence_id, corpus.repairs))
+    return _check_not_empty(report_repairs(corpus), allow_empty)
 
 
 def write_bio(path: str | Path, sentences: Iterable[Sentence]) -> None:
@@ -489,7 +287,7 @@ def from_hf_dataset(
         name (`str`, *optional*):
             Used in error messages and sentence ids; defaults to the dataset's builder name and split.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     name = name or f"{getattr(dataset.info, 'dataset_name', None) or 'dataset'}/{dataset.split or 'split'}"
     for column in (tokens_column, tags_column):
         if column not in dataset.column_names:
@@ -515,11 +313,11 @@ def from_hf_dataset(
         rows.append((tokens, raw_tags, [where] * len(tokens), index))
         all_tags.extend(raw_tags)
         all_where.extend([where] * len(tokens))
-    concrete = _validate_tags(all_tags, all_where, scheme)
+    concrete = validate_tags(all_tags, all_where, scheme)
     corpus = Corpus([], name)
     for tokens, tags, where, index in rows:
-        corpus.sentences.append(_decode_sentence(tokens, tags, where, concrete, f"{name}:{index}", corpus.repairs))
-    return _report_repairs(corpus)
+        corpus.sentences.append(decode_sentence(tokens, tags, where, concrete, f"{name}:{index}", corpus.repairs))
+    return report_repairs(corpus)
 
 
 def load_hf_dataset(hub_id: str, split: str, **kwargs: Any) -> Corpus:

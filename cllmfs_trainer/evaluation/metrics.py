@@ -27,7 +27,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cllmfs_trainer.data.io import Sentence, Span, tags_to_spans
+from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.tags import tags_to_spans
 
 SpanLike = Span | tuple[int, int, str]
 SentenceSpans = Sentence | Sequence[SpanLike]
