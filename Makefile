@@ -31,8 +31,8 @@ demo: install
 		recipes/train.py recipes/smollm2/wnut17_intra.yaml --evaluate_on wnut17 --eval_query_size 100 \
 		--overwrite true
 	$(VENV)/bin/cllmfs predict --run runs/smollm2-wnut17-intra --dataset wnut17 --split test --limit 20 \
-		--output runs/smollm2-wnut17-intra/predictions_test20.jsonl
-	@echo "predictions: runs/smollm2-wnut17-intra/predictions_test20.jsonl"
+		--output runs/smollm2-wnut17-intra-predictions_test20.jsonl
+	@echo "predictions: runs/smollm2-wnut17-intra-predictions_test20.jsonl"
 
 test: install
 	$(PY) -m ruff check .

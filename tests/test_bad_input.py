@@ -191,8 +191,9 @@ def fake_run(tmp_path, tiny_run_inputs):
         test_types=[PERSON],
     )
     run.save()
-    for name in ("adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         (run.path / name).write_text("{}")
+    (run.path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     # A readable adapter file: loading a run checks its weights before anything heavy.
     save_file({"lora_A": torch.zeros(2, 2)}, run.path / "adapter_model.safetensors")
     return run.path
@@ -293,6 +294,23 @@ def test_predict_checks_the_output_folder_before_predicting(fake_run, text_input
     assert predict(fake_run, text_input, out) == 2
     assert f"folder {out.parent} does not exist" in one_error_line(capsys, "cllmfs predict")
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("adapter_model.safetensors", "is inside the run folder"),
+        ("adapter_config.json", "is inside the run folder"),
+        ("tokenizer.json", "is inside the run folder"),
+        ("new.jsonl", "is inside the run folder"),
+        ("cllmfs_run.json", "is also an input"),  # the run record is read, so the first check names it
+    ],
+)
+def test_predict_never_writes_inside_the_run_folder(fake_run, text_input, capsys, name, words):
+    before = {p.name: p.read_bytes() for p in fake_run.iterdir()}
+    assert predict(fake_run, text_input, fake_run / name) == 2
+    assert f"--output {fake_run / name} {words}" in one_error_line(capsys, "cllmfs predict")
+    assert {p.name: p.read_bytes() for p in fake_run.iterdir()} == before  # nothing changed, nothing added
 
 
 def test_predict_names_a_file_that_is_not_utf8(fake_run, tmp_path, capsys):

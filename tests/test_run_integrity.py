@@ -3,6 +3,7 @@ NaN or infinite weights, a corrupt adapter file."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,3 +220,28 @@ def test_cllmfs_model_verify_hashes_the_default_model(smollm2_path, capsys):
 
     assert cli.main(["model", "--verify"]) == 0
     assert capsys.readouterr().out.strip() == f"{smollm2_path}: every recorded file matches its sha256"
+
+
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        ("adapter_config.json", '{"peft_type": "LO', "the adapter file is damaged (JSONDecodeError)"),
+        ("adapter_config.json", '{"peft_type": "PREFIX_TUNING"}', "peft_type is 'PREFIX_TUNING', not LORA"),
+        ("adapter_config.json", "[1, 2]", "the adapter file holds list, not a JSON object"),
+        ("adapter_config.json", "[" * 100_000, "the adapter file is damaged"),
+    ],
+)
+def test_a_damaged_adapter_config_is_one_line(tmp_path, name, text, words):
+    adapter_run(tmp_path, {"lora_A": torch.ones(2, 2)}, train_steps=1)
+    (tmp_path / name).write_text(text)
+    with pytest.raises(RunFolderError, match=re.escape(words)) as err:
+        RunFolder.load(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_tokenizer_file_is_one_line(tmp_path):
+    run = adapter_run(tmp_path, {"lora_A": torch.ones(2, 2)}, train_steps=1)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": {"vocab": \xff')
+    with pytest.raises(RunFolderError, match="tokenizer.json: the tokenizer file is damaged"):
+        run.check_tokenizer()
