@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -37,48 +36,12 @@ from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.extract import Entity, TypesArgument
 from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans
-from cllmfs_trainer.inference.scores import group_scores
+from cllmfs_trainer.inference.scores import Prediction, group_scores, resolve_types
 from cllmfs_trainer.models import load_model, load_tokenizer, precision
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    """Predicted spans of one sentence, across all requested types (they may overlap: each type is asked alone).
-
-    Args:
-        sentence (`Sentence`):
-            The sentence as given.
-        spans (`list[Span]`, *optional*, defaults to `[]`):
-            The predicted spans over its words, sorted.
-        scores (`dict[Span, float]`, *optional*, defaults to `{}`):
-            Each span's score (`cllmfs_trainer.inference.scores`), where decoding gives one: constrained greedy
-            decoding in our own loop does, `generate` does not.
-    """
-
-    sentence: Sentence
-    spans: list[Span] = field(default_factory=list)
-    scores: dict[Span, float] = field(default_factory=dict)
-
-
-def resolve_types(spans: Sequence[Span], scores: dict[Span, float]) -> list[Span]:
-    """Keep one type per `(start, end)`: the span with the highest score (missing: -inf; ties: the first given).
-
-    Args:
-        spans (`Sequence[Span]`):
-            One chunk's predicted spans, possibly the same boundaries under several types.
-        scores (`dict[Span, float]`):
-            A score per span, e.g. its type prompt's log-odds of naming it at the first answer token.
-    """
-    best: dict[tuple[int, int], Span] = {}
-    for span in spans:
-        kept = best.get((span.start, span.end))
-        if kept is None or scores.get(span, float("-inf")) > scores.get(kept, float("-inf")):
-            best[span.start, span.end] = span
-    return [span for span in spans if best[span.start, span.end] is span]
 
 
 class EntityExtractor(AnswerBatcher):

@@ -8,13 +8,18 @@ model's distribution over the tokens it allows, so a token it forces has probabi
 
 The log-probabilities come from the logits the greedy loop computes anyway (`greedy.constrained_greedy`,
 `token_logprobs`), so scoring costs no model call, and it never changes which tokens greedy decoding chooses.
+
+`Prediction` carries a sentence's spans with their scores; `resolve_types` keeps one type per span by a score (the
+first-token log-odds of `one_type_per_span`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.inference.automaton import EntityAutomaton
 
 
@@ -50,3 +55,39 @@ def group_scores(
         scores.append(math.exp(sum(logprobs[position : position + len(group)])))
         position += len(group)
     return scores + [None] * (len(entities) - len(scores))
+
+
+@dataclass
+class Prediction:
+    """Predicted spans of one sentence, across all requested types (they may overlap: each type is asked alone).
+
+    Args:
+        sentence (`Sentence`):
+            The sentence as given.
+        spans (`list[Span]`, *optional*, defaults to `[]`):
+            The predicted spans over its words, sorted.
+        scores (`dict[Span, float]`, *optional*, defaults to `{}`):
+            Each span's score (`cllmfs_trainer.inference.scores`), where decoding gives one: constrained greedy
+            decoding in our own loop does, `generate` does not.
+    """
+
+    sentence: Sentence
+    spans: list[Span] = field(default_factory=list)
+    scores: dict[Span, float] = field(default_factory=dict)
+
+
+def resolve_types(spans: Sequence[Span], scores: dict[Span, float]) -> list[Span]:
+    """Keep one type per `(start, end)`: the span with the highest score (missing: -inf; ties: the first given).
+
+    Args:
+        spans (`Sequence[Span]`):
+            One chunk's predicted spans, possibly the same boundaries under several types.
+        scores (`dict[Span, float]`):
+            A score per span, e.g. its type prompt's log-odds of naming it at the first answer token.
+    """
+    best: dict[tuple[int, int], Span] = {}
+    for span in spans:
+        kept = best.get((span.start, span.end))
+        if kept is None or scores.get(span, float("-inf")) > scores.get(kept, float("-inf")):
+            best[span.start, span.end] = span
+    return [span for span in spans if best[span.start, span.end] is span]
