@@ -709,3 +709,23 @@ def test_a_sweep_is_a_benchmark_of_settings_on_the_dev_split(bench_script, tiny_
     assert "no_cl" in (out / "paired.md").read_text().splitlines()[2] and "lr_low" in (out / "paired.md").read_text()
     with pytest.raises(ValueError, match="name of a method"):
         tiny_config(tiny_run_inputs, tmp_path / "c", settings={"nnshot": {"learning_rate": 1.0}})
+
+
+def test_a_benchmark_training_sets_its_overrides_on_the_parsed_recipe(bench_script):
+    from cllmfs_trainer.scripts import train
+
+    recipe = str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml")
+    # YAML reads `1e-3` as a string; the command line's type reads it as the float it means.
+    overrides = {
+        "learning_rate": "1e-3",
+        "k": 1,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "output_dir": "/tmp/unit",
+    }
+    script_args, training_args, model_args = bench_script.recipe_arguments(train, recipe, overrides)
+    assert training_args.learning_rate == 1e-3 and training_args.output_dir == "/tmp/unit"
+    assert script_args.k == 1 and model_args.lora_target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(UsageError, match="cl_wieght: unknown recipe key"):
+        bench_script.recipe_arguments(train, recipe, {"cl_wieght": 0.1})
+    with pytest.raises(UsageError, match="cl_weight must be >= 0"):
+        bench_script.recipe_arguments(train, recipe, {"cl_weight": -1.0})

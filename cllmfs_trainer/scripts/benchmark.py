@@ -31,6 +31,7 @@ import logging
 import sys
 from dataclasses import MISSING, astuple, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, Unit, write_report
@@ -42,6 +43,8 @@ from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 
 PROG = "benchmark.py"
+# How every benchmark training runs: no progress bars inside the benchmark's own, no trackers.
+RUN_SETTINGS = {"disable_tqdm": True, "report_to": "none"}
 SUBSET_KEYS = ("tasks", "methods", "seeds", "ks")  # overriding these runs part of the file's benchmark
 
 
@@ -58,16 +61,55 @@ class BenchmarkArguments:
 
 
 def train_run(recipe: str, overrides: dict[str, Any], output_dir: Path) -> None:
-    """Train one run folder with the training script: the recipe, then `--key value` overrides."""
+    """Train one run folder through the library: the recipe parsed once, the unit's overrides set on the arguments."""
     # Heavy (torch, transformers and trl): a report-only or restoring run never trains.
     from cllmfs_trainer.scripts import train
 
-    argv = [recipe, "--output_dir", str(output_dir), "--disable_tqdm", "true", "--report_to", "none"]
-    for key, value in overrides.items():
-        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
-    trainer = train.main(*train.parse_args(argv))
+    arguments = recipe_arguments(train, recipe, {"output_dir": str(output_dir), **RUN_SETTINGS, **overrides})
+    trainer = train.main(*arguments)
     del trainer
     gc.collect()  # the next unit loads a fresh model; do not keep two in memory
+
+
+def recipe_arguments(train: ModuleType, recipe: str, overrides: dict[str, Any]) -> tuple[Any, ...]:
+    """The training script's arguments for `recipe` with `overrides` set on them (`dataclasses.replace`).
+
+    Each override goes to the argument class that has the key, converted as the command line would convert it: a
+    YAML `1e-3` is a string, which the parser reads as a float.
+
+    Args:
+        train (`ModuleType`):
+            The training script (`cllmfs_trainer.scripts.train`), imported by the caller.
+        recipe (`str`):
+            The recipe YAML.
+        overrides (`dict[str, Any]`):
+            Recipe keys and their values.
+
+    Raises:
+        `UsageError`: for an unknown key, or a value the argument classes refuse.
+    """
+    arguments = train.parse_args([recipe])
+    actions = {action.dest: action for action in train.make_parser()._actions}
+    changes: list[dict[str, Any]] = [{} for _ in arguments]
+    for key, value in overrides.items():
+        owner = next((i for i, a in enumerate(arguments) if key in {f.name for f in dataclasses.fields(a)}), None)
+        if owner is None:
+            raise UsageError(f"{key}: unknown recipe key; {train.KEYS_HINT}")
+        changes[owner][key] = _as_parsed(actions.get(key), value)
+    try:
+        return tuple(dataclasses.replace(a, **c) if c else a for a, c in zip(arguments, changes))
+    except (ValueError, TypeError) as err:  # the argument classes' own checks (`__post_init__`)
+        raise UsageError(f"{recipe}: {err}") from None
+
+
+def _as_parsed(action: argparse.Action | None, value: Any) -> Any:
+    """`value` converted by the command-line option's type, where it is a string (or a list of strings)."""
+    convert = getattr(action, "type", None)
+    if not callable(convert):
+        return value
+    if isinstance(value, list):
+        return [convert(item) if isinstance(item, str) else item for item in value]
+    return convert(value) if isinstance(value, str) else value
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -183,11 +225,9 @@ def _check_training(config: BenchmarkConfig) -> None:
     if config.model != "default":
         check_model_reference(config.model, "model", weights=True)
     for recipe in dict.fromkeys(filter(None, (config.recipe, config.inter_recipe))):
-        argv = [recipe, "--output_dir", str(Path(config.output_dir) / "runs")]
-        for key, value in config.train_overrides.items():
-            argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        overrides = {"output_dir": str(Path(config.output_dir) / "runs"), **config.train_overrides}
         try:
-            train.parse_args(argv)
+            recipe_arguments(train, recipe, overrides)
         except UserError as err:
             raise UsageError(f"recipe {recipe} with train_overrides {config.train_overrides}: {err}") from None
 
