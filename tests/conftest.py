@@ -245,6 +245,42 @@ def tiny_run_inputs(tmp_path_factory, sp_tokenizer):
     return root
 
 
+@pytest.fixture(scope="session")
+def run_dir(tiny_run_inputs, tmp_path_factory):
+    """A real run folder: recipes/train.py for 2 steps on the tiny random model (shared: do not write into it)."""
+    from helpers import REPO
+
+    from cllmfs_trainer.scripts import train
+
+    out = tmp_path_factory.mktemp("run")
+    args = [
+        str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        "--model_name_or_path",
+        str(tiny_run_inputs / "model"),
+        "--support_set",
+        str(tiny_run_inputs / "support.txt"),
+        "--n_types",
+        "person",
+        "--k",
+        "1",
+        "--max_steps",
+        "2",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--cl_layer",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+    ]
+    train.main(*train.parse_args(args))
+    return out
+
+
 # --- Shared by the prediction tests ---------------------------------------------------------------------------------
 
 

@@ -41,6 +41,13 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     parser.add_argument("--output", required=True, help="JSONL: text and entities with character offsets")
     parser.add_argument("--types", help="comma-separated type labels (default: the run's types)")
     parser.add_argument("--types-file", help="YAML adding or overriding type names and descriptions")
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "vllm"],
+        default="torch",
+        help="torch: our own constrained loop (CPU or GPU); vllm: vLLM serves the adapter, each answer under its "
+        "sentence's regex (CUDA; pip install 'cllmfs-trainer[vllm]'; no scores, end penalty or one type per span)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--unconstrained", action="store_true", help="do not restrict outputs to input spans")
@@ -153,7 +160,10 @@ def main(args: argparse.Namespace) -> None:
     """Check everything the user gave, then load the run once and write one JSON line per input text."""
     # Heavy (torch and transformers): `cllmfs --help`, `model` and `prepare` start without them.
     from cllmfs_trainer.inference.generate import EntityExtractor
+    from cllmfs_trainer.inference.vllm_engine import import_vllm
 
+    if args.engine == "vllm":
+        import_vllm()  # before anything else: without vLLM, one line that says how to install it
     # Everything the user gave is checked before the model loads: a mistake costs seconds, not a model load.
     run_dir = Path(args.run)
     run = RunFolder.load(run_dir)  # refuses a folder without its weights, naming the missing file
@@ -176,6 +186,7 @@ def main(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         constrained=not args.unconstrained,
         dtype=args.dtype,
+        engine=args.engine,
         **({} if args.end_penalty is None else {"end_penalty": args.end_penalty}),
         **({} if args.one_type_per_span is None else {"one_type_per_span": args.one_type_per_span}),
     )

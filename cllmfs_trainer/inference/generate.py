@@ -159,6 +159,7 @@ class EntityExtractor(AnswerBatcher):
         run_dir: str | Path,
         types: Sequence[EntityType] | None = None,
         dtype: str | torch.dtype | None = None,
+        engine: str = "torch",
         **kwargs: Any,
     ):
         """Load a training run folder (`cllmfs_trainer.run_folder.RunFolder`), merging its LoRA weights.
@@ -174,11 +175,18 @@ class EntityExtractor(AnswerBatcher):
                 the base model loads in. `"auto"` on a CPU takes whichever of bfloat16 and float32 a matmul probe finds
                 faster there (`cllmfs_trainer.models.precision`); elsewhere it keeps the loaded precision. `None` keeps
                 the loaded precision (float32 on a CPU).
+            engine (`str`, *optional*, defaults to `"torch"`):
+                `"torch"`: our own loop on the merged model; `"vllm"`: vLLM serves the adapter (`vllm_engine`).
             kwargs (`dict[str, Any]`, *optional*):
                 `EntityExtractor` arguments; `prompt_format`, `answer_format`, `type_descriptions`, `end_penalty` and
                 `one_type_per_span` default to the run's.
         """
         from peft import PeftModel
+
+        if engine != "torch":  # vllm_engine imports this module; its import is deferred
+            from cllmfs_trainer.inference.vllm_engine import from_run_with_engine
+
+            return from_run_with_engine(engine, run_dir, types, dtype, **kwargs)
 
         run = RunFolder.load(run_dir)  # refuses a folder without its weights: never predict with an untrained model
         run.check_tokenizer()
