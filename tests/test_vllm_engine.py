@@ -16,7 +16,8 @@ from cllmfs_trainer.cli import main as cli_main
 from cllmfs_trainer.data.format import IM_END
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.generate import EntityExtractor
-from cllmfs_trainer.inference.vllm_engine import VLLMEntityExtractor, adapter_rank, vllm_max_lora_rank
+from cllmfs_trainer.inference.vllm_engine import VLLMEntityExtractor
+from cllmfs_trainer.inference.vllm_serving import adapter_rank, vllm_max_lora_rank
 from cllmfs_trainer.models.loading import load_tokenizer
 from cllmfs_trainer.run_folder import RunFolder
 

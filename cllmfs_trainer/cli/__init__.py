@@ -7,6 +7,7 @@
     cllmfs predict --run RUN_DIR (--text "..." | --input FILE.txt|.jsonl) --output preds.jsonl
     cllmfs evaluate --run RUN_DIR --dataset wnut17 --split test   score a run folder (the model loads once)
     cllmfs benchmark CONFIG.yaml [--key value ...]        the few-shot benchmark and its report
+    cllmfs export vllm --run RUN_DIR                      the `vllm serve` command and a client for a run folder
 
 A mistake in the options or files ends with one line on stderr and exit code 2 (`--debug` or CLLMFS_DEBUG=1 adds
 the traceback); see docs/training.md.
@@ -18,11 +19,12 @@ import argparse
 import logging
 import sys
 
-from cllmfs_trainer.cli import benchmark, evaluate, model, predict, prepare, train
+from cllmfs_trainer.cli import benchmark, evaluate, export, model, predict, prepare, train
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 
 JOBS = {"model": model, "prepare": prepare, "train": train, "predict": predict, "evaluate": evaluate}
 JOBS["benchmark"] = benchmark
+JOBS["export"] = export
 COMMANDS = tuple(JOBS)
 # Jobs whose arguments are a YAML file's keys: they parse their own command line, everything after the job's name.
 OWN_PARSERS = ("train", "benchmark")

@@ -14,7 +14,6 @@ module is tested up to vLLM's inputs and outputs, with a stand-in for vLLM (`tes
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,16 +26,12 @@ from cllmfs_trainer.inference.answer_pieces import DEFAULT_MAX_ENTITY_WORDS
 from cllmfs_trainer.inference.answer_regex import answer_regex
 from cllmfs_trainer.inference.answers import Job
 from cllmfs_trainer.inference.generate import EntityExtractor
+from cllmfs_trainer.inference.vllm_serving import INSTALL_HINT, adapter_rank, vllm_max_lora_rank
 from cllmfs_trainer.models import load_tokenizer
 from cllmfs_trainer.models.loading import resolve_model
 from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-INSTALL_HINT = "pip install 'cllmfs-trainer[vllm]'"
-# The LoRA ranks vLLM's kernels are built for; `max_lora_rank` must be one of them and at least the adapter's rank.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-
 
 ENGINES = ("torch", "vllm")
 
@@ -55,20 +50,6 @@ def import_vllm() -> Any:
             "needed), or leave out --engine vllm"
         ) from None
     return vllm
-
-
-def adapter_rank(run_dir: str | Path) -> int:
-    """The LoRA rank of a run folder's adapter: its `r`, or the largest rank of its `rank_pattern`."""
-    config = json.loads((Path(run_dir) / "adapter_config.json").read_text(encoding="utf-8"))
-    return max([int(config["r"]), *(int(rank) for rank in (config.get("rank_pattern") or {}).values())])
-
-
-def vllm_max_lora_rank(rank: int) -> int:
-    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of rank `rank`."""
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise UserError(f"the adapter's LoRA rank {rank} is above vLLM's largest, {VLLM_LORA_RANKS[-1]}")
 
 
 class VLLMEngine:
