@@ -7,7 +7,7 @@ from helpers import REPO, SHARED_DATA, requires_shared
 
 from cllmfs_trainer.cli import COMMANDS, main
 
-JOBS = ["model", "prepare", "train", "predict", "evaluate", "benchmark"]
+JOBS = ["model", "prepare", "train", "predict", "evaluate", "benchmark", "export", "card", "push"]
 
 
 def test_cllmfs_help_lists_every_job(capsys):

@@ -8,6 +8,8 @@
     cllmfs evaluate --run RUN_DIR --dataset wnut17 --split test   score a run folder (the model loads once)
     cllmfs benchmark CONFIG.yaml [--key value ...]        the few-shot benchmark and its report
     cllmfs export vllm --run RUN_DIR                      the `vllm serve` command and a client for a run folder
+    cllmfs card --run RUN_DIR [--output README.md]        the Hub model card of a run folder
+    cllmfs push --run RUN_DIR --repo ID                   upload a run folder with its card to the Hub
 
 A mistake in the options or files ends with one line on stderr and exit code 2 (`--debug` or CLLMFS_DEBUG=1 adds
 the traceback); see docs/training.md.
@@ -19,12 +21,14 @@ import argparse
 import logging
 import sys
 
-from cllmfs_trainer.cli import benchmark, evaluate, export, model, predict, prepare, train
+from cllmfs_trainer.cli import benchmark, card, evaluate, export, model, predict, prepare, push, train
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 
 JOBS = {"model": model, "prepare": prepare, "train": train, "predict": predict, "evaluate": evaluate}
 JOBS["benchmark"] = benchmark
 JOBS["export"] = export
+JOBS["card"] = card
+JOBS["push"] = push
 COMMANDS = tuple(JOBS)
 # Jobs whose arguments are a YAML file's keys: they parse their own command line, everything after the job's name.
 OWN_PARSERS = ("train", "benchmark")

@@ -35,6 +35,7 @@ from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (J
 from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.extract import Entity, TypesArgument
 from cllmfs_trainer.inference.greedy import is_plain_greedy
+from cllmfs_trainer.inference.hub import HubLoading
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans
 from cllmfs_trainer.inference.scores import Prediction, group_scores, resolve_types
 from cllmfs_trainer.models import load_model, load_tokenizer, precision
@@ -44,7 +45,7 @@ from cllmfs_trainer.run_folder import RunFolder
 logger = logging.getLogger(__name__)
 
 
-class EntityExtractor(AnswerBatcher):
+class EntityExtractor(AnswerBatcher, HubLoading):
     """Extracts entities of given types from sentences with a fine-tuned causal LM.
 
     Args:
