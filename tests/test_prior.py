@@ -203,3 +203,31 @@ def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train
     assert script_args.setting == "prior" and script_args.prior_corpora is None  # None: all of PRIOR_MIX
     assert not set(PRIOR_MIX) & set(EVALUATION_TARGETS)
     assert training_args.save_strategy == "steps"  # resumable: checkpoints along the way
+
+
+def test_the_shipped_prior_is_a_small_bfloat16_lora_of_the_default_model_with_its_card():
+    folder = resolve_init_adapter("prior", "default")
+    assert folder == SHIPPED_PRIOR
+    weights = folder / "adapter_model.safetensors"
+    assert weights.stat().st_size <= 40 * 2**20
+    tensors = load_file(weights)
+    assert tensors and all(t.dtype == torch.bfloat16 and torch.isfinite(t).all() for t in tensors.values())
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert config["peft_type"] == "LORA" and not config.get("modules_to_save")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "cc-by-sa-4.0" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "none of Few-NERD's 17 INTER test types" in card.text
+
+
+@pytest.mark.slow
+def test_the_shipped_prior_loads_onto_the_default_model(smollm2_path):
+    from peft import PeftModel
+
+    from cllmfs_trainer.models import load_model
+
+    model = PeftModel.from_pretrained(load_model("default", dtype="float32"), resolve_init_adapter("prior", None))
+    shipped = load_file(SHIPPED_PRIOR / "adapter_model.safetensors")
+    loaded = {name: p for name, p in model.named_parameters() if "lora_B" in name}
+    assert len(loaded) == sum("lora_B" in k for k in shipped) > 0
+    assert all(p.abs().max() > 0 for p in loaded.values())  # the prior's weights, not a fresh LoRA's zero B
