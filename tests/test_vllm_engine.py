@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from cllmfs_trainer.cli import main as cli_main
@@ -121,7 +122,8 @@ def test_vllm_engine_refuses_what_needs_our_loop(run_dir, fake_vllm):
         EntityExtractor.from_run(run_dir, engine="vllm", end_penalty=2.0)
     with pytest.raises(UserError, match="unknown engine"):
         EntityExtractor.from_run(run_dir, engine="tgi")
-    extractor = EntityExtractor.from_run(run_dir, engine="vllm")
+    extractor = EntityExtractor.from_run(run_dir, engine="vllm", dtype=torch.bfloat16)
+    assert _FakeLLM.made[-1]["dtype"] == "bfloat16"  # vLLM names dtypes as strings
     with pytest.raises(UserError, match="threshold"):
         extractor.extract("Ann met Bo", threshold=0.5)
 

@@ -209,4 +209,6 @@ def from_run_with_engine(
         raise UserError(f"unknown engine {engine!r}; known: {list(ENGINES)}")
     if engine == "torch":
         return EntityExtractor.from_run(run_dir, types, dtype, **kwargs)
-    return VLLMEntityExtractor.from_run(run_dir, types, None if dtype is None else str(dtype), **kwargs)
+    # vLLM names dtypes as strings: `torch.bfloat16` is "bfloat16".
+    vllm_dtype = None if dtype is None else str(dtype).removeprefix("torch.")
+    return VLLMEntityExtractor.from_run(run_dir, types, vllm_dtype, **kwargs)
