@@ -93,3 +93,26 @@ def test_from_pretrained_on_a_repo_id_downloads_the_pushed_files(hub_folder, mon
     assert [t.label for t in extractor.types] == ["person"]
     with pytest.raises(MissingFileError):
         EntityExtractor.from_pretrained(str(hub_folder / "absent"))
+
+
+def test_push_writes_the_card_and_uploads_only_the_run_files(hub_folder, monkeypatch, capsys):
+    calls = []
+
+    class FakeApi:  # stands in for the Hub: no network here
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create_repo", repo_id, private))
+
+        def upload_folder(self, folder_path, repo_id, allow_patterns):
+            calls.append(("upload_folder", folder_path, repo_id, allow_patterns))
+            return "https://huggingface.co/org/run/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    argv = ["push", "--run", str(hub_folder), "--repo", "org/run", "--base-model", "org/tiny-llama"]
+    assert cli_main(argv) == 0
+    assert calls == [
+        ("create_repo", "org/run", True),
+        ("upload_folder", str(hub_folder), "org/run", list(PUSHED_FILES)),
+    ]
+    card = ModelCard.load(hub_folder / "README.md")
+    assert card.data.base_model == "org/tiny-llama" and 'EntityExtractor.from_pretrained("org/run")' in card.text
+    assert capsys.readouterr().out.strip() == "https://huggingface.co/org/run/commit/1"
