@@ -33,7 +33,7 @@ from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.answer_pieces import CompletionTemplate
 from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (Job: users import it here)
 from cllmfs_trainer.inference.automaton import build_automata
-from cllmfs_trainer.inference.extract import Entity, TypesArgument
+from cllmfs_trainer.inference.extract import Entity, TypesArgument, extract_entities
 from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.hub import HubLoading
 from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans
@@ -275,8 +275,6 @@ class EntityExtractor(AnswerBatcher, HubLoading):
             `list[Entity]` for one text, `list[list[Entity]]` (one list per text, in order) for a list; each list
             sorted by position. Cut sentences and answers are logged as warnings (`cllmfs_trainer.inference.extract`).
         """
-        from cllmfs_trainer.inference.extract import extract_entities
-
         single = isinstance(texts, str)
         saved = self.batch_size
         if batch_size is not None:
