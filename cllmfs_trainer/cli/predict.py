@@ -158,7 +158,8 @@ def _entity_record(entity: Any, with_score: bool) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> None:
     """Check everything the user gave, then load the run once and write one JSON line per input text."""
-    # Heavy (torch and transformers): `cllmfs --help`, `model` and `prepare` start without them.
+    # Heavy (torch and transformers; vllm_engine imports generate): `cllmfs --help`, `model` and `prepare` start
+    # without them.
     from cllmfs_trainer.inference.generate import EntityExtractor
     from cllmfs_trainer.inference.vllm_engine import import_vllm
 

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cllmfs_trainer.data.format import build_prompt
 from cllmfs_trainer.data.registry import DatasetInfo, get_dataset
 from cllmfs_trainer.errors import MissingFileError, UnknownNameError, UserError
 from cllmfs_trainer.files import atomic_write_text
@@ -88,8 +89,6 @@ def _cell(text: str) -> str:
 
 def _body(run: RunFolder, base_model: str, title: str, repo_id: str | None) -> str:
     """The card's markdown: what the adapter does, its types, formats, data, scores and how to load it."""
-    from cllmfs_trainer.data.format import build_prompt
-
     fmt = run.format
     data = _dataset(run.dataset)
     lines = [
