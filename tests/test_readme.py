@@ -113,8 +113,10 @@ def test_quickstart_python_snippet_runs(tiny_run, capsys):
     assert '"runs/smollm2-wnut17-intra"' in snippet
     namespace: dict = {}
     exec(compile(snippet.replace('"runs/smollm2-wnut17-intra"', repr(str(tiny_run))), "README.md", "exec"), namespace)
-    assert all(0 <= s.start < s.end <= 7 for s in namespace["prediction"].spans)
-    assert "outputs" in capsys.readouterr().out
+    text = "Andrew Little met the press in Auckland. He flew home."
+    assert all(0 <= e.start < e.end <= len(text) and text[e.start : e.end] == e.text for e in namespace["entities"])
+    assert all(0 <= e.score <= 1 for e in namespace["entities"])
+    assert capsys.readouterr().out.startswith("[")  # the printed list of entities
 
 
 def test_quickstart_describes_the_real_predict_output(tiny_run, tmp_path, capsys):

@@ -272,8 +272,9 @@ class EntityExtractor(AnswerBatcher, HubLoading):
                 Show a progress bar.
 
         Returns:
-            `list[Entity]` for one text, `list[list[Entity]]` (one list per text, in order) for a list; each list
-            sorted by position. Cut sentences and answers are logged as warnings (`cllmfs_trainer.inference.extract`).
+            `list[Entity] | list[list[Entity]]`: for one text its entities, for a list one list per text, in order;
+            each list sorted by position. Cut sentences and answers are logged as warnings
+            (`cllmfs_trainer.inference.extract`).
         """
         single = isinstance(texts, str)
         saved = self.batch_size
