@@ -1,10 +1,10 @@
-"""Files: input and output checks, atomic writes, UTF-8 line reading and YAML reading (one of each).
+"""Files: input and output checks, atomic writes and bounded UTF-8 line reading (one of each).
 
 Inputs and outputs are checked before any model is loaded, so a wrong path fails in a second, with a message that
 names it. Outputs are written atomically (a temporary file in the same folder, then `os.replace`; a finished
 temporary folder, then a rename), so a failure never leaves half a file or overwrites an input. Text files are read as
-UTF-8 with any line end and errors that name `file:line`; YAML files refuse duplicate keys and remember the line of
-every key.
+UTF-8 with any line end, within bounds, and errors that name `file:line`. Parsing JSON and YAML is
+`cllmfs_trainer.parsing`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import yaml
-
-from cllmfs_trainer.errors import DataFormatError, MissingFileError, UserError
+from cllmfs_trainer.errors import DataFormatError, MissingFileError, UsageError, UserError
 
 BOM = "\ufeff"
+
+# Bounds on what is read from one input: a stream without an end (`/dev/zero`) or without line ends stops with a
+# one-line error instead of filling the memory. Raise them with these environment variables.
+MAX_INPUT_BYTES_VAR, MAX_INPUT_BYTES = "CLLMFS_MAX_INPUT_BYTES", 2**30
+MAX_LINE_BYTES_VAR, MAX_LINE_BYTES = "CLLMFS_MAX_LINE_BYTES", 2**20
+_READ_BLOCK = 2**20
 
 # --- input and output checks ------------------------------------------------------------------------------------------
 
@@ -206,23 +210,73 @@ def split_lines(data: bytes) -> list[bytes]:
     return re.split(rb"\r\n|\r|\n", data)
 
 
+def input_limit(variable: str, default: int) -> int:
+    """The bound an environment variable sets (read at each call, so a caller can change it), or `default`."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{variable}={value!r}: expected a whole number of bytes >= 1")
+    return int(value)
+
+
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """`(line number, text)` of every line of a UTF-8 file (see `split_lines`), without a leading byte order mark.
 
+    The file is read block by block, so a line is held in memory only up to `CLLMFS_MAX_LINE_BYTES` (1 MiB) and
+    the file only up to `CLLMFS_MAX_INPUT_BYTES` (1 GiB): devices and pipes without an end are read safely.
     A line end at the end of the file gives a final empty line; `read_text_lines` drops it.
 
     Raises:
-        `DataFormatError`: naming `file:line` for a byte that is not UTF-8.
+        `DataFormatError`: naming `file:line` for a byte that is not UTF-8 or a line over the bound, and the file
+            when it is larger than its bound.
     """
-    for lineno, raw in enumerate(split_lines(path.read_bytes()), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataFormatError(
-                f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
-                "re-encode the file as UTF-8"
-            ) from None
-        yield lineno, line[1:] if lineno == 1 and line.startswith(BOM) else line
+    max_bytes = input_limit(MAX_INPUT_BYTES_VAR, MAX_INPUT_BYTES)
+    max_line = input_limit(MAX_LINE_BYTES_VAR, MAX_LINE_BYTES)
+    lineno, total, buffer = 0, 0, b""
+    with open(path, "rb") as stream:
+        while True:
+            block = stream.read(_READ_BLOCK)
+            total += len(block)
+            if total > max_bytes:
+                raise DataFormatError(
+                    f"{path}: the input is larger than {max_bytes:,} bytes; split it, or raise {MAX_INPUT_BYTES_VAR}"
+                )
+            buffer += block
+            final = not block
+            # A `\r` at the end of a block may be the first half of `\r\n`: keep it for the next block.
+            data = buffer[:-1] if not final and buffer.endswith(b"\r") else buffer
+            parts = split_lines(data)
+            buffer = (b"" if final else parts.pop()) + buffer[len(data) :]
+            for raw in parts:
+                lineno += 1
+                yield lineno, _decode_line(path, lineno, raw, max_line)
+            if len(buffer) > max_line:
+                _decode_line(path, lineno + 1, buffer, max_line)
+            if final:
+                return
+
+
+def _decode_line(path: Path, lineno: int, raw: bytes, max_line: int) -> str:
+    if len(raw) > max_line:
+        raise DataFormatError(
+            f"{path}:{lineno}: the line is longer than {max_line:,} bytes (is the file binary?); split it into "
+            f"lines, or raise {MAX_LINE_BYTES_VAR}"
+        )
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(
+            f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not valid UTF-8; "
+            "re-encode the file as UTF-8"
+        ) from None
+    return line[1:] if lineno == 1 and line.startswith(BOM) else line
+
+
+def read_head(path: Path, size: int = 4096) -> bytes:
+    """The first `size` bytes of a file (of a device or pipe too: never more is read)."""
+    with open(path, "rb") as stream:
+        return stream.read(size)
 
 
 def read_text_lines(path: str | os.PathLike, what: str = "input") -> list[str]:
@@ -251,90 +305,3 @@ def control_character(text: str) -> str | None:
         if (ord(char) < 32 or 127 <= ord(char) < 160) and not char.isspace():
             return char
     return None
-
-
-# --- YAML -------------------------------------------------------------------------------------------------------------
-
-
-class LineMapping(dict):
-    """A YAML mapping that remembers where it was written.
-
-    Attributes:
-        line (`int`):
-            The line (1-based) where the mapping starts.
-        key_lines (`dict`):
-            The line of each key.
-    """
-
-    def __init__(self, line: int = 0) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[Any, int] = {}
-
-
-class _LineLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` whose mappings are `LineMapping`s and refuse duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineMapping:
-        self.flatten_mapping(node)
-        mapping = LineMapping(node.start_mark.line + 1)
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in mapping
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a plain value, got {type(key).__name__}", key_node.start_mark
-                ) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first on line {mapping.key_lines[key]}); each key may appear once",
-                    key_node.start_mark,
-                )
-            mapping[key] = self.construct_object(value_node, deep=True)
-            mapping.key_lines[key] = key_node.start_mark.line + 1
-        return mapping
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
-
-
-class _NoBooleanLineLoader(_LineLoader):
-    """`_LineLoader` that reads `yes`, `no`, `on`, `off`, `true` and `false` as strings, not booleans."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-
-def load_yaml(text: str, source: str, booleans: bool = True) -> Any:
-    """Parse YAML text into plain data whose mappings are `LineMapping`s; duplicate keys are errors.
-
-    Args:
-        text (`str`):
-            The YAML text (see `read_text_file`).
-        source (`str`):
-            The file it came from, starting every message (`source:line: ...`).
-        booleans (`bool`, *optional*, defaults to `True`):
-            Read YAML 1.1's `yes`, `no`, `on`, `off`, `true` and `false` as booleans. A file none of whose fields is
-            a boolean turns this off, so that labels such as `no:` stay strings.
-
-    Returns:
-        `Any`: the data (`None` for an empty text).
-
-    Raises:
-        `DataFormatError`: naming `source:line` for text that is not YAML or a duplicate key.
-    """
-    loader = _LineLoader if booleans else _NoBooleanLineLoader
-    try:
-        return yaml.load(text, Loader=loader)  # a SafeLoader subclass: plain data only, no objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        if isinstance(err, yaml.constructor.ConstructorError):
-            raise DataFormatError(f"{source}{line}: {problem}") from None
-        raise DataFormatError(f"{source}{line}: not valid YAML ({problem})") from None

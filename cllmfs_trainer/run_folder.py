@@ -23,8 +23,9 @@ from typing import Any
 
 from cllmfs_trainer.data.format import ANSWER_FORMAT, ANSWER_FORMATS, PromptFormat
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.errors import DataFormatError, UserError
 from cllmfs_trainer.files import atomic_write_text
+from cllmfs_trainer.parsing import read_json_file
 
 RUN_FILE = "cllmfs_run.json"
 SUPPORT_FILE = "support.txt"
@@ -186,16 +187,16 @@ class RunFolder:
         if not run_file.is_file():
             raise RunFolderError(f"{folder} is not a cllmfs run folder: {RUN_FILE} is missing")
         try:
-            record = json.loads(run_file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise RunFolderError(f"{run_file}: not UTF-8 text") from None
-        except json.JSONDecodeError as err:
-            raise RunFolderError(f"{run_file}: corrupt JSON ({err.msg} at line {err.lineno})") from None
+            record = read_json_file(run_file, "run record")
+        except DataFormatError as err:  # not UTF-8, not JSON, a key given twice: the same class as the other checks
+            raise RunFolderError(f"the run record is damaged: {err}") from None
         if not isinstance(record, dict):
             raise RunFolderError(f"{run_file}: expected a JSON object, got {type(record).__name__}")
         record.setdefault("format_version", 0)
         if not isinstance(record["format_version"], int) or isinstance(record["format_version"], bool):
             raise RunFolderError(f"{run_file}: field 'format_version' must be int, got {record['format_version']!r}")
+        if record["format_version"] < 0:
+            raise RunFolderError(f"{run_file}: field 'format_version' must be >= 0, got {record['format_version']}")
         if record["format_version"] > FORMAT_VERSION:
             raise RunFolderError(
                 f"{run_file}: format_version {record['format_version']} is newer than this "
@@ -219,6 +220,8 @@ class RunFolder:
         for name, kind in (("prompt_format", int), ("k", int), *((name, str) for name in strings)):
             if not isinstance(record[name], kind) or isinstance(record[name], bool):
                 raise RunFolderError(f"{run_file}: field {name!r} must be {kind.__name__}, got {record[name]!r}")
+        if record["k"] < 0:  # 0: a run with no shots of its types (the NER prior)
+            raise RunFolderError(f"{run_file}: field 'k' must be >= 0, got {record['k']}")
         if record["answer_format"] not in ANSWER_FORMATS:
             raise RunFolderError(
                 f"{run_file}: field 'answer_format' must be one of {list(ANSWER_FORMATS)}, "
@@ -281,10 +284,9 @@ class RunFolder:
 def _json_object(path: Path, what: str) -> dict[str, Any]:
     """The JSON object in `path`, or a `RunFolderError` naming the file for anything else (truncated, not UTF-8)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        problem = type(err).__name__
-        raise RunFolderError(f"{path}: {what} file is damaged ({problem}); the run folder cannot load") from None
+        value = read_json_file(path, what)
+    except DataFormatError as err:
+        raise RunFolderError(f"{err}: {what} file is damaged, the run folder cannot load") from None
     if not isinstance(value, dict):
         raise RunFolderError(f"{path}: {what} file holds {type(value).__name__}, not a JSON object")
     return value
@@ -334,4 +336,6 @@ def _types(value: Any, run_file: Path, name: str) -> list[EntityType]:
             types.append(EntityType(**item))
         except TypeError as err:
             raise RunFolderError(f"{run_file}: {name}[{i}]: {err}") from None
+        if any(t.label == item["label"] for t in types[:-1]):  # which description is meant would be a guess
+            raise RunFolderError(f"{run_file}: {name}[{i}]: the label {item['label']!r} is given twice")
     return types

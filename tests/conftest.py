@@ -304,3 +304,34 @@ def sp_left(sp_tokenizer):
     tokenizer = ensure_pad_token(copy.deepcopy(sp_tokenizer))
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+@pytest.fixture
+def fake_run(tmp_path, tiny_run_inputs):
+    """A complete-looking adapter run folder of one type, with a tiny adapter file: a case that reads it is refused
+    before loading any model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cllmfs_trainer.data.registry import EntityType
+    from cllmfs_trainer.run_folder import RunFolder
+
+    person = EntityType("person", "person", "names of people")
+    run = RunFolder(
+        path=tmp_path / "run",
+        base_model=str(tiny_run_inputs / "model"),
+        weights="adapter",
+        prompt_format=1,
+        setting="intra",
+        dataset="wnut17",
+        k=1,
+        train_types=[person],
+        test_types=[person],
+    )
+    run.save()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (run.path / name).write_text("{}")
+    (run.path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    # A readable adapter file: loading a run checks its weights before anything heavy.
+    save_file({"lora_A": torch.zeros(2, 2)}, run.path / "adapter_model.safetensors")
+    return run.path

@@ -25,3 +25,13 @@ def shared_dataset(dataset: str) -> Path:
     if not (folder / "test.txt").is_file():
         pytest.skip(f"{dataset} is not redistributable and {folder} is absent; set CLLMFS_TEST_DATA to hold it")
     return folder
+
+
+def one_error_line(capsys, prog: str) -> str:
+    """The single stderr line of a refused command, after checking there is nothing else (no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: ")
+    return lines[0]

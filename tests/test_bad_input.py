@@ -10,10 +10,8 @@ import json
 import logging
 
 import pytest
-import torch
 import yaml
-from helpers import REPO
-from safetensors.torch import save_file
+from helpers import REPO, one_error_line
 
 from cllmfs_trainer import cli
 from cllmfs_trainer.command_line import run_entry_point
@@ -22,20 +20,9 @@ from cllmfs_trainer.data.io import jsonl_line
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import atomic_write_text
-from cllmfs_trainer.run_folder import RunFolder
 
 RECIPE = REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"
 PERSON = EntityType("person", "person", "names of people")
-
-
-def one_error_line(capsys, prog: str) -> str:
-    """The single stderr line of a refused command, after checking there is nothing else (no traceback)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"{prog}: error: ")
-    return lines[0]
 
 
 # --- readers ----------------------------------------------------------------------------------------------------------
@@ -177,29 +164,6 @@ def test_types_file_that_is_not_utf8_names_file_and_line(tmp_path):
 
 
 @pytest.fixture
-def fake_run(tmp_path, tiny_run_inputs):
-    """A complete-looking adapter run folder whose weight files are empty: every case is refused before loading."""
-    run = RunFolder(
-        path=tmp_path / "run",
-        base_model=str(tiny_run_inputs / "model"),
-        weights="adapter",
-        prompt_format=1,
-        setting="intra",
-        dataset="wnut17",
-        k=1,
-        train_types=[PERSON],
-        test_types=[PERSON],
-    )
-    run.save()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (run.path / name).write_text("{}")
-    (run.path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    # A readable adapter file: loading a run checks its weights before anything heavy.
-    save_file({"lora_A": torch.zeros(2, 2)}, run.path / "adapter_model.safetensors")
-    return run.path
-
-
-@pytest.fixture
 def text_input(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("Ann Lee met Bo in Rome\nZoë visited Reykjavík\n", encoding="utf-8")
@@ -239,7 +203,7 @@ def test_predict_never_writes_over_its_input(fake_run, text_input, capsys):
     "damage, words",
     [
         ("adapter", "weights='adapter' but adapter_model.safetensors / adapter_model.bin is missing"),
-        ("corrupt", "cllmfs_run.json: corrupt JSON (Expecting value at line 3)"),
+        ("corrupt", "cllmfs_run.json:2: invalid JSON (Expecting value at column 15)"),
         ("test_types", "cllmfs_run.json: missing field(s) ['test_types']"),
         ("tokenizer", "tokenizer.json / tokenizer.model / vocab.json / vocab.txt / spiece.model is missing"),
         ("base_model", "cllmfs_run.json: field 'base_model': "),

@@ -290,7 +290,7 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(bench_script, 
 
 
 def test_pointer_setting_trains_and_predicts_in_its_answer_format(bench_script, tiny_run_inputs, tmp_path, monkeypatch):
-    from cllmfs_trainer.inference import generate
+    from cllmfs_trainer.inference import answers
 
     formats = []
 
@@ -298,8 +298,8 @@ def test_pointer_setting_trains_and_predicts_in_its_answer_format(bench_script, 
         formats.append(answer_format)
         return parse_output(text, answer_format)
 
-    parse_output = generate.parse_output
-    monkeypatch.setattr(generate, "parse_output", spy)
+    parse_output = answers.parse_output
+    monkeypatch.setattr(answers, "parse_output", spy)
     settings = {"pointer": {"answer_format": "pointer"}}
     config = tiny_config(tiny_run_inputs, tmp_path, methods=["pointer"], settings=settings, fit_on_support=False)
     [record] = Benchmark(config, train_fn=bench_script.train_run).run(progress=False)

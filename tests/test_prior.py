@@ -231,3 +231,36 @@ def test_the_shipped_prior_loads_onto_the_default_model(smollm2_path):
     loaded = {name: p for name, p in model.named_parameters() if "lora_B" in name}
     assert len(loaded) == sum("lora_B" in k for k in shipped) > 0
     assert all(p.abs().max() > 0 for p in loaded.values())  # the prior's weights, not a fresh LoRA's zero B
+
+
+def test_the_benchmarks_prior_methods(run_dir, tiny_run_inputs, tmp_path, monkeypatch):
+    """`cllmfs_prior` and `lora_prior` continue the shipped prior; `prior_zero_shot` prompts the base with an adapter
+    merged and the recipe's decoding, and predicts as a run folder of that adapter does."""
+    from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig
+    from cllmfs_trainer.benchmark.methods import METHODS, ZeroShotMethod, get_method
+    from cllmfs_trainer.inference.generate import EntityExtractor
+
+    assert get_method("cllmfs_prior").overrides == {"init_adapter": "prior"}
+    assert get_method("lora_prior").overrides == {"init_adapter": "prior", "cl_weight": 0.0}
+    assert get_method("prior_zero_shot").adapter == "prior" and get_method("prior_zero_shot").same_for_every_seed
+    # The shipped prior belongs to the default model: here the tiny run folder stands in for it.
+    monkeypatch.setitem(METHODS, "tiny_prior_zero_shot", ZeroShotMethod("tiny_prior_zero_shot", "t", str(run_dir)))
+    config = BenchmarkConfig(
+        output_dir=str(tmp_path / "b"),
+        tasks=["intra:wnut17"],
+        methods=["tiny_prior_zero_shot"],
+        seeds=[0, 1],
+        ks=[1],
+        query_size=6,
+        recipe=str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml"),
+        model=str(tiny_run_inputs / "model"),
+    )
+    benchmark = Benchmark(config)
+    records = benchmark.run(progress=False)
+    assert [r["seed"] for r in records] == [0, 1] and "reused_from" in records[1]  # one prediction serves every seed
+    types = get_dataset("wnut17").types
+    merged = benchmark.extractor(None, types, adapter=str(run_dir))
+    run = EntityExtractor.from_run(run_dir, types=types)
+    assert (merged.answer_format, merged.end_penalty) == (run.answer_format, run.end_penalty) == ("pointer", 3.0)
+    query = benchmark.query("wnut17")
+    assert [p.spans for p in merged.predict(query)] == [p.spans for p in run.predict(query)]

@@ -225,10 +225,14 @@ def test_cllmfs_model_verify_hashes_the_default_model(smollm2_path, capsys):
 @pytest.mark.parametrize(
     "name, text, words",
     [
-        ("adapter_config.json", '{"peft_type": "LO', "the adapter file is damaged (JSONDecodeError)"),
+        (
+            "adapter_config.json",
+            '{"peft_type": "LO',
+            "invalid JSON (Unterminated string starting at column 15): the adapter file is damaged",
+        ),
         ("adapter_config.json", '{"peft_type": "PREFIX_TUNING"}', "peft_type is 'PREFIX_TUNING', not LORA"),
         ("adapter_config.json", "[1, 2]", "the adapter file holds list, not a JSON object"),
-        ("adapter_config.json", "[" * 100_000, "the adapter file is damaged"),
+        ("adapter_config.json", "[" * 100_000, "nested too deeply to read: the adapter file is damaged"),
     ],
 )
 def test_a_damaged_adapter_config_is_one_line(tmp_path, name, text, words):
@@ -243,5 +247,5 @@ def test_a_damaged_tokenizer_file_is_one_line(tmp_path):
     run = adapter_run(tmp_path, {"lora_A": torch.ones(2, 2)}, train_steps=1)
     (tmp_path / "tokenizer_config.json").write_text("{}")
     (tmp_path / "tokenizer.json").write_bytes(b'{"model": {"vocab": \xff')
-    with pytest.raises(RunFolderError, match="tokenizer.json: the tokenizer file is damaged"):
+    with pytest.raises(RunFolderError, match="tokenizer.json:1: byte 0xff .*: the tokenizer file is damaged"):
         run.check_tokenizer()

@@ -17,7 +17,9 @@ from typing import Any
 from cllmfs_trainer.benchmark.methods import METHODS, Method, TrainedMethod, get_method
 from cllmfs_trainer.data.registry import get_dataset
 from cllmfs_trainer.data.sampling import INTER_SOURCE
-from cllmfs_trainer.files import load_yaml, read_text_file
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.files import read_text_file
+from cllmfs_trainer.parsing import load_yaml
 
 # Trains one run folder: (recipe, overrides for the recipe's keys, output_dir) -> None. `recipes/benchmark.py` passes
 # the training script's parser and main, so the benchmark trains exactly as a user's `accelerate launch` does.
@@ -102,27 +104,27 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.predict_dtype is not None and self.predict_dtype not in PREDICT_DTYPES:
-            raise ValueError(f"predict_dtype must be one of {list(PREDICT_DTYPES)}, got {self.predict_dtype!r}")
+            raise UserError(f"predict_dtype must be one of {list(PREDICT_DTYPES)}, got {self.predict_dtype!r}")
         if self.checkpoint_steps < 0:
-            raise ValueError(f"checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
+            raise UserError(f"checkpoint_steps must be >= 0 (0 = no checkpoints), got {self.checkpoint_steps}")
         if self.query_split not in ("test", "dev"):
-            raise ValueError(f"query_split must be 'test' or 'dev', got {self.query_split!r}")
+            raise UserError(f"query_split must be 'test' or 'dev', got {self.query_split!r}")
         for name, overrides in self.settings.items():
             if name in METHODS:
-                raise ValueError(f"setting {name!r} has the name of a method; rename it")
+                raise UserError(f"setting {name!r} has the name of a method; rename it")
             if not isinstance(overrides, dict):
-                raise ValueError(f"setting {name!r}: expected a mapping of recipe keys to values, got {overrides!r}")
+                raise UserError(f"setting {name!r}: expected a mapping of recipe keys to values, got {overrides!r}")
         for method in self.methods:
             self.method(method)  # raises with the known names
         for task in self.tasks:
             setting, _, dataset = task.partition(":")
             if setting not in ("intra", "inter") or not dataset:
-                raise ValueError(f"task {task!r} must be 'intra:<dataset>' or 'inter:<dataset>'")
+                raise UserError(f"task {task!r} must be 'intra:<dataset>' or 'inter:<dataset>'")
             get_dataset(dataset)  # raises with the known keys
         if any(self.method(m).needs_recipe for m in self.methods) and not self.recipe:
-            raise ValueError("trained methods need `recipe`, a training YAML such as recipes/smollm2/wnut17_intra.yaml")
+            raise UserError("trained methods need `recipe`, a training YAML such as recipes/smollm2/wnut17_intra.yaml")
         if not self.seeds or not self.ks:
-            raise ValueError("seeds and ks must not be empty")
+            raise UserError("seeds and ks must not be empty")
         if self.reference not in self.methods:
             self.reference = next(iter(self.methods))
 
@@ -176,7 +178,7 @@ def changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     changed = []
     for key in sorted(ours.keys() | theirs.keys()):  # a field only one side sets differs from its default
         if key == "settings":
-            mine, other = ours[key] or {}, theirs.get(key) or {}
+            mine, other = ours.get(key) or {}, theirs.get(key) or {}
             if any(mine[name] != other[name] for name in mine.keys() & other.keys()):
                 changed.append(key)
         elif theirs.get(key) != ours.get(key):

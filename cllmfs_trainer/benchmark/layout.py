@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cllmfs_trainer.benchmark.config import Unit
+from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.parsing import read_json_file
 
 SETTINGS = ("intra", "inter")
 
@@ -80,3 +83,20 @@ class BenchmarkLayout:
             for setting in SETTINGS
             for path in sorted(self.task_dir(setting, unit.dataset).glob(f"k*/seed*/{unit.method}.json"))
         ]
+
+
+def read_record(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object of a file the benchmark wrote (`benchmark.json`, a unit, a report's `results.json`).
+
+    Raises:
+        `UserError`: naming the file when it is damaged (cut off, edited by hand) or not an object, with what to do.
+    """
+    try:
+        record = read_json_file(path, what)
+    except UserError as err:
+        raise UserError(
+            f"{what} is damaged: {err}; delete it (the benchmark redoes what it held) or restore it"
+        ) from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: {what} holds a {type(record).__name__}, not a JSON object; delete or restore it")
+    return record

@@ -2,8 +2,8 @@
 
 - `TrainedMethod`: the training recipe plus overrides (the paper's Table 2 ablations); it trains a run folder and
   predicts with it.
-- `ZeroShotMethod`: the base LLM prompted without training; its predictions do not depend on the seed or K, so a
-  unit of the same dataset under another seed, K or setting is reused.
+- `ZeroShotMethod`: the base LLM prompted without training, or with the shipped NER prior (`prior_zero_shot`); its
+  predictions do not depend on the seed or K, so a unit of the same dataset under another seed, K or setting is reused.
 - `SupportMethod`: a classifier fitted on the unit's support set by a `fit_predict` function of
   `cllmfs_trainer.benchmark.baselines` (the prototype baselines, CONTaiNER and ProML), given a `BaselineContext`.
   It can only label types it has examples of, so in INTER it takes the target's support set, as in the
@@ -24,6 +24,7 @@ from cllmfs_trainer.benchmark.baselines.context import BaselineContext
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sampling import SupportSet
+from cllmfs_trainer.errors import UnknownNameError
 
 if TYPE_CHECKING:
     from cllmfs_trainer.benchmark.config import Unit
@@ -106,12 +107,13 @@ class TrainedMethod(Method):
 
 @dataclass(frozen=True)
 class ZeroShotMethod(Method):
-    """The base LLM prompted with the instruction alone."""
+    """The base LLM prompted with the instruction alone; with `adapter`, the base with that adapter merged."""
 
+    adapter: str | None = None  # an `init_adapter` value: `prior` is the shipped NER prior of the base model
     same_for_every_seed = True
 
     def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
-        extractor = runner.extractor(None, test_types)
+        extractor = runner.extractor(None, test_types, adapter=self.adapter)
         predicted = [p.spans for p in extractor.predict(query)]
         return predicted, {"parse_stats": extractor.stats.as_dict()}
 
@@ -141,12 +143,12 @@ def get_method(name: str) -> Method:
     """The registered method called `name`.
 
     Raises:
-        `ValueError`: naming the known methods.
+        `UnknownNameError`: naming the known methods.
     """
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}") from None
+        raise UnknownNameError(f"unknown method {name!r}; choose from {sorted(METHODS)}") from None
 
 
 def method_title(name: str) -> str:
@@ -173,6 +175,12 @@ register_method(TrainedMethod("lora", "LoRA only", {"cl_weight": 0.0}))
 register_method(TrainedMethod("lora_cl", "LoRA+CL (no noise)", {"cl_noise_site": "none"}))
 register_method(TrainedMethod("cllmfs_format2", "CLLMFS, prompt format 2", {"prompt_format": 2}))
 register_method(ZeroShotMethod("zero_shot", "zero-shot prompting"))
+# NER-pretrained setting, not the paper's protocol: the 5-shot stage continues the shipped NER prior's adapter.
+register_method(TrainedMethod("cllmfs_prior", "CLLMFS from the NER prior", {"init_adapter": "prior"}))
+register_method(
+    TrainedMethod("lora_prior", "LoRA only from the NER prior", {"init_adapter": "prior", "cl_weight": 0.0})
+)
+register_method(ZeroShotMethod("prior_zero_shot", "the NER prior, zero-shot", adapter="prior"))
 register_method(SupportMethod("protobert", "ProtoBERT", fit_predict=_prototype("proto")))
 register_method(SupportMethod("nnshot", "NNShot", fit_predict=_prototype("nnshot")))
 # CONTaiNER and ProML fine-tune their encoder on the support set, after training it on OntoNotes in INTER.

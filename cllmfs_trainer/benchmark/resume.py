@@ -13,7 +13,7 @@ from dataclasses import asdict, astuple
 from pathlib import Path
 
 from cllmfs_trainer.benchmark.config import BenchmarkConfig, Unit, changed_fields, upgrade_fingerprint
-from cllmfs_trainer.benchmark.layout import BenchmarkLayout
+from cllmfs_trainer.benchmark.layout import BenchmarkLayout, read_record
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import atomic_write_text
 
@@ -37,7 +37,7 @@ def check_resume(config: BenchmarkConfig, layout: BenchmarkLayout, overwrite: bo
     saved = layout.config_file
     current = {"config": asdict(config), "fingerprint": config.fingerprint()}
     if saved.is_file():
-        previous = json.loads(saved.read_text(encoding="utf-8"))
+        previous = read_record(saved, "the benchmark's settings file")
         previous["fingerprint"] = upgrade_fingerprint(previous.get("fingerprint", {}))
         changed = changed_fields(previous["fingerprint"], current["fingerprint"])
         if changed:
@@ -81,16 +81,16 @@ def restore_units(config: BenchmarkConfig, layout: BenchmarkLayout, units: list[
         `int`: how many units were restored.
 
     Raises:
-        `ValueError`: when the report's model, query or fingerprint differ, or a unit record lacks a field.
+        `UserError`: when the report is damaged, its model, query or fingerprint differ, or a unit lacks a field.
     """
-    report = json.loads(path.read_text(encoding="utf-8"))
+    report = read_record(path, "the report to restore from")
     for key, ours in (("model", config.model), ("query", config.query_note())):
         if report.get(key) != ours:
-            raise ValueError(f"{path}: its {key} is {report.get(key)!r}, this benchmark's is {ours!r}")
+            raise UserError(f"{path}: its {key} is {report.get(key)!r}, this benchmark's is {ours!r}")
     if "fingerprint" in report:
         changed = changed_fields(upgrade_fingerprint(report["fingerprint"]), config.fingerprint())
         if changed:
-            raise ValueError(f"{path} comes from a benchmark with different settings ({', '.join(changed)})")
+            raise UserError(f"{path} comes from a benchmark with different settings ({', '.join(changed)})")
     else:
         logger.warning(
             "%s has no fingerprint (an older report): only its model and query were checked, not the "
@@ -103,7 +103,7 @@ def restore_units(config: BenchmarkConfig, layout: BenchmarkLayout, units: list[
         try:
             unit = Unit(*(record[f] for f in ("setting", "dataset", "k", "seed", "method")))
         except KeyError as missing:
-            raise ValueError(f"{path}: a unit record lacks the field {missing}") from None
+            raise UserError(f"{path}: a unit record lacks the field {missing}") from None
         target = layout.unit_file(unit)
         if astuple(unit) not in wanted or target.is_file():
             continue

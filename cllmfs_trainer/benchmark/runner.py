@@ -21,7 +21,7 @@ from typing import Any
 from cllmfs_trainer.benchmark.baselines import load_encoder
 from cllmfs_trainer.benchmark.baselines.context import BaselineContext
 from cllmfs_trainer.benchmark.config import BenchmarkConfig, TrainFn, Unit
-from cllmfs_trainer.benchmark.layout import BenchmarkLayout
+from cllmfs_trainer.benchmark.layout import BenchmarkLayout, read_record
 from cllmfs_trainer.benchmark.resume import check_resume, restore_units
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType, get_dataset
@@ -30,9 +30,13 @@ from cllmfs_trainer.evaluation.metrics import span_scores
 from cllmfs_trainer.evaluation.scoring import score_unit
 from cllmfs_trainer.files import atomic_write_text, replace_folder
 from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
+from cllmfs_trainer.models.priors import resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
+
+# The recipe keys that shape prompts and decoding: an extractor built outside a run folder takes them from the recipe.
+DECODING_KEYS = ("prompt_format", "answer_format", "type_descriptions", "end_penalty", "one_type_per_span")
 
 
 class Benchmark:
@@ -84,7 +88,7 @@ class Benchmark:
 
     def finished_records(self) -> list[dict[str, Any]]:
         """Scores of the units that are done, without running or writing anything (for `--report-only`)."""
-        return [json.loads(p.read_text(encoding="utf-8")) for u in self.units() if (p := self.unit_path(u)).is_file()]
+        return [read_record(p, "a unit's scores file") for u in self.units() if (p := self.unit_path(u)).is_file()]
 
     def run(
         self, progress: bool = True, on_unit: Callable[[dict[str, Any]], None] | None = None
@@ -110,7 +114,7 @@ class Benchmark:
             record = self.run_unit(unit)
             if on_unit is not None:
                 on_unit(record)
-        return [json.loads(self.unit_path(u).read_text(encoding="utf-8")) for u in units]
+        return [read_record(self.unit_path(u), "a unit's scores file") for u in units]
 
     def restore_from(self, results: str | Path) -> int:
         """Mark units done from a report's `results.json` (see `cllmfs_trainer.benchmark.resume.restore_units`).
@@ -212,7 +216,7 @@ class Benchmark:
         """Zero-shot prompting never sees a support set or the source: every seed, K and setting of a dataset gives
         the same predictions, so a finished unit of the same dataset is copied."""
         record = {
-            **json.loads(done.read_text(encoding="utf-8")),
+            **read_record(done, "a unit's scores file"),
             "setting": unit.setting,
             "support_sentences": len(support.sentences),
             "seed": unit.seed,
@@ -233,7 +237,7 @@ class Benchmark:
             if (
                 path != own
                 and path.with_suffix(".predictions.jsonl").is_file()
-                and "reused_from" not in json.loads(path.read_text(encoding="utf-8"))
+                and "reused_from" not in read_record(path, "a unit's scores file")
             ):
                 return path
         return None
@@ -311,8 +315,18 @@ class Benchmark:
         complete = [steps[n] for n in sorted(steps, reverse=True) if (steps[n] / "trainer_state.json").is_file()]
         return complete[0] if complete else None
 
-    def extractor(self, run_dir: Path | None, types: Sequence[EntityType]):
-        """An `EntityExtractor` for a trained run folder, or for the base model (`run_dir=None`: zero-shot)."""
+    def extractor(self, run_dir: Path | None, types: Sequence[EntityType], adapter: str | None = None):
+        """An `EntityExtractor` for a trained run folder, or for the base model (`run_dir=None`: zero-shot).
+
+        Args:
+            run_dir (`Path`, *optional*):
+                A trained run folder; `None` prompts the base model.
+            types (`Sequence[EntityType]`):
+                The types to extract.
+            adapter (`str`, *optional*):
+                With `run_dir=None`: an `init_adapter` value (`prior`, or an adapter folder) merged into the base model.
+                The recipe's prompt and decoding keys apply, as they do to the runs trained from that adapter.
+        """
         # Heavy (torch and transformers): restoring a report and scoring saved predictions need neither.
         from cllmfs_trainer.inference.generate import EntityExtractor
 
@@ -321,8 +335,20 @@ class Benchmark:
                 run_dir, types=types, batch_size=self.config.batch_size, dtype=self.config.predict_dtype
             )
         tokenizer = ensure_pad_token(load_tokenizer(self.config.model, padding_side="left"))
-        model = load_model(self.config.model, dtype=self.config.predict_dtype)
-        return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size)
+        if adapter is None:
+            model = load_model(self.config.model, dtype=self.config.predict_dtype)
+            return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size)
+        import torch
+        from peft import PeftModel
+
+        folder = resolve_init_adapter(adapter, self.config.model)
+        # Merged in the precision the base loads in, then cast, as `EntityExtractor.from_run` does.
+        model = PeftModel.from_pretrained(load_model(self.config.model), folder).merge_and_unload()
+        if self.config.predict_dtype is not None:
+            model = model.to(getattr(torch, self.config.predict_dtype))
+        recipe = self.config.fingerprint().get("recipe_settings", {})
+        decoding = {key: recipe[key] for key in DECODING_KEYS if key in recipe}
+        return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size, **decoding)
 
     @staticmethod
     def support_fit(extractor: Any, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.io import DataFormatError, jsonl_line
 from cllmfs_trainer.data.registry import load_types_file, merge_types
 from cllmfs_trainer.errors import UsageError
-from cllmfs_trainer.files import atomic_open, check_input_file, check_output_file, control_character, read_text_lines
+from cllmfs_trainer.files import (
+    atomic_open,
+    check_input_file,
+    check_output_file,
+    control_character,
+    read_text_file,
+    read_text_lines,
+)
+from cllmfs_trainer.parsing import parse_json
 from cllmfs_trainer.run_folder import RunFolder
 
 logger = logging.getLogger("cllmfs")
@@ -31,7 +40,10 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     parser.add_argument("--run", required=True, help="run folder written by recipes/train.py")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="one sentence")
-    source.add_argument("--input", help=".txt (one sentence per line) or .jsonl (a 'text' field per line)")
+    source.add_argument(
+        "--input",
+        help=".txt (one text per line), .jsonl (a 'text' field per line), .json (an array of texts or such objects)",
+    )
     source.add_argument("--dataset", help="a registry dataset's split (see --split, --limit, --data-dir)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=positive_int, help="only the first N sentences of --input or --dataset")
@@ -122,30 +134,48 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     else:
         path = check_input_file(args.input, "--input")
         source = str(path)
-        if path.suffix.lower() not in (".txt", ".jsonl", ""):
-            logger.info("%s: reading one sentence per line (only .jsonl files are read as JSON)", path)
+        suffix = path.suffix.lower()
+        if suffix not in (".txt", ".jsonl", ".json", ""):
+            logger.info("%s: reading one text per line (.jsonl and .json files are read as JSON)", path)
         texts = []
-        for lineno, line in enumerate(read_text_lines(path, "--input"), start=1):
-            if path.suffix.lower() == ".jsonl":
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise DataFormatError(f"{path}:{lineno}: expected a JSON object with a string field 'text'")
-                line = record["text"]
+        for where, line in _input_texts(path, suffix):
             if control_character(line):
                 raise DataFormatError(
-                    f"{path}:{lineno}: the text contains the control character {control_character(line)!r}; "
-                    "is the file binary?"
+                    f"{where}: the text contains the control character {control_character(line)!r}; is the file binary?"
                 )
             texts.append(line)
     texts = texts[: args.limit]
     if not any(text.strip() for text in texts):
         raise DataFormatError(f"{source}: no text to predict (empty, or only blank lines)")
     return texts
+
+
+JSON_INPUT = 'a JSON array of texts, or of objects with a string field "text"'
+
+
+def _input_texts(path: Path, suffix: str) -> Iterator[tuple[str, str]]:
+    """`(where, text)` of every input text: a line of a text file, a record of JSONL, an item of a JSON array."""
+    if suffix == ".json":  # a JSON array read as lines would predict on its brackets and quotes
+        items = parse_json(read_text_file(path, "--input"), str(path), JSON_INPUT)
+        if not isinstance(items, list):
+            raise DataFormatError(f"{path}: the JSON is a {type(items).__name__}; expected {JSON_INPUT}")
+        for index, item in enumerate(items):
+            yield f"{path}: item {index}", _record_text(item, f"{path}: item {index}")
+        return
+    for lineno, line in enumerate(read_text_lines(path, "--input"), start=1):
+        if suffix != ".jsonl":
+            yield f"{path}:{lineno}", line
+        elif line.strip():
+            where = f"{path}:{lineno}"
+            yield where, _record_text(parse_json(line, where), where)
+
+
+def _record_text(record: Any, where: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataFormatError(f"{where}: expected a string or a JSON object with a string field 'text'")
+    return record["text"]
 
 
 def _entity_record(entity: Any, with_score: bool) -> dict[str, Any]:

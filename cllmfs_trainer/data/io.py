@@ -21,6 +21,7 @@ from cllmfs_trainer.data.sentence import Corpus, Sentence, Span
 from cllmfs_trainer.data.tags import check_scheme, decode_sentence, report_repairs, validate_tags
 from cllmfs_trainer.errors import DataFormatError
 from cllmfs_trainer.files import atomic_open, atomic_write_text, control_character, iter_text_lines
+from cllmfs_trainer.parsing import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +137,7 @@ def read_jsonl(path: str | Path, allow_empty: bool = True) -> Corpus:
         where = f"{path}:{lineno}"
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        record = parse_json(line, where)
         sentence = sentence_from_char_spans(record, where)
         sentence.id = str(record.get("id", f"{path.name}:{lineno}"))
         corpus.sentences.append(sentence)

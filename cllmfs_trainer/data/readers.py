@@ -26,7 +26,8 @@ from typing import Any
 
 from cllmfs_trainer.data.io import Corpus, Sentence, read_conll, read_jsonl, sentence_from_offsets
 from cllmfs_trainer.errors import DataFormatError
-from cllmfs_trainer.files import check_input_file, iter_text_lines, read_text_file
+from cllmfs_trainer.files import check_input_file, iter_text_lines, read_head, read_text_file
+from cllmfs_trainer.parsing import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def detect_format(path: str | Path) -> str:
     `conll` for anything else that is text. The content decides; the extension only names what was expected when the
     content fits nothing."""
     path = Path(path)
-    head = path.read_bytes()[:4096]
+    head = read_head(path)  # never the whole file: it may be a device or a pipe
     if path.suffix.lower() == ".spacy" or head[:2] in _ZLIB_HEADERS:
         return "spacy"
     first = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")[:1]
@@ -129,12 +130,7 @@ def _json_lines(path: Path, format: str) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(
-                f"{where}: invalid JSON ({err.msg} at column {err.colno}); expected {EXPECTED[format]}"
-            ) from None
+        yield where, parse_json(line, where, EXPECTED[format])
 
 
 def _doccano_sentences(path: Path) -> Iterator[Sentence]:
@@ -161,12 +157,7 @@ def _doccano_sentences(path: Path) -> Iterator[Sentence]:
 
 
 def _label_studio_sentences(path: Path) -> Iterator[Sentence]:
-    try:
-        tasks = json.loads(read_text_file(path, "examples"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(
-            f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno}); expected {EXPECTED['label-studio']}"
-        ) from None
+    tasks = parse_json(read_text_file(path, "examples"), str(path), EXPECTED["label-studio"])
     if not isinstance(tasks, list):
         raise DataFormatError(f"{path}: the JSON is not an array of tasks; expected {EXPECTED['label-studio']}")
     unlabelled, extra_annotations, other_results = 0, 0, 0

@@ -20,7 +20,8 @@ from typing import Any
 
 from cllmfs_trainer.data.io import Corpus, DataFormatError, read_conll
 from cllmfs_trainer.errors import UnknownNameError
-from cllmfs_trainer.files import LineMapping, control_character, load_yaml, read_text_file
+from cllmfs_trainer.files import control_character, read_text_file
+from cllmfs_trainer.parsing import LineMapping, load_yaml
 
 DATA_DIR_ENV = "CLLMFS_DATA_DIR"
 SHIPPED_DATA = Path(__file__).parent / "shipped"

@@ -2,7 +2,8 @@
 
 A prompt holds one sentence, so a sentence longer than the model's budget must be cut. We cut only between words and
 never inside a gold span; each chunk remembers its word offset in the original sentence, so spans predicted on the
-chunks map back exactly (`merge_chunk_spans`).
+chunks map back exactly (`merge_chunk_spans`). A word too long for a prompt (a URL, a base64 blob, a line of one
+letter) is shortened in the prompt instead (`shorten_long_words`): the words keep their places, so spans stay valid.
 """
 
 from __future__ import annotations
@@ -14,6 +15,27 @@ from typing import NamedTuple
 from cllmfs_trainer.data.io import Sentence, Span
 
 logger = logging.getLogger(__name__)
+
+
+def shorten_long_words(sentences: Sequence[Sentence], max_chars: int) -> list[Sentence]:
+    """The sentences with every word longer than `max_chars` cut to its first `max_chars` characters.
+
+    The words keep their number and order, so a span over the shortened sentence is the same span over the original:
+    such a word can still be predicted as (part of) an entity. Sentences without a long word are returned as they are.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    out, shortened = [], 0
+    for sentence in sentences:
+        if all(len(word) <= max_chars for word in sentence.tokens):
+            out.append(sentence)
+            continue
+        shortened += sum(len(word) > max_chars for word in sentence.tokens)
+        tokens = [word[:max_chars] for word in sentence.tokens]
+        out.append(Sentence(tokens, list(sentence.spans), sentence.id))
+    if shortened:
+        logger.warning("%d word(s) longer than %d characters were shortened in the prompts", shortened, max_chars)
+    return out
 
 
 class Chunk(NamedTuple):

@@ -34,11 +34,14 @@ from typing import Any, NamedTuple
 import torch
 from transformers import LogitsProcessorList
 
-from cllmfs_trainer.data.format import IM_END
+from cllmfs_trainer.data.format import IM_END, parse_output
+from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
+from cllmfs_trainer.inference.parse import entities_to_spans
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
+from cllmfs_trainer.inference.scores import group_scores
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Job(NamedTuple):
 class AnswerBatcher:
     """Answers prompts in batches with the speed levers above: `EntityExtractor`'s decoding half.
 
+    It also parses the answers into spans with their scores (`_collect`) and first-token odds (`_span_odds`).
     It reads the decoding options `EntityExtractor.__init__` sets and documents (`model`, `tokenizer`, `constrained`,
     `batch_size`, `max_new_tokens`, `reuse_prefix`, `prefill_answer`, `answer_format`, `compact_decoding`,
     `end_penalty`, `one_type_per_span`, `generation_kwargs`), and fills `last_first_odds` and `last_answer_logprobs`
@@ -91,6 +95,19 @@ class AnswerBatcher:
                 logger.warning("generating without prefix reuse: %s", err)
         return SharedPrefixes(self.model, dict.fromkeys(members, ()))
 
+    def _check_context(self, encoded: Sequence[list[int]], jobs: Sequence[Job]) -> None:
+        """Refuse a prompt that with its answer does not fit the model's context: the model would fail, or read
+        positions it was never trained on, after a long wait."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        longest = max(range(len(encoded)), key=lambda k: len(encoded[k]))
+        if isinstance(limit, int) and len(encoded[longest]) + self.max_new_tokens > limit:
+            words = " ".join(jobs[longest].words)
+            raise UserError(
+                f"a prompt of {len(encoded[longest]):,} tokens plus {self.max_new_tokens} for the answer exceeds the "
+                f"model's context of {limit:,} tokens (its text starts {words[:40]!r}); lower max_sentence_words "
+                f"({self.max_sentence_words}) or max_word_chars ({self.max_word_chars})"
+            )
+
     @torch.no_grad()
     def generate(self, jobs: Sequence[Job], progress: bool = False) -> list[str]:
         """Generate an answer for every job, in batches of similar length; returns decoded answers in job order.
@@ -108,6 +125,7 @@ class AnswerBatcher:
             return []
         tokenizer = self.tokenizer
         encoded = tokenizer([job.prompt for job in jobs])["input_ids"]  # one batched call, not one per prompt
+        self._check_context(encoded, jobs)
         groups = [job.group for job in jobs]
         shared = self._shared_prefixes(encoded, groups)
         answer = list(self._answer_prefill())
@@ -189,3 +207,30 @@ class AnswerBatcher:
             for k, text in zip(batch, texts):
                 outputs[k] = text
         return outputs
+
+    def _collect(self, chunks, places, texts, answers, found, scores) -> None:
+        """Parse answers into spans of their chunks, with their scores; count malformed outputs in `self.stats`."""
+        for (i, j, t), text, answer in zip(places, texts, answers):
+            words = chunks[i][j].sentence.tokens
+            parsed = parse_output(text, self.answer_format)
+            match = entities_to_spans(words, parsed.entities, t.label)
+            self.stats.update(parsed, match)
+            found.setdefault((i, j), []).extend(match.spans)
+            if answer is None or not parsed.entities:
+                continue
+            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)
+            for span, score in zip(match.placed, group_scores(*answer, parsed.entities, automaton[0])):
+                if span is not None and score is not None:
+                    scores.setdefault((i, j), {})[span] = score
+
+    def _span_odds(self, chunks, places, first_odds, found, odds) -> None:
+        """Record, per chunk, the first-token log-odds of each span found under each type (for `resolve_types`)."""
+        for (i, j, t), row_odds in zip(places, first_odds):
+            words = chunks[i][j].sentence.tokens
+            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)
+            automaton = automaton[0]
+            for span in found.get((i, j), []):
+                if span.type != t.label or span in odds.setdefault((i, j), {}):
+                    continue
+                run = automaton.runs.get(" ".join(words[span.start : span.end]))
+                odds[i, j][span] = row_odds.get(run[0], float("-inf")) if run else float("-inf")

@@ -24,20 +24,18 @@ from cllmfs_trainer.data.format import (
     build_prompt,
     check_answer_format,
     check_prompt_format,
-    parse_output,
 )
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
-from cllmfs_trainer.data.splitting import merge_chunk_spans, split_sentence
+from cllmfs_trainer.data.splitting import merge_chunk_spans, shorten_long_words, split_sentence
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.answer_pieces import CompletionTemplate
 from cllmfs_trainer.inference.answers import AnswerBatcher, Job  # noqa: F401 (Job: users import it here)
-from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.extract import Entity, TypesArgument, extract_entities
 from cllmfs_trainer.inference.greedy import is_plain_greedy
 from cllmfs_trainer.inference.hub import HubLoading
-from cllmfs_trainer.inference.parse import ParseStats, entities_to_spans
-from cllmfs_trainer.inference.scores import Prediction, group_scores, resolve_types
+from cllmfs_trainer.inference.parse import ParseStats
+from cllmfs_trainer.inference.scores import Prediction, resolve_types
 from cllmfs_trainer.models import load_model, load_tokenizer, precision
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.run_folder import RunFolder
@@ -63,6 +61,9 @@ class EntityExtractor(AnswerBatcher, HubLoading):
             Bound on generated tokens per prompt (the answer prefix included).
         max_sentence_words (`int`, *optional*, defaults to `128`):
             Longer sentences are split (never inside a gold span) and their predictions re-joined.
+        max_word_chars (`int`, *optional*, defaults to `100`):
+            Longer words are cut to this length in the prompts (the spans keep their words). With
+            `max_sentence_words`, it bounds a prompt; one past the model's context is refused with a `UserError`.
         reuse_prefix (`bool`, *optional*, defaults to `True`):
             Compute the shared prompt start (the type's instruction in format 1, the sentence in format 2) once and
             reuse its key/value states in every batch. Ignored with `num_beams` or `num_return_sequences` above 1, and
@@ -101,6 +102,7 @@ class EntityExtractor(AnswerBatcher, HubLoading):
         batch_size: int = 32,
         max_new_tokens: int = 64,
         max_sentence_words: int = 128,
+        max_word_chars: int = 100,
         reuse_prefix: bool = True,
         prefill_answer: bool = True,
         prompt_format: int = PROMPT_FORMAT,
@@ -113,7 +115,8 @@ class EntityExtractor(AnswerBatcher, HubLoading):
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token (cllmfs_trainer.models.ensure_pad_token adds one)")
-        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        bounds = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_word_chars": max_word_chars}
+        for name, value in {**bounds, "max_sentence_words": max_sentence_words}.items():
             if not isinstance(value, int) or value < 1:  # a batch of 0 or a budget of 0 silently predicts nothing
                 raise UserError(f"{name} must be an integer >= 1, got {value!r}")
         if isinstance(end_penalty, bool) or not isinstance(end_penalty, (int, float)) or not math.isfinite(end_penalty):
@@ -127,6 +130,7 @@ class EntityExtractor(AnswerBatcher, HubLoading):
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_sentence_words = max_sentence_words
+        self.max_word_chars = max_word_chars
         self.reuse_prefix = reuse_prefix
         self.prefill_answer = prefill_answer
         self.prompt_format = check_prompt_format(prompt_format)
@@ -305,7 +309,8 @@ class EntityExtractor(AnswerBatcher, HubLoading):
         """
         self._automata = {}
         types = self.types if types is None else list(types)
-        chunks = [split_sentence(s, self.max_sentence_words) for s in sentences]
+        shown = shorten_long_words(sentences, self.max_word_chars)  # the same words, each at most max_word_chars
+        chunks = [split_sentence(s, self.max_sentence_words) for s in shown]
         found: dict[tuple[int, int], list[Span]] = {}
         scores: dict[tuple[int, int], dict[Span, float]] = {}
         odds: dict[tuple[int, int], dict[Span, float]] = {}
@@ -367,31 +372,3 @@ class EntityExtractor(AnswerBatcher, HubLoading):
                 for i, j, t in block_places
             ]
             yield block_places, self.generate(jobs), self.last_first_odds, self.last_answer_logprobs
-
-    def _collect(self, chunks, places, texts, answers, found, scores) -> None:
-        """Parse answers into spans of their chunks, with their scores; count malformed outputs in `self.stats`."""
-        for (i, j, t), text, answer in zip(places, texts, answers):
-            words = chunks[i][j].sentence.tokens
-            parsed = parse_output(text, self.answer_format)
-            match = entities_to_spans(words, parsed.entities, t.label)
-            self.stats.update(parsed, match)
-            found.setdefault((i, j), []).extend(match.spans)
-            if answer is None or not parsed.entities:
-                continue
-            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)
-            for span, score in zip(match.placed, group_scores(*answer, parsed.entities, automaton[0])):
-                if span is not None and score is not None:
-                    scores.setdefault((i, j), {})[span] = score
-
-    def _span_odds(self, chunks, places, first_odds, found, odds) -> None:
-        """Record, per chunk, the first-token log-odds of each span found under each type (for `resolve_types`)."""
-        for (i, j, t), row_odds in zip(places, first_odds):
-            words = chunks[i][j].sentence.tokens
-            automaton = build_automata(self.tokenizer, [words], cache=self._automata, answer_format=self.answer_format)[
-                0
-            ]
-            for span in found.get((i, j), []):
-                if span.type != t.label or span in odds.setdefault((i, j), {}):
-                    continue
-                run = automaton.runs.get(" ".join(words[span.start : span.end]))
-                odds[i, j][span] = row_odds.get(run[0], float("-inf")) if run else float("-inf")

@@ -38,8 +38,9 @@ from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, Unit, write_rep
 from cllmfs_trainer.benchmark.methods import get_method
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 from cllmfs_trainer.errors import DataFormatError, UsageError, UserError
-from cllmfs_trainer.files import check_input_file, check_output_dir, load_yaml
+from cllmfs_trainer.files import check_input_file, check_output_dir
 from cllmfs_trainer.models.loading import check_model_reference
+from cllmfs_trainer.parsing import load_yaml
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
 
 PROG = "benchmark.py"

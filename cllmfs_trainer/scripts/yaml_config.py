@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from cllmfs_trainer.errors import DataFormatError, UsageError
-from cllmfs_trainer.files import load_yaml, read_text_file
+from cllmfs_trainer.files import read_text_file
+from cllmfs_trainer.parsing import load_yaml
 
 
 def load_yaml_mapping(path: str | os.PathLike, what: str = "config") -> tuple[dict[str, Any], dict[str, int]]:
