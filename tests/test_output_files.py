@@ -1,6 +1,7 @@
 """Outputs never destroy what they did not create: devices, FIFOs and the process's streams are written into, a
 symlink's target is written and the link kept, and a full device is an error, not a silent success."""
 
+import json
 import os
 import stat
 import threading
@@ -51,3 +52,22 @@ def test_a_full_device_is_reported():
 def test_dev_null_stays_a_device():
     atomic_write_text("/dev/null", "discarded\n")
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_planted_symlink_at_the_old_temporary_name_is_never_followed(tmp_path):
+    """The run record was once written through the fixed name `cllmfs_run.json.tmp`; a link planted there (or at any
+    name) must not redirect the write outside the folder: temporary names are unique and created exclusively."""
+    from cllmfs_trainer.data.registry import EntityType
+    from cllmfs_trainer.run_folder import RunFolder
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cllmfs_run.json.tmp").symlink_to(outside)
+    person = EntityType("person", "person", "names of people")
+    run = RunFolder(run_dir, "base", "adapter", 1, "intra", "wnut17", 1, [person], [person])
+    run.save()
+    assert outside.read_text() == "not yours"
+    assert json.loads((run_dir / "cllmfs_run.json").read_text())["dataset"] == "wnut17"
+    assert (run_dir / "cllmfs_run.json.tmp").is_symlink()  # left as it was, not written through
