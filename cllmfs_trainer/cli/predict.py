@@ -1,11 +1,16 @@
 """`cllmfs predict --run RUN_DIR (--text "..." | --input FILE | --dataset D) --output preds.jsonl`: extract entities
-with a trained run folder; each line of the output is a text and its entities with character offsets."""
+with a trained run folder; each line of the output is a text and its entities with character offsets.
+
+Launched as several processes (`accelerate launch -m cllmfs_trainer.cli predict ...` on GPUs, `torchrun
+--nproc_per_node N -m cllmfs_trainer.cli predict ...` on CPUs), the processes share the work and the output equals
+one process's (`cllmfs_trainer.inference.data_parallel`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +191,27 @@ def _entity_record(entity: Any, with_score: bool) -> dict[str, Any]:
     return record
 
 
+def _launched_rank() -> tuple[int, Any] | None:
+    """`(rank, device)` after joining the process group of a multi-process launch (`accelerate launch`, `torchrun`:
+    they set `WORLD_SIZE`, `RANK` and `LOCAL_RANK`); `None` for one process, which initialises nothing distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():  # one GPU per process, NCCL between them
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.get_rank() != 0:  # one report: the other processes say only what is an error
+        logger.setLevel(logging.ERROR)
+        logging.getLogger("cllmfs_trainer").setLevel(logging.ERROR)
+    return dist.get_rank(), device
+
+
 def main(args: argparse.Namespace) -> None:
     """Check everything the user gave, then load the run once and write one JSON line per input text."""
     # Heavy (torch and transformers; vllm_engine imports generate): `cllmfs --help`, `model` and `prepare` start
@@ -195,6 +221,8 @@ def main(args: argparse.Namespace) -> None:
 
     if args.engine == "vllm":
         import_vllm()  # before anything else: without vLLM, one line that says how to install it
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--engine vllm spreads a model over GPUs itself: launch one process, not several")
     # Everything the user gave is checked before the model loads: a mistake costs seconds, not a model load.
     run_dir = Path(args.run)
     run = RunFolder.load(run_dir)  # refuses a folder without its weights, naming the missing file
@@ -210,6 +238,7 @@ def main(args: argparse.Namespace) -> None:
     if output.resolve().is_relative_to(run_dir.resolve()):
         # The run folder holds the run (adapter, tokenizer, record): an output there could replace one of them.
         raise UsageError(f"--output {output} is inside the run folder {run_dir}; write predictions outside it")
+    launched = _launched_rank()
     extractor = EntityExtractor.from_run(
         run_dir,
         types=types,
@@ -221,8 +250,16 @@ def main(args: argparse.Namespace) -> None:
         **({} if args.end_penalty is None else {"end_penalty": args.end_penalty}),
         **({} if args.one_type_per_span is None else {"one_type_per_span": args.one_type_per_span}),
     )
+    if launched is not None:
+        extractor.model.to(launched[1])  # each process its own GPU (on a CPU: no-op)
     # Each input line is one sentence: asked whole, as the model was trained (no sentence splitting).
     found = extractor.extract(texts, threshold=args.threshold, split_sentences=False, progress=True)
+    if launched is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if launched[0] != 0:
+            return  # every process holds all the predictions (`inference.data_parallel`); the main one writes them
     with atomic_open(output) as out:  # a failure leaves no half-written file
         for text, entities in zip(texts, found):
             records = [_entity_record(entity, args.scores) for entity in entities]

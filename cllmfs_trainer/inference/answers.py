@@ -38,6 +38,7 @@ from cllmfs_trainer.data.format import IM_END, parse_output
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.inference.automaton import build_automata
 from cllmfs_trainer.inference.constraints import CompletionTemplate, EntityConstraintProcessor
+from cllmfs_trainer.inference.data_parallel import gather_rows, my_share, process_group
 from cllmfs_trainer.inference.greedy import constrained_greedy, is_plain_greedy
 from cllmfs_trainer.inference.parse import entities_to_spans
 from cllmfs_trainer.inference.prefix_cache import SharedPrefixes, shared_prefix_length
@@ -133,7 +134,9 @@ class AnswerBatcher:
         rests = [ids[shared.length(group) :] + answer for ids, group in zip(encoded, groups)]
         order = sorted(range(len(jobs)), key=lambda k: -len(rests[k]))
         batches = [order[k : k + self.batch_size] for k in range(0, len(order), self.batch_size)]
-        if progress:
+        rank, world_size = process_group()  # under `accelerate launch`: this process's share of the batches
+        batches = my_share(batches, rank, world_size)
+        if progress and rank == 0:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="extracting", unit="batch")
@@ -206,6 +209,10 @@ class AnswerBatcher:
             texts = tokenizer.batch_decode(generated[:, answer_start:], skip_special_tokens=True)
             for k, text in zip(batch, texts):
                 outputs[k] = text
+        if world_size > 1:  # every process continues with all the answers, in job order
+            mine = {k: (outputs[k], self.last_first_odds[k], self.last_answer_logprobs[k]) for b in batches for k in b}
+            for k, (text, odds, logprobs) in gather_rows(mine, world_size).items():
+                outputs[k], self.last_first_odds[k], self.last_answer_logprobs[k] = text, odds, logprobs
         return outputs
 
     def _collect(self, chunks, places, texts, answers, found, scores) -> None:
