@@ -126,6 +126,23 @@ def test_the_real_mix_keeps_fewnerds_test_types_unseen():
     assert set(Counter(d.corpus for d in draws)) == set(PRIOR_MIX)  # every corpus contributes
 
 
+def test_fewnerd_unseen_cuts_three_disjoint_parts_of_the_inter_test_split():
+    """The benchmark's unseen types: the INTER test split, cut by position into a support pool, dev and test."""
+    unseen = get_dataset("fewnerd_unseen")
+    whole = get_dataset("fewnerd").load("test", SHARED_DATA).sentences
+    parts = {split: unseen.load(split, SHARED_DATA).sentences for split in ("train", "dev", "test")}
+    assert [len(parts[s]) for s in ("train", "dev", "test")] == [
+        sum(i % 10 in (0, 1) for i in range(len(whole))),
+        sum(i % 10 == 2 for i in range(len(whole))),
+        sum(i % 10 >= 3 for i in range(len(whole))),
+    ]
+    assert parts["dev"][0].tokens == whole[2].tokens and parts["test"][0].tokens == whole[3].tokens
+    labels = {t.label for t in unseen.types}
+    assert len(labels) == 17 and labels == {s.type for sentence in whole for s in sentence.spans}
+    with pytest.raises(UserError, match="fewnerd_unseen"):
+        load_prior_corpora(["fewnerd_unseen"], SHARED_DATA)
+
+
 # --- starting from a prior adapter -----------------------------------------------------------------------------------
 
 

@@ -52,7 +52,7 @@ PRIOR_MIX = (
 # Few-NERD may enter the prior only through its INTER train split: its test split holds the unseen types.
 PRIOR_SPLITS = {"fewnerd": ("train",)}
 # Datasets that are evaluation targets of the benchmark and may never be prior data.
-EVALUATION_TARGETS = ("conll2003", "wnut17", "ontonotes5", "gum", "i2b2_2014")
+EVALUATION_TARGETS = ("conll2003", "wnut17", "ontonotes5", "gum", "i2b2_2014", "fewnerd_unseen")
 
 
 @dataclass
