@@ -3,10 +3,11 @@
 This module is the only place that knows the folder's file names. A run folder holds:
 
     cllmfs_run.json     `RunFolder` below: base model, weights kind, the `PromptFormat`, types, training facts
+    decoding_config.json    `DecodingConfig`: prediction's defaults (end penalty, one type per span)
     support.txt (+ .json)   the support set it was trained on (BIO, with its sampling sidecar)
     adapter_config.json, adapter_model.safetensors   the LoRA adapter (weights="adapter")
     config.json, model.safetensors (or shards)       the whole model (weights="full", e.g. `use_peft: false`)
-    tokenizer files, train_results.json, metrics.json (after `--evaluate_on`)
+    tokenizer files, train_results.json, metrics.json (written by `cllmfs evaluate`)
 
 `RunFolder.load` refuses a folder whose record is missing, corrupt or incomplete, or whose weights are not there,
 naming the file and field, so prediction never silently falls back to an untrained base model.
@@ -23,6 +24,7 @@ from typing import Any
 
 from cllmfs_trainer.data.format import ANSWER_FORMAT, ANSWER_FORMATS, PromptFormat
 from cllmfs_trainer.data.registry import EntityType
+from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import DataFormatError, UserError
 from cllmfs_trainer.files import atomic_write_text
 from cllmfs_trainer.parsing import read_json_file
@@ -30,6 +32,10 @@ from cllmfs_trainer.parsing import read_json_file
 RUN_FILE = "cllmfs_run.json"
 SUPPORT_FILE = "support.txt"
 METRICS_FILE = "metrics.json"
+# Prediction's defaults sit in their own file, as transformers keeps `generation_config.json` apart from the model's
+# config; records written before it held them as fields of their own, which `load` still reads.
+DECODING_FILE = "decoding_config.json"
+DECODING_FIELDS = ("end_penalty", "one_type_per_span")
 # Bump when a field's meaning changes; `load` reads every older version it knows how to upgrade. Version 2 stores the
 # prompt format, answer format and type descriptions as one value, `format`; version 1 had them as three fields.
 FORMAT_VERSION = 2
@@ -80,9 +86,10 @@ class RunFolder:
             its prompts the same way.
         end_penalty (`float`, *optional*, defaults to `0.0`):
             The prediction threshold the recipe chose on dev (`EntityExtractor`'s `end_penalty`); prediction uses it
-            unless told otherwise.
+            unless told otherwise. Saved in `decoding_config.json`.
         one_type_per_span (`bool`, *optional*, defaults to `False`):
             Whether prediction keeps one type per span (`EntityExtractor`'s `one_type_per_span`), as the recipe chose.
+            Saved in `decoding_config.json`.
         cl_layer (`int`, *optional*):
             Layer of the contrastive term, resolved for the model's depth.
         world_size (`int`, *optional*, defaults to `1`):
@@ -135,6 +142,10 @@ class RunFolder:
     def metrics_file(self) -> Path:
         return self.path / METRICS_FILE
 
+    @property
+    def decoding_file(self) -> Path:
+        return self.path / DECODING_FILE
+
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """Whether `path` holds a run record (complete or not: `load` checks the rest)."""
@@ -147,15 +158,24 @@ class RunFolder:
         """How the run's prompts were written and its answers are read: one value, `format` in `cllmfs_run.json`."""
         return PromptFormat(self.prompt_format, self.answer_format, self.type_descriptions)
 
+    @property
+    def decoding(self) -> DecodingConfig:
+        """Prediction's defaults: `decoding_config.json`."""
+        return DecodingConfig(self.end_penalty, self.one_type_per_span)
+
     def save(self) -> Path:
-        """Write `cllmfs_run.json` atomically (a temporary file, then a rename); returns its path."""
-        skipped = ("path", "extra", *FORMAT_FIELDS)
+        """Write `decoding_config.json`, then `cllmfs_run.json`, each atomically (a temporary file, then a rename);
+        returns the record's path."""
+        decoding = asdict(self.decoding)  # checked before anything is written
+        skipped = ("path", "extra", *FORMAT_FIELDS, *DECODING_FIELDS)
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skipped}
         record["format"] = self.format.to_dict()
         record["train_types"] = [asdict(t) for t in self.train_types]
         record["test_types"] = [asdict(t) for t in self.test_types]
         record.update(self.extra)
         self.path.mkdir(parents=True, exist_ok=True)
+        # The record last: a folder that `exists` has its decoding defaults too.
+        atomic_write_text(self.decoding_file, json.dumps(decoding, indent=2) + "\n")
         atomic_write_text(self.run_file, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         return self.run_file
 
@@ -227,13 +247,11 @@ class RunFolder:
                 f"{run_file}: field 'answer_format' must be one of {list(ANSWER_FORMATS)}, "
                 f"got {record['answer_format']!r}"
             )
-        penalty = record.setdefault("end_penalty", 0.0)
-        if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
-            raise RunFolderError(f"{run_file}: field 'end_penalty' must be a finite number, got {penalty!r}")
-        # Runs before the choice had descriptions; a recipe's prediction options default off.
-        for name, default in (("type_descriptions", True), ("one_type_per_span", False)):
-            if not isinstance(record.setdefault(name, default), bool):
-                raise RunFolderError(f"{run_file}: field {name!r} must be true or false, got {record[name]!r}")
+        if not isinstance(record.setdefault("type_descriptions", True), bool):  # runs before the choice had them
+            raise RunFolderError(
+                f"{run_file}: field 'type_descriptions' must be true or false, got {record['type_descriptions']!r}"
+            )
+        record.update(_decoding(folder, record, run_file))
         run = cls(
             path=folder,
             **{k: v for k, v in record.items() if k in known},
@@ -290,6 +308,31 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RunFolderError(f"{path}: {what} file holds {type(value).__name__}, not a JSON object")
     return value
+
+
+def _decoding(folder: Path, record: dict[str, Any], run_file: Path) -> dict[str, Any]:
+    """The run's decoding defaults, checked: `decoding_config.json`, else the fields of a record written before that
+    file (popped from `record`), else the defaults (prediction options off)."""
+    path = folder / DECODING_FILE
+    inline = {name: record.pop(name) for name in DECODING_FIELDS if name in record}
+    if not path.exists():
+        values, source = inline, run_file
+    elif inline:  # two places for one value: which one prediction should use would be a guess
+        raise RunFolderError(
+            f"{run_file}: field(s) {sorted(inline)} belong in {DECODING_FILE}, which the folder has; move them there"
+        )
+    else:
+        values, source = _json_object(path, "the decoding config"), path
+        unknown = sorted(set(values) - set(DECODING_FIELDS))
+        if unknown:
+            raise RunFolderError(f"{path}: unknown key(s) {unknown}; known: {list(DECODING_FIELDS)}")
+    penalty = values.get("end_penalty", 0.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty):
+        raise RunFolderError(f"{source}: field 'end_penalty' must be a finite number, got {penalty!r}")
+    one = values.get("one_type_per_span", False)
+    if not isinstance(one, bool):
+        raise RunFolderError(f"{source}: field 'one_type_per_span' must be true or false, got {one!r}")
+    return {"end_penalty": float(penalty), "one_type_per_span": one}
 
 
 def _unpack_format(record: dict[str, Any], run_file: Path) -> None:

@@ -208,8 +208,8 @@ def test_predict_never_writes_over_its_input(fake_run, text_input, capsys):
         ("tokenizer", "tokenizer.json / tokenizer.model / vocab.json / vocab.txt / spiece.model is missing"),
         ("base_model", "cllmfs_run.json: field 'base_model': "),
         ("answer_format", "field 'answer_format' must be one of ['marked', 'pointer'], got 'brackets'"),
-        ("end_penalty", "field 'end_penalty' must be a finite number, got 'high'"),
-        ("one_type_per_span", "field 'one_type_per_span' must be true or false, got 'yes'"),
+        ("end_penalty", "decoding_config.json: field 'end_penalty' must be a finite number, got 'high'"),
+        ("one_type_per_span", "decoding_config.json: field 'one_type_per_span' must be true or false, got 'yes'"),
         ("type_descriptions", "field 'type_descriptions' must be true or false, got 'yes'"),
     ],
 )
@@ -221,16 +221,15 @@ def test_predict_refuses_an_incomplete_run_folder(fake_run, text_input, tmp_path
         run_file.write_text('{\n"base_model": \n')
     elif damage == "tokenizer":
         (fake_run / "tokenizer.json").unlink()
+    elif damage in ("end_penalty", "one_type_per_span"):  # prediction's defaults have a file of their own
+        value = "high" if damage == "end_penalty" else "yes"
+        (fake_run / "decoding_config.json").write_text(json.dumps({damage: value}))
     else:
         record = json.loads(run_file.read_text())
         if damage == "test_types":
             del record["test_types"]
         elif damage == "answer_format":
             record["format"]["answer_format"] = "brackets"
-        elif damage == "end_penalty":
-            record["end_penalty"] = "high"
-        elif damage == "one_type_per_span":
-            record[damage] = "yes"
         elif damage == "type_descriptions":
             record["format"][damage] = "yes"
         else:
@@ -385,6 +384,9 @@ def train_recipe(tmp_path, tiny_run_inputs, text=None, **changes):
     "changes, words",
     [
         ({"cl_wieght": 0.1}, "cl_wieght: unknown key; did you mean 'cl_weight'?"),
+        # Training no longer scores its run: the keys of that evaluation are unknown, with where they went
+        ({"evaluate_on": ["wnut17"]}, "evaluate_on: unknown key; training no longer scores its run: after it, run"),
+        ({"eval_query_size": 100}, "eval_query_size: unknown key; training no longer scores its run"),
         ({"dataset": "wnut18"}, "unknown dataset 'wnut18'; known: wnut17,"),
         ({"setting": "cross"}, "setting must be 'intra', 'inter' or 'prior', got 'cross'"),
         ({"n_types": ["spaceship"]}, "dataset 'wnut17' has no type 'spaceship'"),
@@ -449,6 +451,7 @@ def test_train_refuses_unknown_options_and_bad_values_on_the_command_line(
     recipe = str(train_recipe(tmp_path, tiny_run_inputs))
     for extra, words in [
         (["--bogus", "1"], "--bogus: unknown option;"),
+        (["--evaluate_on", "wnut17"], "--evaluate_on: unknown option; training no longer scores its run"),
         (["--k", "x"], "argument --k: invalid int value: 'x'"),
         (["--cl_layer", "99"], "cl_layer=99 is out of range"),
     ]:

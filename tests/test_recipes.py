@@ -19,7 +19,7 @@ def train_script():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO)) for p in RECIPES])
 def test_every_recipe_parses_with_the_real_parser(train_script, recipe):
-    script_args, training_args, model_args = train_script.parse_args([str(recipe)])
+    script_args, decoding_args, training_args, model_args = train_script.parse_args([str(recipe)])
     assert recipe.read_text().startswith("#")  # a comment header naming the hardware target
     assert "Hardware target" in recipe.read_text().split("\n\n")[0]
     assert training_args.cl_layer > 0 and model_args.use_peft
@@ -27,10 +27,12 @@ def test_every_recipe_parses_with_the_real_parser(train_script, recipe):
 
 def test_flags_override_the_yaml(train_script):
     recipe = str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml")
-    script_args, training_args, _ = train_script.parse_args([recipe, "--k", "1", "--cl_weight", "0.5"])
-    assert (script_args.k, training_args.cl_weight) == (1, 0.5)
-    script_args, training_args, _ = train_script.parse_args(["--config", recipe])
-    assert (script_args.k, training_args.cl_weight) == (5, 0.001)
+    script_args, decoding_args, training_args, _ = train_script.parse_args(
+        [recipe, "--k", "1", "--cl_weight", "0.5", "--end_penalty", "1"]
+    )
+    assert (script_args.k, training_args.cl_weight, decoding_args.end_penalty) == (1, 0.5, 1.0)
+    script_args, decoding_args, training_args, _ = train_script.parse_args(["--config", recipe])
+    assert (script_args.k, training_args.cl_weight, decoding_args.end_penalty) == (5, 0.001, 3.0)
 
 
 def test_unknown_keys_are_rejected(train_script, tmp_path):
@@ -92,39 +94,48 @@ def test_recipe_dry_run_writes_a_complete_run_folder(train_script, tiny_run_inpu
     } <= files
     run = json.loads((tmp_path / "cllmfs_run.json").read_text())
     assert run["format"]["prompt_format"] == 1 and run["cl_layer"] == 2 and run["world_size"] == 1
-    assert run["end_penalty"] == 1.5 and run["one_type_per_span"] is True  # saved for prediction
+    # Saved for prediction in a file of their own, as transformers keeps generation_config.json.
+    decoding = json.loads((tmp_path / "decoding_config.json").read_text())
+    assert decoding == {"end_penalty": 1.5, "one_type_per_span": True} and "end_penalty" not in run
     assert [t["label"] for t in run["train_types"]] == ["person"]
     assert run["train_types"][0]["description"]
 
 
-def test_evaluate_on_scores_test_splits_into_the_run_folder(train_script, tiny_run_inputs, tmp_path, capsys):
-    args = tiny_args(tiny_run_inputs, tmp_path) + ["--evaluate_on", "wnut17", "--eval_query_size", "5"]
-    train_script.main(*train_script.parse_args(args))
+def test_cllmfs_evaluate_scores_a_trained_run_into_its_folder(train_script, tiny_run_inputs, tmp_path, capsys):
+    from cllmfs_trainer.cli import main
+
+    train_script.main(*train_script.parse_args(tiny_args(tiny_run_inputs, tmp_path) + ["--max_steps", "1"]))
+    assert not (tmp_path / "metrics.json").exists()  # training no longer scores; `cllmfs evaluate` does
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(tmp_path), "--dataset", "wnut17", "--query-size", "5"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["wnut17"] and metrics["wnut17"]["query_size"] == 5
     scores = metrics["wnut17"]
     # Asked with WNUT's six types although the run was trained on `person` only: 5 sentences x 6 prompts.
     assert scores["parse_stats"]["outputs"] == 30
     assert scores["span"]["tp"] + scores["span"]["fp"] == scores["errors"]["n_pred"]
-    assert "wnut17: span micro-F1" in capsys.readouterr().out
-
-
-def test_eval_split_dev_scores_the_dev_split(train_script, tiny_run_inputs, tmp_path, capsys):
-    args = tiny_args(tiny_run_inputs, tmp_path)
-    args += ["--evaluate_on", "wnut17", "--eval_query_size", "4", "--eval_split", "dev", "--max_steps", "1"]
-    train_script.main(*train_script.parse_args(args))
+    (line,) = capsys.readouterr().out.splitlines()  # one JSON line per dataset
+    assert {key: json.loads(line)[key] for key in ("dataset", "split", "sentences")} == {
+        "dataset": "wnut17",
+        "split": "test",
+        "sentences": 5,
+    }
+    assert main(["evaluate", "--run", str(tmp_path), "--dataset", "wnut17", "--query-size", "4", "--split", "dev"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())["wnut17"]
     assert metrics["split"] == "dev" and metrics["query_size"] == 4
-    assert "on 4 dev sentences" in capsys.readouterr().out
 
 
-def test_eval_split_must_exist(train_script, tiny_run_inputs, tmp_path):
+@pytest.mark.parametrize("key", ["evaluate_on", "eval_split", "eval_query_size", "eval_dtype"])
+def test_the_old_evaluation_keys_point_to_cllmfs_evaluate(train_script, tmp_path, key):
     from cllmfs_trainer.errors import UsageError
 
-    for bad, message in (("train", "eval_split must be"), ("dev", "evaluate_on gum: the dataset has no dev split")):
-        args = tiny_args(tiny_run_inputs, tmp_path) + ["--evaluate_on", "gum", "--eval_split", bad]
-        with pytest.raises(UsageError, match=message):
-            train_script.main(*train_script.parse_args(args))
+    recipe = str(REPO / "recipes" / "smollm2" / "wnut17_intra.yaml")
+    with pytest.raises(UsageError, match=f"--{key}: unknown option; training no longer scores its run: .*cllmfs eval"):
+        train_script.parse_args([recipe, f"--{key}", "1"])
+    old = tmp_path / "old.yaml"
+    old.write_text(f"dataset: wnut17\n{key}: 1\n")
+    with pytest.raises(UsageError, match=rf"old.yaml:2: {key}: unknown key; .*`cllmfs evaluate --run OUTPUT_DIR"):
+        train_script.parse_args([str(old)])
 
 
 def test_qlora_4bit_recipe_trains_on_cpu(train_script, tiny_run_inputs, tmp_path):

@@ -98,9 +98,12 @@ def recipe_arguments(train: ModuleType, recipe: str, overrides: dict[str, Any]) 
             raise UsageError(f"{key}: unknown recipe key; {train.KEYS_HINT}")
         changes[owner][key] = _as_parsed(actions.get(key), value)
     try:
-        return tuple(dataclasses.replace(a, **c) if c else a for a, c in zip(arguments, changes))
+        changed = tuple(dataclasses.replace(a, **c) if c else a for a, c in zip(arguments, changes))
+        # Across classes too (an override of one against the recipe's value of another), as parsing checks them.
+        train.check_decoding(*changed[:2])
     except (ValueError, TypeError) as err:  # the argument classes' own checks (`__post_init__`)
         raise UsageError(f"{recipe}: {err}") from None
+    return changed
 
 
 def _as_parsed(action: argparse.Action | None, value: Any) -> Any:

@@ -1,8 +1,9 @@
 """Train CLLMFS from a recipe:  accelerate launch recipes/train.py recipes/<setting>.yaml [--key value ...]
 
 The YAML may be given as the first argument (or as `--config FILE`, TRL's own way); `--key value` flags override it.
-Keys belong to `ScriptArguments` below, `ContrastiveSFTConfig` (all of TRL's SFTConfig plus `cl_*`) or TRL's
-`ModelConfig` (model, LoRA, 4-bit loading); an unknown key is an error.
+Keys belong to `ScriptArguments`, `DecodingConfig` (prediction's defaults, saved in the run folder's
+`decoding_config.json`), `ContrastiveSFTConfig` (all of TRL's SFTConfig plus `cl_*`) or TRL's `ModelConfig` (model,
+LoRA, 4-bit loading); an unknown key is an error. Scoring the run is a job of its own: `cllmfs evaluate`.
 
 Every key and file is checked before the model loads. A mistake ends with one line on stderr and exit code 2;
 `--debug` (or CLLMFS_DEBUG=1) adds the traceback. `--resume_from_checkpoint true` resumes from the latest
@@ -33,8 +34,8 @@ from cllmfs_trainer.data.prior import (
     prior_types,
 )
 from cllmfs_trainer.data.sft import samples_to_dataset
+from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import UserError
-from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.locks import claim_folder
 from cllmfs_trainer.models import load_model, load_tokenizer
 from cllmfs_trainer.models.priors import SHIPPED_PRIOR
@@ -46,6 +47,7 @@ from cllmfs_trainer.scripts.train_arguments import (
     RecipeParser,
     ScriptArguments,
     check_arguments,
+    check_decoding,
     make_parser,
     parse_args,
     resolve_resume,
@@ -58,9 +60,11 @@ __all__ = [
     "ARGUMENT_CLASSES",
     "KEYS_HINT",
     "PROG",
+    "DecodingConfig",
     "RecipeParser",
     "ScriptArguments",
     "check_arguments",
+    "check_decoding",
     "check_trained",
     "cli",
     "main",
@@ -71,22 +75,38 @@ __all__ = [
 
 
 def main(
-    script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig
+    script_args: ScriptArguments,
+    decoding_args: DecodingConfig,
+    training_args: ContrastiveSFTConfig,
+    model_args: ModelConfig,
 ) -> ContrastiveSFTTrainer:
-    """Sample (or read) the support set, train on it, write the run folder, and score it if asked.
+    """Sample (or read) the support set, train on it and write the run folder (scoring it is `cllmfs evaluate`'s job).
+
+    Args:
+        script_args (`ScriptArguments`):
+            What to train on and how its samples are written.
+        decoding_args (`DecodingConfig`):
+            Prediction's defaults, saved in the run folder.
+        training_args (`ContrastiveSFTConfig`):
+            The trainer's settings.
+        model_args (`ModelConfig`):
+            The model, LoRA and quantization settings.
 
     Returns:
         `ContrastiveSFTTrainer`: the trainer, after training.
     """
-    check_arguments(script_args, training_args, model_args)
+    check_arguments(script_args, decoding_args, training_args, model_args)
     # One writer per run folder: a second training into it stops here with one line naming the first.
     claim = claim_folder(training_args.output_dir) if PartialState().is_main_process else contextlib.nullcontext()
     with claim:
-        return _train(script_args, training_args, model_args)
+        return _train(script_args, decoding_args, training_args, model_args)
 
 
 def _train(
-    script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig
+    script_args: ScriptArguments,
+    decoding_args: DecodingConfig,
+    training_args: ContrastiveSFTConfig,
+    model_args: ModelConfig,
 ) -> ContrastiveSFTTrainer:
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     if script_args.setting.lower() == "prior":
@@ -157,8 +177,8 @@ def _train(
             prompt_format=script_args.prompt_format,
             answer_format=script_args.answer_format,
             type_descriptions=script_args.type_descriptions,
-            end_penalty=script_args.end_penalty,
-            one_type_per_span=script_args.one_type_per_span,
+            end_penalty=decoding_args.end_penalty,
+            one_type_per_span=decoding_args.one_type_per_span,
             setting=task.setting if task else "prior",
             dataset=dataset.key if task else PRIOR_DATASET,
             k=script_args.k if task else 0,
@@ -177,20 +197,6 @@ def _train(
         if task is not None:
             task.support.save(run.support_file)
         run.save()
-        if script_args.evaluate_on:
-            metrics = evaluate_run(
-                run.path,
-                script_args.evaluate_on,
-                script_args.eval_query_size,
-                data_dir=script_args.data_dir,
-                split=script_args.eval_split,
-                dtype=script_args.eval_dtype,
-            )
-            for name, scores in metrics.items():
-                print(
-                    f"{name}: span micro-F1 {scores['span']['f1']:.4f} on {scores['query_size']} "
-                    f"{script_args.eval_split} sentences"
-                )
     return trainer
 
 

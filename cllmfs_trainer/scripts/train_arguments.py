@@ -2,8 +2,9 @@
 of every file, dataset and model a recipe names, all before anything loads.
 
 A recipe YAML may be given as the first argument (or as `--config FILE`, TRL's own way); `--key value` flags override
-it. Keys belong to `ScriptArguments`, `ContrastiveSFTConfig` (all of TRL's SFTConfig plus `cl_*`) or TRL's
-`ModelConfig` (model, LoRA, 4-bit loading); an unknown key is an error naming the recipe's line.
+it. Keys belong to `ScriptArguments`, `DecodingConfig` (prediction's defaults, saved in the run folder),
+`ContrastiveSFTConfig` (all of TRL's SFTConfig plus `cl_*`) or TRL's `ModelConfig` (model, LoRA, 4-bit loading); an
+unknown key is an error naming the recipe's line.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from trl import ModelConfig, TrlParser
 
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.format import ANSWER_FORMATS, PROMPT_FORMATS
-from cllmfs_trainer.data.prior import (
-    prior_splits,
-)
+from cllmfs_trainer.data.prior import prior_splits
+from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.files import check_input_file, check_output_dir
 from cllmfs_trainer.models import resolve_model
@@ -33,7 +33,14 @@ from cllmfs_trainer.training import ContrastiveSFTConfig
 from cllmfs_trainer.training.checkpoints import checkpoint_problem, latest_complete_checkpoint
 
 PROG = "train.py"
-KEYS_HINT = "keys belong to ScriptArguments, ContrastiveSFTConfig or ModelConfig (see --help)"
+KEYS_HINT = "keys belong to ScriptArguments, DecodingConfig, ContrastiveSFTConfig or ModelConfig (see --help)"
+# Keys of the evaluation that training once ran at its end, and the `cllmfs evaluate` option each became.
+EVALUATE_KEYS = {
+    "evaluate_on": "--dataset",
+    "eval_split": "--split",
+    "eval_query_size": "--query-size",
+    "eval_dtype": "--dtype",
+}
 # Values of `resume_from_checkpoint` that mean "the latest checkpoint in output_dir", as `Trainer.train(True)` does.
 RESUME_LATEST = ("true", "yes", "1", "latest")
 RESUME_NEVER = ("false", "no", "0", "none", "")
@@ -41,8 +48,8 @@ RESUME_NEVER = ("false", "no", "0", "none", "")
 
 @dataclass
 class ScriptArguments:
-    """What to train on and what to do after training; the rest of a recipe is `ContrastiveSFTConfig` and
-    `ModelConfig`."""
+    """What to train on and how its samples are written; the rest of a recipe is `DecodingConfig`,
+    `ContrastiveSFTConfig` and `ModelConfig`."""
 
     dataset: str = field(default="wnut17", metadata={"help": "Registry key of the (target) dataset."})
     setting: str = field(
@@ -112,66 +119,18 @@ class ScriptArguments:
             "learns the entity / no-entity decision together with where the entity is."
         },
     )
-    end_penalty: float = field(
-        default=0.0,
-        metadata={
-            "help": "Prediction threshold saved in the run folder: subtracted from the score of ending an answer where "
-            "another entity could start (nats; above 0 trades precision for recall). `cllmfs predict`, the "
-            "benchmark and `evaluate_on` use it. Choose it on dev data (experiments/end_penalty.py)."
-        },
-    )
-    one_type_per_span: bool = field(
-        default=False,
-        metadata={
-            "help": "Prediction option saved in the run folder: where one span comes back under several types (each "
-            "type is asked alone), keep the type whose prompt gave the highest log-odds of naming it at the first "
-            "answer token. Needs answer_format pointer. Choose it on dev data (experiments/end_penalty.py)."
-        },
-    )
-    evaluate_on: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "After training, predict and score these datasets (each with its own types) into metrics.json in "
-            "the run folder, e.g. the dataset itself, or an INTER run's targets."
-        },
-    )
-    eval_split: str = field(
-        default="test",
-        metadata={"help": "The split `evaluate_on` scores: test (to report) or dev (to choose settings on)."},
-    )
-    eval_query_size: int | None = field(
-        default=None,
-        metadata={"help": "Score a fixed random subset of this many sentences per dataset instead of the whole split."},
-    )
-    eval_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Precision of the `evaluate_on` predictions: auto (on a CPU the faster of bfloat16 and float32 by "
-            "a matmul probe, elsewhere as loaded), float32 or bfloat16.",
-            "choices": ["auto", "float32", "bfloat16"],
-        },
-    )
 
     def __post_init__(self) -> None:
         # The values alone; the files, datasets and model they name are checked by `check_arguments`.
         self.n_types = _as_list(self.n_types)
-        self.evaluate_on = _as_list(self.evaluate_on)
         for name in ("k", "repeat_entity_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.eval_query_size is not None and self.eval_query_size < 1:
-            raise UsageError(f"eval_query_size must be an integer >= 1 or null, got {self.eval_query_size!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise UsageError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.answer_format not in ANSWER_FORMATS:
             raise UsageError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {self.answer_format!r}")
-        if not math.isfinite(self.end_penalty):
-            raise UsageError(f"end_penalty must be a finite number, got {self.end_penalty!r}")
-        if self.one_type_per_span and self.answer_format != "pointer":
-            raise UsageError(
-                "one_type_per_span needs answer_format pointer: its scores come from the answer's first token"
-            )
         if str(self.setting).lower() not in ("intra", "inter", "prior"):
             raise UsageError(f"setting must be 'intra', 'inter' or 'prior', got {self.setting!r}")
         self.prior_corpora = _as_list(self.prior_corpora)
@@ -179,11 +138,9 @@ class ScriptArguments:
             raise UsageError(f"prior_sentences must be an integer >= 1, got {self.prior_sentences!r}")
         if not math.isfinite(self.prior_absent_ratio) or self.prior_absent_ratio < 0:
             raise UsageError(f"prior_absent_ratio must be a finite number >= 0, got {self.prior_absent_ratio!r}")
-        if self.eval_split not in ("test", "dev"):
-            raise UsageError(f"eval_split must be 'test' or 'dev', got {self.eval_split!r}")
 
 
-ARGUMENT_CLASSES = (ScriptArguments, ContrastiveSFTConfig, ModelConfig)
+ARGUMENT_CLASSES = (ScriptArguments, DecodingConfig, ContrastiveSFTConfig, ModelConfig)
 
 
 class RecipeParser(TrlParser):
@@ -194,7 +151,7 @@ class RecipeParser(TrlParser):
 
 
 def make_parser() -> TrlParser:
-    """TRL's parser over the three argument dataclasses, as in `trl/scripts/sft.py`."""
+    """TRL's parser over the four argument dataclasses, as in `trl/scripts/sft.py`."""
     return RecipeParser(ARGUMENT_CLASSES)
 
 
@@ -202,6 +159,9 @@ def _check_recipe(parser: TrlParser, recipe: str) -> None:
     """Refuse a recipe with duplicate or unknown keys or values of the wrong type, naming its line."""
     data, lines = load_yaml_mapping(recipe, "recipe")
     known = {action.dest for action in parser._actions} - {"help", "config"} | {"env"}  # TRL reads `env` itself
+    for key in data:
+        if key in EVALUATE_KEYS:
+            raise UsageError(f"{at(recipe, lines, key)}: unknown key; {_evaluate_hint(key)}")
     check_known_keys(data, known, recipe, lines, KEYS_HINT)
     check_value_types(data, field_hints(*ARGUMENT_CLASSES), recipe, lines)
     # argparse checks `choices` on the command line only; a recipe's values become defaults, which it never checks.
@@ -223,8 +183,21 @@ def _check_recipe(parser: TrlParser, recipe: str) -> None:
                 raise UsageError(f"{at(recipe, lines, key)}: {item!r} is not one of {choices_text}")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, ContrastiveSFTConfig, ModelConfig]:
+def _evaluate_hint(key: str) -> str:
+    """What to do instead of a key of the evaluation that training no longer runs."""
+    return (
+        f"training no longer scores its run: after it, run `cllmfs evaluate --run OUTPUT_DIR --dataset D` "
+        f"({key} is its {EVALUATE_KEYS[key]})"
+    )
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ScriptArguments, DecodingConfig, ContrastiveSFTConfig, ModelConfig]:
     """Parse `argv` (default: `sys.argv[1:]`), taking a recipe YAML as an optional first positional argument.
+
+    Returns:
+        `tuple`: one instance of each of `ARGUMENT_CLASSES`, in that order.
 
     Raises:
         `UserError`: naming the recipe's line or the option: a missing or unreadable recipe, a duplicate or unknown key,
@@ -246,6 +219,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Contrast
     options = set(parser._option_string_actions) | {"--config"}
     for arg in argv:
         name = arg.split("=", 1)[0]
+        if name.startswith("--") and name[2:] in EVALUATE_KEYS:
+            raise UsageError(f"{name}: unknown option; {_evaluate_hint(name[2:])}")
         if name.startswith("--") and name not in options:
             close = difflib.get_close_matches(name, sorted(options), n=2)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -255,11 +230,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Contrast
             # TRL's SFTConfig sets `gradient_checkpointing` itself, which transformers reports as deprecated on
             # every run; it is not something a recipe can fix.
             warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
-            return parser.parse_args_and_config(argv)
+            arguments = parser.parse_args_and_config(argv)
     except UserError:
         raise
     except (ValueError, TypeError) as err:  # the argument classes' own checks (`__post_init__`)
         raise UsageError(f"{recipe + ': ' if recipe else ''}{err}") from None
+    check_decoding(arguments[0], arguments[1])
+    return arguments
+
+
+def check_decoding(script_args: ScriptArguments, decoding_args: DecodingConfig) -> None:
+    """The decoding defaults against the training format they will decode (two argument classes, checked together).
+
+    Raises:
+        `UsageError`: `one_type_per_span` on answers other than pointer ones.
+    """
+    if decoding_args.one_type_per_span and script_args.answer_format != "pointer":
+        raise UsageError("one_type_per_span needs answer_format pointer: its scores come from the answer's first token")
 
 
 def _as_list(value: list[str] | str | None) -> list[str] | None:
@@ -298,11 +285,18 @@ def resolve_resume(training_args: ContrastiveSFTConfig) -> str | None:
     return value
 
 
-def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTConfig, model_args: ModelConfig) -> None:
+def check_arguments(
+    script_args: ScriptArguments,
+    decoding_args: DecodingConfig,
+    training_args: ContrastiveSFTConfig,
+    model_args: ModelConfig,
+) -> None:
     """Check every key and file a training needs before anything loads, so a mistake costs seconds, not a model load.
 
     The values alone are checked when the arguments are made (`ScriptArguments.__post_init__`, the config classes'
-    own); this checks what they name. Also turns `resume_from_checkpoint: true` into the latest checkpoint's folder.
+    own); this checks what they name, and the classes together (`check_decoding`: arguments changed after parsing, as
+    the benchmark's overrides are, are checked again here). Also turns `resume_from_checkpoint: true` into the latest
+    checkpoint's folder.
 
     Raises:
         `UserError`: naming the key (and file) at fault and what it accepts.
@@ -316,11 +310,8 @@ def check_arguments(script_args: ScriptArguments, training_args: ContrastiveSFTC
     for name in ("support_set", "types_file"):
         if getattr(script_args, name) is not None:
             check_input_file(getattr(script_args, name), name)
+    check_decoding(script_args, decoding_args)
     dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)  # unknown names, bad types file
-    for name in script_args.evaluate_on or ():
-        target = get_dataset(name)
-        if script_args.eval_split not in target.splits:
-            raise UsageError(f"evaluate_on {name}: the dataset has no {script_args.eval_split} split")
     if script_args.n_types is not None and script_args.setting.lower() != "prior":
         source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
         for label in script_args.n_types:
