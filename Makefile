@@ -28,8 +28,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The main job on the embedded default: SmolLM2-135M-Instruct on the shipped WNUT'17 data, on CPU.
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(NPROC) \
-		recipes/train.py recipes/smollm2/wnut17_intra.yaml --evaluate_on wnut17 --eval_query_size 100 \
-		--overwrite true
+		recipes/train.py recipes/smollm2/wnut17_intra.yaml --overwrite true
+	$(VENV)/bin/cllmfs evaluate --run runs/smollm2-wnut17-intra --dataset wnut17 --query-size 100
 	$(VENV)/bin/cllmfs predict --run runs/smollm2-wnut17-intra --dataset wnut17 --split test --limit 20 \
 		--output runs/smollm2-wnut17-intra-predictions_test20.jsonl
 	@echo "predictions: runs/smollm2-wnut17-intra-predictions_test20.jsonl"

@@ -4,10 +4,10 @@
 
 Each candidate is the shipped SmolLM2 recipe (recipes/smollm2/wnut17_intra.yaml, 5-shot WNUT'17, support seed 0)
 with a few overrides (and `--support-seeds` other than 0), trained in its own process with the support fit logged at
-every epoch's end. After training the run predicts a fixed random subset of the WNUT'17 **dev** split (the test
-split is never read here). Per candidate the script records the fit curve (`support_fit`: step, epoch and the
-teacher-forced fit of the samples with and without an entity, and the training seconds until then), the steps
-trained, the training wall time, the dev span scores and the span scores on its own support sentences (`support`:
+every epoch's end. After training, `cllmfs evaluate` predicts a fixed random subset of the WNUT'17 **dev** split with
+the run (the test split is never read here). Per candidate the script records the fit curve (`support_fit`: step,
+epoch and the teacher-forced fit of the samples with and without an entity, and the training seconds until then), the
+steps trained, the training wall time, the dev span scores and the span scores on its own support sentences (`support`:
 did greedy decoding learn them?).
 
 Results are appended to experiments/results/fit_budget.json after each candidate; a candidate already there is
@@ -72,15 +72,17 @@ def run_dir_of(name: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def train(name: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train and score one candidate on one support set in its own process; its record."""
+    """Train and score one candidate on one support set, each in its own process; its record."""
     run_dir = run_dir_of(name, seed, args)
     cmd = [sys.executable, str(ROOT / "recipes" / "train.py"), str(RECIPE), *CANDIDATES[name]]
-    cmd += ["--support_seed", str(seed)]
-    cmd += ["--output_dir", str(run_dir), "--evaluate_on", "wnut17", "--eval_split", "dev"]
+    cmd += ["--support_seed", str(seed), "--output_dir", str(run_dir), "--disable_tqdm", "true"]
+    evaluate = [sys.executable, "-m", "cllmfs_trainer.cli", "evaluate", "--run", str(run_dir), "--dataset", "wnut17"]
     # float32 predictions, as in the candidates measured before bfloat16 prediction was the CPU default
-    cmd += ["--eval_query_size", str(args.dev_size), "--eval_dtype", "float32", "--disable_tqdm", "true"]
+    evaluate += ["--split", "dev", "--query-size", str(args.dev_size), "--dtype", "float32"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    subprocess.run(evaluate, check=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - start
     run = RunFolder.load(run_dir)
     metrics = json.loads(run.metrics_file.read_text())["wnut17"]
