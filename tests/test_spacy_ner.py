@@ -1,5 +1,8 @@
 """The spaCy component `cllmfs_ner`: entities as doc.spans and doc.ents, batching, saving with the pipeline."""
 
+import subprocess
+import sys
+
 import pytest
 
 spacy = pytest.importorskip("spacy")
@@ -46,6 +49,16 @@ def test_entities_become_spans_with_scores_and_non_overlapping_ents(nlp):
     assert [(e.text, e.label_) for e in doc.ents] == [("Ann Lee", "person"), ("Rome", "location")]
 
 
+def test_punctuation_at_an_entitys_edges_stays_out_of_its_span(nlp):
+    """The model answers whole words: "Auckland," or "(Bo)" come back with their punctuation."""
+    text = "Andrew met (Bo) in Auckland, with the U.S. team."
+    entities = [Entity(11, 15, "person", "(Bo)"), Entity(19, 28, "location", "Auckland,")]
+    entities.append(Entity(38, 42, "location", "U.S."))
+    nlp.get_pipe("cllmfs_ner")._extractor = FixedExtractor({text: entities})
+    doc = nlp(text)
+    assert [s.text for s in doc.spans["cllmfs"]] == ["Bo", "Auckland", "U.S."]
+
+
 def test_pipe_sends_a_batch_of_docs_together(nlp):
     fixed = FixedExtractor({"Eve": [Entity(0, 3, "person", "Eve", None)]})
     nlp.get_pipe("cllmfs_ner")._extractor = fixed
@@ -73,6 +86,10 @@ def test_a_saved_pipeline_carries_its_run_folder(nlp, run_dir, tmp_path):
     fixed = FixedExtractor({"Eve": [Entity(0, 3, "person", "Eve", 0.5)]})
     component._extractor = fixed
     assert [(e.text, e._.cllmfs_score) for e in loaded("Eve").ents] == [("Eve", 0.5)]
+    # A fresh process finds the factory through the entry point and the run in the saved pipeline.
+    code = f"import spacy; print(spacy.load({str(tmp_path / 'pipeline')!r}).get_pipe('cllmfs_ner').run)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == str(component.run), done.stderr[-2000:]
 
 
 def test_a_missing_or_wrong_run_is_one_line(tmp_path):

@@ -8,7 +8,8 @@
     [(span.text, span.label_, span._.cllmfs_score) for span in doc.spans["cllmfs"]]
 
 The component asks `EntityExtractor.extract` for each doc's text (sentences split as `extract` does) and maps the
-character offsets onto the doc's tokens (`Doc.char_span`, expanding to whole tokens). Every entity goes into
+character offsets onto the doc's tokens (`Doc.char_span`, without punctuation at the edges, expanding to whole
+tokens). Every entity goes into
 `doc.spans[spans_key]`, overlapping ones included (each type is asked alone, so spans of two types may overlap); the
 longest non-overlapping ones also go into `doc.ents` when `set_ents` is on (`spacy.util.filter_spans`). Each span
 carries its score in `span._.cllmfs_score`. `nlp.pipe` sends the texts of a batch to the model together. Saved with
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,9 @@ class CllmfsNER:
     def _annotate(self, doc: Doc, entities: list[Any]) -> Doc:
         spans = []
         for entity in entities:
-            span = doc.char_span(entity.start, entity.end, label=entity.type, alignment_mode="expand")
-            if span is None:  # only whitespace: nothing to point at
+            start, end = _without_edge_punctuation(doc.text, entity.start, entity.end)
+            span = doc.char_span(start, end, label=entity.type, alignment_mode="expand")
+            if span is None:  # only whitespace or punctuation: nothing to point at
                 continue
             span._.set(SCORE_ATTRIBUTE, entity.score)
             spans.append(span)
@@ -143,6 +146,17 @@ class CllmfsNER:
         self._extractor = None
         RunFolder.load(self.run).check_tokenizer()
         return self
+
+
+def _without_edge_punctuation(text: str, start: int, end: int) -> tuple[int, int]:
+    """The offsets without punctuation at either edge: the model answers whole words, so "Auckland," can come back,
+    and spaCy's token alignment would keep the comma (its own token) in every mode. Inner punctuation stays
+    ("U.S."'s last dot is dropped here, and expanding to the token puts it back where spaCy keeps it in the token)."""
+    while start < end and unicodedata.category(text[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(text[end - 1]).startswith("P"):
+        end -= 1
+    return start, end
 
 
 @Language.factory(
