@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 		echo "no GPU found: installing the CPU build of torch ($(TORCH_INSTALL))"; \
 		$(PY) -m pip install --quiet $(TORCH_INSTALL); \
 	fi
-	$(PY) -m pip install --quiet -e ".[dev,spacy]"  # the optional extras are tested too
+	$(PY) -m pip install --quiet -e ".[dev,spacy,serve]"  # the optional extras are tested too
 	# DeepSpeed ships as an sdist: build it against the torch above (an isolated build would fetch another torch).
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.16" "bitsandbytes>=0.45"
 	touch $@

@@ -172,7 +172,7 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
         argv += ["--max_steps", str(steps + 1)]  # the first step warms up and counts FLOPs
     elif mode == "profile":
         argv += ["--max_steps", str(PROFILE_WARMUP + PROFILE_STEPS)]
-    script_args, training_args, model_args = train.parse_args(argv)
+    script_args, decoding_args, training_args, model_args = train.parse_args(argv)
     training_args.fit_stop = None if mode == "speed" else fit_stop
     positions = {"real": 0, "all": 0}
     times: list[float] = []
@@ -223,7 +223,7 @@ def worker(variant: str, mode: str, steps: int, fit_stop: float, result: Path) -
 
     train.ContrastiveSFTTrainer.__init__ = init
     start = time.perf_counter()
-    trainer = train.main(script_args, training_args, model_args)
+    trainer = train.main(script_args, decoding_args, training_args, model_args)
     wall = time.perf_counter() - start
     history = trainer.support_fit_callback.history
     record = {

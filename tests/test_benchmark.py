@@ -722,7 +722,7 @@ def test_a_benchmark_training_sets_its_overrides_on_the_parsed_recipe(bench_scri
         "lora_target_modules": ["q_proj", "v_proj"],
         "output_dir": "/tmp/unit",
     }
-    script_args, training_args, model_args = bench_script.recipe_arguments(train, recipe, overrides)
+    script_args, _, training_args, model_args = bench_script.recipe_arguments(train, recipe, overrides)
     assert training_args.learning_rate == 1e-3 and training_args.output_dir == "/tmp/unit"
     assert script_args.k == 1 and model_args.lora_target_modules == ["q_proj", "v_proj"]
     with pytest.raises(UsageError, match="cl_wieght: unknown recipe key"):

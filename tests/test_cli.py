@@ -7,7 +7,7 @@ from helpers import REPO, SHARED_DATA, requires_shared
 
 from cllmfs_trainer.cli import COMMANDS, main
 
-JOBS = ["model", "prepare", "train", "predict", "evaluate", "benchmark", "export", "card", "push"]
+JOBS = ["model", "prepare", "train", "predict", "evaluate", "benchmark", "export", "card", "push", "serve"]
 
 
 def test_cllmfs_help_lists_every_job(capsys):

@@ -512,15 +512,12 @@ def test_from_run_and_cli_use_the_runs_prediction_options_unless_told(run_dir, t
     import yaml
 
     recipe = yaml.safe_load((REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text())
-    assert record["end_penalty"] == recipe["end_penalty"]  # the recipe's choice, saved for prediction
-    assert record["one_type_per_span"] is recipe["one_type_per_span"]
+    decoding = json.loads((run / "decoding_config.json").read_text())
+    assert decoding["end_penalty"] == recipe["end_penalty"]  # the recipe's choice, saved for prediction
+    assert decoding["one_type_per_span"] is recipe["one_type_per_span"]
     assert record["format"]["type_descriptions"] is True
-    changed = {
-        **record,
-        "end_penalty": 1.5,
-        "one_type_per_span": True,
-        "format": {**record["format"], "type_descriptions": False},
-    }
+    (run / "decoding_config.json").write_text(json.dumps({"end_penalty": 1.5, "one_type_per_span": True}))
+    changed = {**record, "format": {**record["format"], "type_descriptions": False}}
     (run / "cllmfs_run.json").write_text(json.dumps(changed))
     extractor = EntityExtractor.from_run(run)
     assert extractor.end_penalty == 1.5 and extractor.one_type_per_span

@@ -216,7 +216,7 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
 
 
 def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train_script):
-    script_args, training_args, _ = train_script.parse_args([str(REPO / "recipes" / "smollm2" / "ner_prior.yaml")])
+    script_args, _, training_args, _ = train_script.parse_args([str(REPO / "recipes" / "smollm2" / "ner_prior.yaml")])
     assert script_args.setting == "prior" and script_args.prior_corpora is None  # None: all of PRIOR_MIX
     assert not set(PRIOR_MIX) & set(EVALUATION_TARGETS)
     assert training_args.save_strategy == "steps"  # resumable: checkpoints along the way

@@ -10,6 +10,7 @@
     cllmfs export vllm --run RUN_DIR                      the `vllm serve` command and a client for a run folder
     cllmfs card --run RUN_DIR [--output README.md]        the Hub model card of a run folder
     cllmfs push --run RUN_DIR --repo ID                   upload a run folder with its card to the Hub
+    cllmfs serve --run RUN_DIR [--host H] [--port P]      an HTTP server: POST /extract, GET /health, GET /info
 
 A mistake in the options or files ends with one line on stderr and exit code 2 (`--debug` or CLLMFS_DEBUG=1 adds
 the traceback); see docs/training.md.
@@ -21,7 +22,7 @@ import argparse
 import logging
 import sys
 
-from cllmfs_trainer.cli import benchmark, card, evaluate, export, model, predict, prepare, push, train
+from cllmfs_trainer.cli import benchmark, card, evaluate, export, model, predict, prepare, push, serve, train
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 
 JOBS = {"model": model, "prepare": prepare, "train": train, "predict": predict, "evaluate": evaluate}
@@ -29,6 +30,7 @@ JOBS["benchmark"] = benchmark
 JOBS["export"] = export
 JOBS["card"] = card
 JOBS["push"] = push
+JOBS["serve"] = serve
 COMMANDS = tuple(JOBS)
 # Jobs whose arguments are a YAML file's keys: they parse their own command line, everything after the job's name.
 OWN_PARSERS = ("train", "benchmark")

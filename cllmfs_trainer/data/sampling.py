@@ -209,7 +209,7 @@ class FewShotTask:
 def query_subset(sentences: Sequence[Sentence], size: int | None, seed: int = 0) -> list[Sentence]:
     """A fixed random subset of `size` sentences, in their original order.
 
-    Every caller (training's `--eval_query_size`, `make_task`, the benchmark) draws the subset here, with its own
+    Every caller (`cllmfs evaluate --query-size`, `make_task`, the benchmark) draws the subset here, with its own
     `query_seed`: the subset never depends on the support-set seed, so all seeds and methods meet the same query.
 
     Args:
