@@ -1,4 +1,4 @@
-"""`cllmfs evaluate --run RUN --dataset D [--dataset D2 ...] --split dev|test`: score a trained run folder.
+"""`cllmfs evaluate --run RUN (--dataset D [--split dev|test] | --file FILE) ...`: score a trained run folder.
 
 The model is loaded (and its adapter merged) once for every dataset; each dataset is asked with its own types. The
 scores go to the run folder's `metrics.json` and, one line per dataset, to the terminal.
@@ -11,6 +11,8 @@ import json
 
 from cllmfs_trainer.command_line import OneLineArgumentParser, existing_dir, positive_int
 from cllmfs_trainer.data import get_dataset
+from cllmfs_trainer.data.readers import read_examples
+from cllmfs_trainer.errors import UsageError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
 from cllmfs_trainer.run_folder import RunFolder
 
@@ -24,7 +26,13 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
         parser = subparsers.add_parser("evaluate", help=help_text, description=help_text)
     parser.add_argument("--run", required=True, help="run folder written by `cllmfs train`")
     parser.add_argument(
-        "--dataset", required=True, action="append", help="registry key of a dataset to score; repeat for several"
+        "--dataset", action="append", default=[], help="registry key of a dataset to score; repeat for several"
+    )
+    parser.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        help="a labelled file of your own to score whole (any format cllmfs train reads); repeat for several",
     )
     parser.add_argument("--split", default="test", choices=["test", "dev"], help="test to report, dev to choose on")
     parser.add_argument("--query-size", type=positive_int, help="score a fixed random subset of this many sentences")
@@ -47,8 +55,12 @@ def main(args: argparse.Namespace) -> dict:
     """Check the run folder and the datasets, then score; returns what `metrics.json` holds."""
     # Everything the user gave is checked before the model loads: a mistake costs seconds, not a model load.
     RunFolder.load(args.run).check_tokenizer()
+    if not args.dataset and not args.file:
+        raise UsageError("give what to score: --dataset NAME and/or --file FILE")
     for name in args.dataset:
         get_dataset(name)  # an unknown name is refused with the known ones
+    for path in args.file:
+        read_examples(path)  # a bad file is refused in one line before the model loads
     results = evaluate_run(
         args.run,
         args.dataset,
@@ -58,6 +70,7 @@ def main(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         split=args.split,
         dtype=args.dtype,
+        files=args.file,
     )
     for name, scores in results.items():
         span = scores["span"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.data.io import Sentence, Span
+from cllmfs_trainer.data.readers import read_examples
 from cllmfs_trainer.data.registry import get_dataset
 from cllmfs_trainer.data.sampling import query_subset
 from cllmfs_trainer.evaluation.metrics import error_breakdown, span_scores, string_scores
@@ -45,6 +46,7 @@ def evaluate_run(
     batch_size: int = 32,
     split: str = "test",
     dtype: str | None = "auto",
+    files: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Predict a split of each dataset with a trained run folder and score it; writes `metrics.json` there.
 
@@ -69,6 +71,9 @@ def evaluate_run(
         dtype (`str`, *optional*, defaults to `"auto"`):
             Precision of the merged model (`EntityExtractor.from_run`): `"auto"` probes the CPU, `None` keeps the
             loaded precision.
+        files (`Sequence[str | Path]`, *optional*):
+            Labelled files of the user's own (any format `read_examples` reads), scored whole with the run's types;
+            keyed by their path in the result.
 
     Returns:
         `dict[str, Any]`: `{dataset: {"split", "query_size", "span", "string", "errors", "parse_stats"}}`, as written to
@@ -90,6 +95,12 @@ def evaluate_run(
             **score_unit(query, predicted),
             "parse_stats": extractor.stats.as_dict(),
         }
+    for file in files:
+        query = read_examples(file).sentences
+        extractor.stats = ParseStats()
+        predicted = [p.spans for p in extractor.predict(query, progress=True)]
+        results[str(file)] = {"split": "file", "query_size": len(query), **score_unit(query, predicted)}
+        results[str(file)]["parse_stats"] = extractor.stats.as_dict()
     path = RunFolder.load(run_dir).metrics_file
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     return results

@@ -25,6 +25,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.data import build_sft_dataset, get_dataset, make_task
+from cllmfs_trainer.data.own_files import OWN_DATASET, task_from_file
 from cllmfs_trainer.data.prior import (
     PRIOR_MIX,
     build_prior_samples,
@@ -33,6 +34,7 @@ from cllmfs_trainer.data.prior import (
     prior_type_ids,
     prior_types,
 )
+from cllmfs_trainer.data.sampling import FewShotTask
 from cllmfs_trainer.data.sft import samples_to_dataset
 from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import UserError
@@ -112,17 +114,19 @@ def _train(
     if script_args.setting.lower() == "prior":
         task = None
         train_dataset, prior = _prior_dataset(script_args, training_args, tokenizer)
+    elif script_args.train_file is not None:  # the user's own examples, all of them, no registry dataset
+        task = task_from_file(script_args.train_file, script_args.types_file)
     else:
-        dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)
         task = make_task(
             script_args.setting,
-            dataset,
+            get_dataset(script_args.dataset, types_file=script_args.types_file),
             script_args.k,
             script_args.support_seed,
             n_types=script_args.n_types,
             data_dir=script_args.data_dir,
             support_set=script_args.support_set,
         )
+    if task is not None:
         train_dataset = build_sft_dataset(
             task.support.sentences,
             task.train_types,
@@ -180,8 +184,8 @@ def _train(
             end_penalty=decoding_args.end_penalty,
             one_type_per_span=decoding_args.one_type_per_span,
             setting=task.setting if task else "prior",
-            dataset=dataset.key if task else PRIOR_DATASET,
-            k=script_args.k if task else 0,
+            dataset=_dataset_name(script_args, task),
+            k=task.support.k if task else 0,
             train_types=list(task.train_types) if task else prior["types"],
             test_types=list(task.test_types) if task else prior["types"],
             cl_layer=trainer.cl_layer,
@@ -192,12 +196,26 @@ def _train(
                 "support_fit": trainer.support_fit_callback.history,
                 **({"init_adapter": _adapter_record(script_args.init_adapter)} if script_args.init_adapter else {}),
                 **({"prior": prior["record"]} if task is None else {}),
+                **({"train_file": _file_record(script_args.train_file, task)} if script_args.train_file else {}),
             },
         )
         if task is not None:
             task.support.save(run.support_file)
         run.save()
     return trainer
+
+
+def _dataset_name(script_args: ScriptArguments, task: FewShotTask | None) -> str:
+    """The run record's `dataset`: a registry key, or what stands for a mix or a user's file (never a borrowed key)."""
+    if task is None:
+        return PRIOR_DATASET
+    return OWN_DATASET if script_args.train_file is not None else get_dataset(script_args.dataset).key
+
+
+def _file_record(path: str, task: FewShotTask) -> dict[str, Any]:
+    """What the run record says of a user's training file: where, which bytes, how much of each type."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(Path(path).resolve()), "sha256": digest, **task.notes}
 
 
 def check_trained(trainer: ContrastiveSFTTrainer) -> None:

@@ -21,6 +21,7 @@ from trl import ModelConfig, TrlParser
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.data.format import ANSWER_FORMATS, PROMPT_FORMATS
 from cllmfs_trainer.data.prior import prior_splits
+from cllmfs_trainer.data.registry import load_types_file
 from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import MissingFileError, UsageError, UserError
 from cllmfs_trainer.files import check_input_file, check_output_dir
@@ -52,6 +53,18 @@ class ScriptArguments:
     `ContrastiveSFTConfig` and `ModelConfig`."""
 
     dataset: str = field(default="wnut17", metadata={"help": "Registry key of the (target) dataset."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on every example of this file of your own (JSONL, CoNLL/BIO, doccano, Label Studio, "
+            ".spacy; see cllmfs_trainer.data.readers) instead of a sampled support set; `dataset` is then not used. "
+            "Its labels are the types; `types_file` describes them."
+        },
+    )
+    dev_file: str | None = field(
+        default=None,
+        metadata={"help": "Labelled examples that `cllmfs train` scores the run on after training (metrics.json)."},
+    )
     setting: str = field(
         default="intra",
         metadata={
@@ -307,15 +320,21 @@ def check_arguments(
         script_args.init_adapter = str(resolve_init_adapter(script_args.init_adapter, model_args.model_name_or_path))
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
         raise MissingFileError(f"data_dir {script_args.data_dir} is not an existing folder")
-    for name in ("support_set", "types_file"):
+    for name in ("support_set", "types_file", "train_file", "dev_file"):
         if getattr(script_args, name) is not None:
             check_input_file(getattr(script_args, name), name)
     check_decoding(script_args, decoding_args)
-    dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)  # unknown names, bad types file
-    if script_args.n_types is not None and script_args.setting.lower() != "prior":
-        source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
-        for label in script_args.n_types:
-            source.type(label)
+    if script_args.train_file is not None:
+        if script_args.setting.lower() != "intra" or script_args.support_set is not None:
+            raise UsageError("train_file: the file is the training data; it goes with setting intra and no support_set")
+        if script_args.types_file is not None:
+            load_types_file(script_args.types_file)  # a bad types file fails before the model loads
+    else:
+        dataset = get_dataset(script_args.dataset, types_file=script_args.types_file)  # unknown names, bad types
+        if script_args.n_types is not None and script_args.setting.lower() != "prior":
+            source = dataset if script_args.setting.lower() == "intra" else get_dataset("ontonotes5")
+            for label in script_args.n_types:
+                source.type(label)
     for name in ("weight_decay", "num_train_epochs"):
         if getattr(training_args, name) < 0:
             raise UsageError(f"{name} must be >= 0, got {getattr(training_args, name)!r}")
