@@ -281,3 +281,29 @@ def test_the_benchmarks_prior_methods(run_dir, tiny_run_inputs, tmp_path, monkey
     assert (merged.answer_format, merged.end_penalty) == (run.answer_format, run.end_penalty) == ("pointer", 3.0)
     query = benchmark.query("wnut17")
     assert [p.spans for p in merged.predict(query)] == [p.spans for p in run.predict(query)]
+
+
+def test_the_unseen_types_report_leaves_out_the_types_a_prior_corpus_labels(tmp_path):
+    from cllmfs_trainer.benchmark.type_subsets import PRIOR_LABELLED, subset_f1, unseen_types_markdown
+
+    def unit(seed, music_tp):
+        per_type = {
+            "art-music": {"tp": music_tp, "fp": 0, "fn": 0},  # a type CrossNER music labels: left out below
+            "person-actor": {"tp": 1, "fp": 1, "fn": 2},
+        }
+        f1 = 2 * (music_tp + 1) / (2 * (music_tp + 1) + 1 + 2)
+        span = {"f1": f1, "per_type": per_type}
+        return {
+            "dataset": "fewnerd_unseen",
+            "setting": "intra",
+            "k": 5,
+            "method": "cllmfs_prior",
+            "seed": seed,
+            "span": span,
+        }
+
+    assert "art-music" in PRIOR_LABELLED["fewnerd_unseen"]
+    assert subset_f1(unit(0, 5), PRIOR_LABELLED["fewnerd_unseen"]) == pytest.approx(2 / 5)  # person-actor alone
+    table = unseen_types_markdown([unit(0, 5), unit(1, 1)])
+    assert "| intra | 5 | cllmfs_prior | 2 |" in table and "0.4000 ± 0.0000 |" in table
+    assert unseen_types_markdown([{**unit(0, 1), "dataset": "wnut17"}]) == ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cllmfs_trainer.benchmark.methods import METHODS, get_method, method_order, method_title
+from cllmfs_trainer.benchmark.type_subsets import unseen_types_markdown
 
 # Paper Table 1 (Zhang et al., ECAI 2024), CLLMFS with LLaMA-2-7B, micro-F1 averaged over five runs.
 PAPER_TABLE1 = {
@@ -381,6 +382,9 @@ def write_report(
     paired = paired_markdown(records, reference)
     if paired:
         (out / "paired.md").write_text(paired, encoding="utf-8")
+    unseen = unseen_types_markdown(records)
+    if unseen:
+        (out / "unseen_types.md").write_text(unseen, encoding="utf-8")
     for k in ks:
         plot_f1(summaries, k, out / f"f1_k{k}.png")
     if len(ks) > 1:
