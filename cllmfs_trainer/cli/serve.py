@@ -39,10 +39,12 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
 
 def main(args: argparse.Namespace) -> None:
     """Check the options and the run folder, load the model once, then serve until interrupted."""
-    try:
+    run = RunFolder.load(args.run)  # before anything heavy: a wrong folder costs a second
+    run.check_tokenizer()
+    try:  # the optional [serve] extra; the server module also brings torch and transformers
         import uvicorn
 
-        from cllmfs_trainer.integrations.server import Limits, create_app
+        from cllmfs_trainer.integrations.server import Limits, app_for_run
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
     if not 0 <= args.port <= 65535:
@@ -54,22 +56,9 @@ def main(args: argparse.Namespace) -> None:
             "(set --api-key or CLLMFS_API_KEY)",
             args.host,
         )
-    run = RunFolder.load(args.run)  # before the model loads: a wrong folder costs a second
-    run.check_tokenizer()
-    # Heavy (torch and transformers): `cllmfs --help` and the checks above do without them.
-    from cllmfs_trainer.inference.generate import EntityExtractor
-
-    extractor = EntityExtractor.from_run(run.path, batch_size=args.batch_size, dtype=args.dtype)
-    info = {
-        "run": str(run.path),
-        "base_model": run.base_model,
-        "types": [vars(t) for t in run.test_types],
-        "prompt_format": run.prompt_format,
-        "answer_format": run.answer_format,
-        "scores": extractor.gives_scores,
-    }
     limits = Limits(args.max_texts, args.max_chars, args.max_batch_texts, args.max_wait_ms)
-    uvicorn.run(create_app(extractor, info, limits, api_key), host=args.host, port=args.port, log_level="warning")
+    app = app_for_run(run, limits, api_key, batch_size=args.batch_size, dtype=args.dtype)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def _loopback(host: str) -> bool:

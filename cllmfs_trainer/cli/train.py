@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.errors import UsageError
+from cllmfs_trainer.evaluation.scoring import evaluate_run
 
 PROG = "cllmfs train"
 HELP = "train a run folder from a recipe YAML (its keys: cllmfs train RECIPE.yaml --help), or on your own files"
@@ -75,8 +76,6 @@ def main(argv: list[str]) -> int:
         trainer = train.main(*arguments)
         dev_file = arguments[0].dev_file
         if dev_file is not None and trainer.accelerator.is_main_process:
-            from cllmfs_trainer.evaluation.scoring import evaluate_run
-
             scores = evaluate_run(trainer.args.output_dir, [], files=[dev_file])[str(dev_file)]["span"]
             print(
                 f"{dev_file}: span micro-F1 {scores['f1']:.4f} (P {scores['precision']:.4f}, R {scores['recall']:.4f})"

@@ -29,6 +29,8 @@ from pydantic import BaseModel, Field
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.files import control_character
 from cllmfs_trainer.inference.extract import select_types
+from cllmfs_trainer.inference.generate import EntityExtractor
+from cllmfs_trainer.run_folder import RunFolder
 
 
 class ExtractRequest(BaseModel):
@@ -201,3 +203,17 @@ def _error(status: int, message: str) -> JSONResponse:
 def _versions() -> dict[str, str]:
     names = ("cllmfs-trainer", "torch", "transformers", "peft")
     return {name: importlib.metadata.version(name) for name in names}
+
+
+def app_for_run(run: RunFolder, limits: Limits, api_key: str | None = None, **extractor_kwargs: Any) -> FastAPI:
+    """Load `run` once (`EntityExtractor.from_run` with `extractor_kwargs`) and make its application."""
+    extractor = EntityExtractor.from_run(run.path, **extractor_kwargs)
+    info = {
+        "run": str(run.path),
+        "base_model": run.base_model,
+        "types": [vars(t) for t in run.test_types],
+        "prompt_format": run.prompt_format,
+        "answer_format": run.answer_format,
+        "scores": extractor.gives_scores,
+    }
+    return create_app(extractor, info, limits, api_key)

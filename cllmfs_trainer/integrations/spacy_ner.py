@@ -34,6 +34,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans, minibatch
 
 from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.inference.generate import EntityExtractor
 from cllmfs_trainer.run_folder import RunFolder
 
 SCORE_ATTRIBUTE = "cllmfs_score"
@@ -91,9 +92,6 @@ class CllmfsNER:
     def extractor(self) -> Any:
         """The run's `EntityExtractor`, loaded at the first doc (adding the pipe stays cheap)."""
         if self._extractor is None:
-            # Heavy (torch and transformers): building a pipeline or loading its config does not need them.
-            from cllmfs_trainer.inference.generate import EntityExtractor
-
             self._extractor = EntityExtractor.from_run(
                 self.run, batch_size=self.options["batch_size"], dtype=self.options["dtype"]
             )
