@@ -102,7 +102,7 @@ def test_a_million_letter_word_is_shortened_in_the_prompt_and_keeps_its_place(ex
     assert time.perf_counter() - start < 60
     assert prediction.sentence.tokens == words  # the prediction is over the user's words, not the shortened ones
     assert all(0 <= span.start < span.end <= len(words) for span in prediction.spans)
-    assert "1 word(s) longer than 100 characters were shortened in the prompts" in caplog.text
+    assert "1 word(s) longer than 256 characters were shortened in the prompts" in caplog.text
 
 
 def test_shortening_keeps_the_predictions_of_a_sentence_without_long_words(extractor):

@@ -61,7 +61,7 @@ class EntityExtractor(AnswerBatcher, HubLoading):
             Bound on generated tokens per prompt (the answer prefix included).
         max_sentence_words (`int`, *optional*, defaults to `128`):
             Longer sentences are split (never inside a gold span) and their predictions re-joined.
-        max_word_chars (`int`, *optional*, defaults to `100`):
+        max_word_chars (`int`, *optional*, defaults to `256`):
             Longer words are cut to this length in the prompts (the spans keep their words). With
             `max_sentence_words`, it bounds a prompt; one past the model's context is refused with a `UserError`.
         reuse_prefix (`bool`, *optional*, defaults to `True`):
@@ -102,7 +102,7 @@ class EntityExtractor(AnswerBatcher, HubLoading):
         batch_size: int = 32,
         max_new_tokens: int = 64,
         max_sentence_words: int = 128,
-        max_word_chars: int = 100,
+        max_word_chars: int = 256,
         reuse_prefix: bool = True,
         prefill_answer: bool = True,
         prompt_format: int = PROMPT_FORMAT,
