@@ -174,7 +174,7 @@ def test_cli_predict_errors_are_one_clear_line(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n["no"]\n', encoding="utf-8")
     assert cli_main(["predict", "--run", str(run_dir), "--input", str(bad), "--output", str(tmp_path / "o")]) == 2
-    assert f"{bad}:2: expected a JSON object" in capsys.readouterr().err
+    assert f"{bad}:2: expected a string or a JSON object with a string field 'text'" in capsys.readouterr().err
     assert (
         cli_main(["predict", "--run", str(run_dir), "--text", "x", "--types", "drug", "--output", str(tmp_path / "o")])
         == 2
