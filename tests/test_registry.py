@@ -6,6 +6,7 @@ from cllmfs_trainer.data.format import instruction
 from cllmfs_trainer.data.registry import dataset_keys
 
 EXPECTED_TYPE_COUNTS = {"wnut17": 6, "conll2003": 4, "ontonotes5": 18, "gum": 11, "i2b2_2014": 23, "fewnerd": 66}
+EXPECTED_TYPE_COUNTS["fewnerd_unseen"] = 17  # Few-NERD's INTER test types
 # The NER prior's general-NER corpora (../shared/data/README.md)
 EXPECTED_TYPE_COUNTS.update(
     wikigold=4,
