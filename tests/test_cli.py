@@ -59,3 +59,18 @@ def test_train_then_evaluate_loads_the_model_once_for_every_dataset(tiny_run_inp
 def test_evaluate_checks_the_run_folder_and_datasets_before_loading(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "missing"), "--dataset", "wnut17"]) == 2
     assert "cllmfs evaluate: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "dataset, split, words",
+    [("gum", "dev", "dataset 'gum' has no 'dev' split; it has ['train', 'test']"), ("conll2003", "test", "not shipped")],
+)
+def test_evaluate_refuses_a_missing_split_before_loading(fake_run, tmp_path, monkeypatch, capsys, dataset, split, words):
+    import cllmfs_trainer.cli.evaluate as evaluate
+
+    monkeypatch.delenv("CLLMFS_DATA_DIR", raising=False)
+    monkeypatch.setattr(evaluate, "evaluate_run", lambda *a, **k: pytest.fail("the model loaded"))
+    argv = ["evaluate", "--run", str(fake_run), "--dataset", dataset, "--split", split, "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cllmfs evaluate: error:") and words in err[0]

@@ -58,7 +58,11 @@ def main(args: argparse.Namespace) -> dict:
     if not args.dataset and not args.file:
         raise UsageError("give what to score: --dataset NAME and/or --file FILE")
     for name in args.dataset:
-        get_dataset(name)  # an unknown name is refused with the known ones
+        # An unknown name is refused with the known ones; a split the dataset lacks, or its missing file, by name.
+        try:
+            get_dataset(name).check_split(args.split, args.data_dir)
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from None
     for path in args.file:
         read_examples(path)  # a bad file is refused in one line before the model loads
     results = evaluate_run(

@@ -109,6 +109,16 @@ class DatasetInfo:
             f"{self.title} is not shipped with cllmfs-trainer ({self.license}); put {split}.txt in {where}{hub}"
         )
 
+    def check_split(self, split: str, data_dir: str | Path | None = None) -> Path:
+        """The file `load(split)` reads, checked to exist: lets a command refuse a missing split before a model loads.
+
+        Raises:
+            `FileNotFoundError`: as `split_path`.
+        """
+        if split not in self.splits:
+            raise FileNotFoundError(f"dataset {self.key!r} has no {split!r} split; it has {list(self.splits)}")
+        return self.split_path(self.carved_from or split, data_dir, check=False)
+
     def load(self, split: str, data_dir: str | Path | None = None, allow_empty: bool = True) -> Corpus:
         """Read a split and check that every tag type is in the registry's inventory.
 
@@ -121,9 +131,7 @@ class DatasetInfo:
                 Whether a split without sentences is read with a warning rather than refused.
         """
         if self.carved_from is not None:
-            if split not in self.splits:
-                raise FileNotFoundError(f"dataset {self.key!r} has no {split!r} split; it has {list(self.splits)}")
-            path = self.split_path(self.carved_from, data_dir, check=False)
+            path = self.check_split(split, data_dir)
             whole = read_conll(path, allow_empty=allow_empty)
             part = [s for i, s in enumerate(whole.sentences) if i % 10 in CARVED_PARTS[split]]
             corpus = Corpus(part, f"{path} ({split} part: sentences i with i % 10 in {CARVED_PARTS[split]})")
