@@ -63,9 +63,12 @@ def test_evaluate_checks_the_run_folder_and_datasets_before_loading(tmp_path, ca
 
 @pytest.mark.parametrize(
     "dataset, split, words",
-    [("gum", "dev", "dataset 'gum' has no 'dev' split; it has ['train', 'test']"), ("conll2003", "test", "not shipped")],
+    [
+        ("gum", "dev", "dataset 'gum' has no 'dev' split; it has ['train', 'test']"),
+        ("conll2003", "test", "not shipped"),
+    ],
 )
-def test_evaluate_refuses_a_missing_split_before_loading(fake_run, tmp_path, monkeypatch, capsys, dataset, split, words):
+def test_evaluate_refuses_a_missing_split_early(fake_run, tmp_path, monkeypatch, capsys, dataset, split, words):
     import cllmfs_trainer.cli.evaluate as evaluate
 
     monkeypatch.delenv("CLLMFS_DATA_DIR", raising=False)
