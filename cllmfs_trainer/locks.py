@@ -1,6 +1,7 @@
 """One writer per folder: a run folder or a benchmark folder is claimed with a lock file for as long as it is written.
 
 Two trainings into one `output_dir` would both exit 0, one result silently lost and their checkpoints interleaved.
+`hold_lock` is the finer lock of processes that share one benchmark: each holds the units it runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from cllmfs_trainer.errors import UserError
 
@@ -82,3 +85,29 @@ def _holder_alive(holder: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file `path` for the block; yields whether it is held.
+
+    An OS lock (`filelock`), so a process that dies, even by SIGKILL, holds nothing any more.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The lock file; its folder is created if missing.
+        wait (`bool`, *optional*, defaults to `True`):
+            Wait while another process holds it; otherwise yield `False` at once.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

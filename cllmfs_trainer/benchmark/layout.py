@@ -9,6 +9,7 @@ Nothing under `output_dir` is meant for git: it holds dataset sentences, whose l
     source_models/<method>/seed0/               CONTaiNER's and ProML's source-trained encoders, shared by INTER targets
     units/<setting>-<dataset>/k5/seed0/<method>.json   scores of one unit; its presence marks the unit done
     units/.../<method>.predictions.jsonl        predicted spans per query sentence (ids and offsets, no text)
+    locks/                                      what each process of a shared run holds (see `Benchmark.run`)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class BenchmarkLayout:
     root: Path
 
     # Everything the benchmark writes under `root`; `--overwrite` removes these and nothing else.
-    OWNED = ("benchmark.json", "support", "runs", "source_models", "units")
+    OWNED = ("benchmark.json", "support", "runs", "source_models", "units", "locks")
 
     def owned_paths(self) -> list[Path]:
         """The entries of `root` that the benchmark wrote (and may remove), as far as they exist."""
@@ -75,6 +76,17 @@ class BenchmarkLayout:
     def predictions_file(self, unit: Unit) -> Path:
         """The predicted spans of a unit, one JSON line per query sentence."""
         return self.unit_file(unit).with_suffix(".predictions.jsonl")
+
+    def unit_lock(self, unit: Unit, same_for_every_seed: bool = False) -> Path:
+        """The lock a process holds while it runs `unit`, shared by the units that would otherwise compute one thing
+        twice: every K and INTER target of a source, seed and method (one trained run folder or source encoder), or
+        with `same_for_every_seed` every unit of a dataset and method (one zero-shot prediction)."""
+        shared = f"{unit.dataset}" if same_for_every_seed else f"{unit.source}-seed{unit.seed}"
+        return self.root / "locks" / f"{shared}-{unit.method}.lock"
+
+    def support_lock(self, unit: Unit) -> Path:
+        """The lock held while a support set is sampled and written, so that no process reads half a file."""
+        return self.root / "locks" / f"support-{unit.source}-k{unit.k}-seed{unit.seed}.lock"
 
     def same_dataset_units(self, unit: Unit) -> list[Path]:
         """Score files of the same dataset and method under any setting, K and seed (zero-shot reuses them)."""

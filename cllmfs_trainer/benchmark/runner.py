@@ -29,6 +29,7 @@ from cllmfs_trainer.data.sampling import INTER_SOURCE, SupportSet, query_subset,
 from cllmfs_trainer.evaluation.metrics import span_scores
 from cllmfs_trainer.evaluation.scoring import score_unit
 from cllmfs_trainer.files import atomic_write_text, replace_folder
+from cllmfs_trainer.locks import hold_lock
 from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
 from cllmfs_trainer.models.priors import resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
@@ -67,7 +68,8 @@ class Benchmark:
         A folder holding a run with other settings is an error, unless `overwrite` was given: then it is emptied.
         """
         if not self._prepared:
-            check_resume(self.config, self.layout, self.overwrite)
+            with hold_lock(self.layout.root / "locks" / "benchmark.json.lock"):  # processes started together
+                check_resume(self.config, self.layout, self.overwrite)
             self._prepared = True
 
     def units(self) -> list[Unit]:
@@ -93,7 +95,12 @@ class Benchmark:
     def run(
         self, progress: bool = True, on_unit: Callable[[dict[str, Any]], None] | None = None
     ) -> list[dict[str, Any]]:
-        """Run every unit not done yet; returns the scores of all units (done before or now).
+        """Run every unit not done yet; returns the scores of the units that are done (before or now).
+
+        Several processes may run one benchmark at once (the same command started N times, e.g. one thread each on an
+        N-core CPU): a process runs a unit only while it holds the unit's lock (`BenchmarkLayout.unit_lock`), so the
+        units that share a trained model or a zero-shot prediction are computed once. A unit held by another process
+        is left to it; when only such units remain, the process stops and says how many.
 
         Args:
             progress (`bool`, *optional*, defaults to `True`):
@@ -108,13 +115,28 @@ class Benchmark:
         units = self.units()
         todo = [u for u in units if not self.unit_path(u).is_file()]
         logger.info("benchmark: %d units, %d done, %d to run", len(units), len(units) - len(todo), len(todo))
-        bar = tqdm(todo, desc="benchmark", unit="unit", disable=not progress)
-        for unit in bar:
-            bar.set_postfix_str(f"{unit.task} k{unit.k} seed{unit.seed} {unit.method}")
-            record = self.run_unit(unit)
-            if on_unit is not None:
-                on_unit(record)
-        return [read_record(self.unit_path(u), "a unit's scores file") for u in units]
+        bar = tqdm(total=len(todo), desc="benchmark", unit="unit", disable=not progress)
+        while todo:
+            # One pass over the units left; a unit whose lock another process holds is retried on the next pass,
+            # which ends the run if this one ran nothing (everything left is another process's).
+            ran = False
+            for unit in todo:
+                method = self.config.method(unit.method)
+                with hold_lock(self.layout.unit_lock(unit, method.same_for_every_seed), wait=False) as held:
+                    if not held or self.unit_path(unit).is_file():  # another process's, or finished by it meanwhile
+                        continue
+                    bar.set_postfix_str(f"{unit.task} k{unit.k} seed{unit.seed} {unit.method}")
+                    record = self.run_unit(unit)
+                ran = True
+                bar.update()
+                if on_unit is not None:
+                    on_unit(record)
+            todo = [u for u in todo if not self.unit_path(u).is_file()]
+            if todo and not ran:
+                logger.info("benchmark: %d units left, all being run by other processes", len(todo))
+                break
+        bar.close()
+        return [read_record(p, "a unit's scores file") for u in units if (p := self.unit_path(u)).is_file()]
 
     def restore_from(self, results: str | Path) -> int:
         """Mark units done from a report's `results.json` (see `cllmfs_trainer.benchmark.resume.restore_units`).
@@ -141,8 +163,13 @@ class Benchmark:
     def support(self, unit: Unit) -> SupportSet:
         """The support set of a unit's source, sampled once and saved; never overlapping any query of the run."""
         path = self.layout.support_set(unit)
-        if path.is_file():
-            return SupportSet.load(path)
+        with hold_lock(self.layout.support_lock(unit)):  # another process may be writing it
+            if path.is_file():
+                return SupportSet.load(path)
+            return self._sample_support(unit, path)
+
+    def _sample_support(self, unit: Unit, path: Path) -> SupportSet:
+        """Sample a unit's support set from its source's train split and save it to `path`."""
         source = get_dataset(unit.source)
         pool = source.load("train", self.config.data_dir)
         # Exclude every query of the run, so an INTER support set is the same whichever targets come first.

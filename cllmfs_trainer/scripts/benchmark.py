@@ -24,6 +24,7 @@ stderr and exit code 2; `--debug` (or CLLMFS_DEBUG=1) adds the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -39,6 +40,7 @@ from cllmfs_trainer.benchmark.methods import get_method
 from cllmfs_trainer.command_line import OneLineArgumentParser, run_entry_point
 from cllmfs_trainer.errors import DataFormatError, UsageError, UserError
 from cllmfs_trainer.files import check_input_file, check_output_dir
+from cllmfs_trainer.locks import hold_lock
 from cllmfs_trainer.models.loading import check_model_reference
 from cllmfs_trainer.parsing import load_yaml
 from cllmfs_trainer.scripts.yaml_config import at, check_known_keys, check_value_types, field_hints, load_yaml_mapping
@@ -273,17 +275,21 @@ def _check_report_kept(args: BenchmarkArguments) -> None:
 def report(args: BenchmarkArguments) -> Path:
     """Write the report of every finished unit of the YAML's lists (`report_config`: a subset run reports them all)."""
     config = args.report_config or args.config
-    records = Benchmark(config).finished_records()
+    benchmark = Benchmark(config)
     overrides = ", ".join(f"{key}={value}" for key, value in config.train_overrides.items())
-    return write_report(
-        records,
-        args.report_dir,
-        model=config.model,
-        query_note=config.query_note(),
-        settings_note=overrides,
-        fingerprint=config.fingerprint(),
-        reference=config.reference,
-    )
+    # Processes sharing the run read the finished units and write the report one at a time: the last writer has
+    # every unit, never an older list written over a newer one (`--report-only` runs nothing, and writes no lock).
+    shared = not args.report_only
+    with hold_lock(benchmark.layout.root / "locks" / "report.lock") if shared else contextlib.nullcontext():
+        return write_report(
+            benchmark.finished_records(),
+            args.report_dir,
+            model=config.model,
+            query_note=config.query_note(),
+            settings_note=overrides,
+            fingerprint=config.fingerprint(),
+            reference=config.reference,
+        )
 
 
 def cli(argv: list[str] | None = None) -> None:
