@@ -307,3 +307,22 @@ def test_the_unseen_types_report_leaves_out_the_types_a_prior_corpus_labels(tmp_
     table = unseen_types_markdown([unit(0, 5), unit(1, 1)])
     assert "| intra | 5 | cllmfs_prior | 2 |" in table and "0.4000 ± 0.0000 |" in table
     assert unseen_types_markdown([{**unit(0, 1), "dataset": "wnut17"}]) == ""
+
+
+def test_the_prior_card_quotes_benchmark_reports(tmp_path):
+    from cllmfs_trainer.training.prior_export import benchmark_rows
+
+    def unit(method, seed, f1, **extra):
+        return {"setting": "intra", "dataset": "wnut17", "method": method, "seed": seed, "query_size": 1000,
+                "span": {"f1": f1}, **extra}  # fmt: skip
+
+    units = [unit("cllmfs_prior", 0, 0.3), unit("cllmfs_prior", 1, 0.4), unit("protobert", 0, 0.1)]
+    units += [unit("prior_zero_shot", 0, 0.25), unit("prior_zero_shot", 1, 0.25, reused_from="units/x.json")]
+    (tmp_path / "test.json").write_text(json.dumps({"fingerprint": {}, "units": units}))
+    dev = {"fingerprint": {"query_split": "dev"}, "units": [unit("lora", 0, 0.2)]}
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    assert benchmark_rows([tmp_path / "test.json", tmp_path / "dev.json"]) == [
+        "| wnut17 | 5-shot from the plain base, LoRA only | dev | 1,000 | 1 | 0.200 |",
+        "| wnut17 | the prior alone, zero-shot | test | 1,000 | 1 | 0.250 |",
+        "| wnut17 | 5-shot from the prior (CLLMFS) | test | 1,000 | 2 | 0.350 ± 0.071 |",
+    ]

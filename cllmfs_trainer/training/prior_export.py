@@ -1,9 +1,11 @@
 """Ship a trained NER prior: its adapter in bfloat16, its config naming the hub model, and its model card.
 
-    python -m cllmfs_trainer.training.prior_export runs/smollm2-ner-prior
+    python -m cllmfs_trainer.training.prior_export runs/smollm2-ner-prior \
+        [--benchmark bench/results/benchmark-prior/results.json ...]
 
 writes `cllmfs_trainer/priors/smollm2-135m-instruct/` (`init_adapter: prior` loads it). The card states the data
-mix with each corpus' license, the budget and the measured figures of the run folder (`metrics.json`).
+mix with each corpus' license, the budget and the measured figures: the run folder's (`metrics.json`), and those of
+benchmark reports that score the prior (mean ± std over support seeds, per dataset and method).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,8 +30,45 @@ from cllmfs_trainer.run_folder import RunFolder
 HUB_ID = PRIOR_BASES[-1]  # the default model on the hub
 
 
-def prior_card(run: RunFolder) -> str:
-    """The prior's model card (Hub metadata and text) from its run record, `train_results.json` and `metrics.json`."""
+# The benchmark methods a card reports: those that use the prior, and the plain base they are compared with.
+CARD_METHODS = {
+    "prior_zero_shot": "the prior alone, zero-shot",
+    "cllmfs_prior": "5-shot from the prior (CLLMFS)",
+    "lora_prior": "5-shot from the prior, LoRA only",
+    "lora": "5-shot from the plain base, LoRA only",
+}
+
+
+def benchmark_rows(results: Sequence[str | os.PathLike]) -> list[str]:
+    """Markdown rows (dataset, method, split, sentences, seeds, span F1 mean ± std) of the `CARD_METHODS` INTRA units
+    in benchmark reports' `results.json` files."""
+    groups: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+    for path in results:
+        report = _json(Path(path))
+        split = report.get("fingerprint", {}).get("query_split", "test")  # kept only where it is not the default
+        for unit in report.get("units", []):
+            # A zero-shot unit of another seed reuses one prediction (`reused_from`): it is counted once.
+            if unit["method"] in CARD_METHODS and unit["setting"] == "intra" and "reused_from" not in unit:
+                groups[(unit["dataset"], unit["method"], split, unit["query_size"])].append(unit["span"]["f1"])
+    order = list(CARD_METHODS)
+    rows = []
+    for (dataset, method, split, size), f1 in sorted(
+        groups.items(), key=lambda g: (g[0][0], g[0][2], order.index(g[0][1]))
+    ):
+        score = f"{statistics.fmean(f1):.3f}" + (f" ± {statistics.stdev(f1):.3f}" if len(f1) > 1 else "")
+        rows.append(f"| {dataset} | {CARD_METHODS[method]} | {split} | {size:,} | {len(f1)} | {score} |")
+    return rows
+
+
+def prior_card(run: RunFolder, benchmarks: Sequence[str | os.PathLike] = ()) -> str:
+    """The prior's model card (Hub metadata and text) from its run record, `train_results.json` and `metrics.json`.
+
+    Args:
+        run (`RunFolder`):
+            The prior's run folder.
+        benchmarks (`Sequence[str | os.PathLike]`, *optional*):
+            `results.json` files of benchmark reports that score the prior (`recipes/smollm2/benchmark_prior.yaml`).
+    """
     prior = run.extra.get("prior", {})
     train = _json(run.path / "train_results.json")
     metrics = _json(run.metrics_file)
@@ -89,10 +131,22 @@ def prior_card(run: RunFolder) -> str:
         *(scores or ["| (not measured) | | | |"]),
         "",
     ]
+    if rows := benchmark_rows(benchmarks):
+        lines += [
+            "Few-shot benchmark of cllmfs-trainer (a NER-pretrained setting; the same support sets and test sentences "
+            "for every method), span micro-F1, mean ± std over support seeds:",
+            "",
+            "| dataset | method | split | sentences | seeds | span F1 |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
     return "\n".join(lines)
 
 
-def export_prior(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_PRIOR) -> Path:
+def export_prior(
+    run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_PRIOR, benchmarks: Sequence[str | os.PathLike] = ()
+) -> Path:
     """Write a prior run's adapter as the shipped prior: bfloat16 safetensors, its config and a model card.
 
     The adapter config's `base_model_name_or_path` becomes the default model's hub id (PEFT writes the local folder
@@ -103,6 +157,8 @@ def export_prior(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_P
             A run folder trained with `setting: prior` on the default model.
         dest (`str` or `os.PathLike`, *optional*, defaults to `SHIPPED_PRIOR`):
             Where to write it.
+        benchmarks (`Sequence[str | os.PathLike]`, *optional*):
+            Benchmark reports' `results.json` files whose prior figures the card gives.
 
     Raises:
         `UserError`: for a run folder that is not a prior run of the default model.
@@ -117,7 +173,7 @@ def export_prior(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_P
     config = json.loads((run.path / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = HUB_ID
     atomic_write_text(dest / "adapter_config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(dest / "README.md", prior_card(run))
+    atomic_write_text(dest / "README.md", prior_card(run, benchmarks))
     return dest
 
 
@@ -130,8 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a run folder trained with recipes/smollm2/ner_prior.yaml")
     parser.add_argument("--dest", default=str(SHIPPED_PRIOR), help="where to write the shipped prior")
+    parser.add_argument(
+        "--benchmark", action="append", default=[], help="a benchmark report's results.json to quote (repeatable)"
+    )
     args = parser.parse_args(argv)
-    print(export_prior(args.run, args.dest))
+    for path in args.benchmark:
+        if not Path(path).is_file():
+            parser.error(f"--benchmark {path}: no such file")
+    print(export_prior(args.run, args.dest, args.benchmark))
 
 
 if __name__ == "__main__":
