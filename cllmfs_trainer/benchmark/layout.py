@@ -77,16 +77,20 @@ class BenchmarkLayout:
         """The predicted spans of a unit, one JSON line per query sentence."""
         return self.unit_file(unit).with_suffix(".predictions.jsonl")
 
+    def lock_file(self, name: str) -> Path:
+        """A lock of processes that share the run (`locks/<name>.lock`), e.g. `benchmark.json` or `report`."""
+        return self.root / "locks" / f"{name}.lock"
+
     def unit_lock(self, unit: Unit, same_for_every_seed: bool = False) -> Path:
         """The lock a process holds while it runs `unit`, shared by the units that would otherwise compute one thing
         twice: every K and INTER target of a source, seed and method (one trained run folder or source encoder), or
         with `same_for_every_seed` every unit of a dataset and method (one zero-shot prediction)."""
         shared = f"{unit.dataset}" if same_for_every_seed else f"{unit.source}-seed{unit.seed}"
-        return self.root / "locks" / f"{shared}-{unit.method}.lock"
+        return self.lock_file(f"{shared}-{unit.method}")
 
     def support_lock(self, unit: Unit) -> Path:
         """The lock held while a support set is sampled and written, so that no process reads half a file."""
-        return self.root / "locks" / f"support-{unit.source}-k{unit.k}-seed{unit.seed}.lock"
+        return self.lock_file(f"support-{unit.source}-k{unit.k}-seed{unit.seed}")
 
     def same_dataset_units(self, unit: Unit) -> list[Path]:
         """Score files of the same dataset and method under any setting, K and seed (zero-shot reuses them)."""

@@ -68,7 +68,7 @@ class Benchmark:
         A folder holding a run with other settings is an error, unless `overwrite` was given: then it is emptied.
         """
         if not self._prepared:
-            with hold_lock(self.layout.root / "locks" / "benchmark.json.lock"):  # processes started together
+            with hold_lock(self.layout.lock_file("benchmark.json")):  # processes started together
                 check_resume(self.config, self.layout, self.overwrite)
             self._prepared = True
 

@@ -280,7 +280,7 @@ def report(args: BenchmarkArguments) -> Path:
     # Processes sharing the run read the finished units and write the report one at a time: the last writer has
     # every unit, never an older list written over a newer one (`--report-only` runs nothing, and writes no lock).
     shared = not args.report_only
-    with hold_lock(benchmark.layout.root / "locks" / "report.lock") if shared else contextlib.nullcontext():
+    with hold_lock(benchmark.layout.lock_file("report")) if shared else contextlib.nullcontext():
         return write_report(
             benchmark.finished_records(),
             args.report_dir,
