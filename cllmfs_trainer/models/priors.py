@@ -8,6 +8,7 @@ so that it works offline and on a fresh clone.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -53,3 +54,65 @@ def resolve_init_adapter(value: str | os.PathLike, base_model: str | None) -> Pa
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise UsageError(f"init_adapter: {folder / 'adapter_config.json'} is not a LoRA adapter's config")
     return folder
+
+
+def _lora_scale(config: dict, source: Path) -> float:
+    """The factor PEFT multiplies `B @ A` by; refuses what a plain rank concatenation cannot carry."""
+    for key in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+        if config.get(key):
+            raise UsageError(f"init_adapter_merge: {source} uses {key}; only plain LoRA adapters can be stacked")
+    rank = config["r"]
+    return config["lora_alpha"] / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def stack_lora_adapters(first: str | os.PathLike, second: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Write one LoRA adapter equal to applying `first`, then `second`: W + s1 B1 A1 + s2 B2 A2.
+
+    Its rank is the two ranks added: A = [A1; A2], B = [s1 B1, s2 B2], at scale 1 (alpha = rank). A module only one of
+    them adapts gets zero blocks for the other. A run that merged its starting adapter into the base and trained a
+    fresh LoRA (`init_adapter_merge`) saves this, so that predicting, serving and vLLM need the run folder alone.
+
+    Args:
+        first (`str` or `os.PathLike`):
+            The adapter folder merged into the base first (the prior).
+        second (`str` or `os.PathLike`):
+            The adapter folder trained on top of it.
+        output (`str` or `os.PathLike`):
+            Where to write `adapter_model.safetensors` and `adapter_config.json` (may be `second`).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folders = [Path(first), Path(second)]
+    configs = [json.loads((f / "adapter_config.json").read_text(encoding="utf-8")) for f in folders]
+    scales = [_lora_scale(c, f) for c, f in zip(configs, folders)]
+    tensors = [{k: v.float() for k, v in load_file(f / "adapter_model.safetensors").items()} for f in folders]
+    unknown = sorted(k for t in tensors for k in t if ".lora_A." not in k and ".lora_B." not in k)
+    if unknown:
+        raise UsageError(f"init_adapter_merge: {unknown[0]} is not a LoRA matrix; only plain LoRA adapters stack")
+    modules = sorted({k.split(".lora_A.")[0] for t in tensors for k in t if ".lora_A." in k})
+    ranks = [c["r"] for c in configs]
+    stacked = {}
+    for module in modules:
+        pairs = [(t.get(f"{module}.lora_A.weight"), t.get(f"{module}.lora_B.weight")) for t in tensors]
+        in_features = next(a.shape[1] for a, _ in pairs if a is not None)
+        out_features = next(b.shape[0] for _, b in pairs if b is not None)
+        blocks_a, blocks_b = [], []
+        for (a, b), rank, scale in zip(pairs, ranks, scales):
+            blocks_a.append(a if a is not None else torch.zeros(rank, in_features))
+            blocks_b.append(scale * b if b is not None else torch.zeros(out_features, rank))
+        stacked[f"{module}.lora_A.weight"] = torch.cat(blocks_a, dim=0).contiguous()
+        stacked[f"{module}.lora_B.weight"] = torch.cat(blocks_b, dim=1).contiguous()
+    config = dict(configs[1])
+    targets = [c["target_modules"] for c in configs]
+    if isinstance(targets[0], str) or isinstance(targets[1], str):  # a regex or "all-linear": no union to take
+        if targets[0] != targets[1]:
+            raise UsageError(f"init_adapter_merge: {folders[0]} and {folders[1]} name their target modules differently")
+        targets = targets[0]
+    else:
+        targets = sorted({*targets[0], *targets[1]})
+    config.update(r=sum(ranks), lora_alpha=sum(ranks), use_rslora=False, target_modules=targets)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(stacked, output / "adapter_model.safetensors", metadata={"format": "pt"})
+    (output / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")

@@ -40,7 +40,7 @@ from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.locks import claim_folder
 from cllmfs_trainer.models import load_model, load_tokenizer
-from cllmfs_trainer.models.priors import SHIPPED_PRIOR
+from cllmfs_trainer.models.priors import SHIPPED_PRIOR, stack_lora_adapters
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.scripts.train_arguments import (
     ARGUMENT_CLASSES,
@@ -154,9 +154,11 @@ def _train(
     if script_args.init_adapter is not None:
         from peft import PeftModel  # deferred like the other heavy imports of this path: only this branch needs it
 
-        # The adapter's own rank and targets; PEFT loads its weights in float32 (master weights for training).
-        model = PeftModel.from_pretrained(model, script_args.init_adapter, is_trainable=True)
-        peft_config = None
+        if script_args.init_adapter_merge:  # a fresh LoRA of the recipe's shape trains on the merged weights
+            model = PeftModel.from_pretrained(model, script_args.init_adapter).merge_and_unload()
+        else:  # the adapter's own rank and targets; PEFT loads its weights in float32 (master weights for training)
+            model = PeftModel.from_pretrained(model, script_args.init_adapter, is_trainable=True)
+            peft_config = None
     trainer = ContrastiveSFTTrainer(
         model,
         args=training_args,
@@ -174,6 +176,8 @@ def _train(
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
+        if script_args.init_adapter_merge:  # the run folder alone must predict: save prior and fresh LoRA as one
+            stack_lora_adapters(script_args.init_adapter, training_args.output_dir, training_args.output_dir)
         run = RunFolder(
             path=training_args.output_dir,
             base_model=model_args.model_name_or_path or "default",
@@ -194,7 +198,7 @@ def _train(
             extra={
                 "train_steps": trainer.state.global_step,
                 "support_fit": trainer.support_fit_callback.history,
-                **({"init_adapter": _adapter_record(script_args.init_adapter)} if script_args.init_adapter else {}),
+                **({"init_adapter": _adapter_record(script_args)} if script_args.init_adapter else {}),
                 **({"prior": prior["record"]} if task is None else {}),
                 **({"train_file": _file_record(script_args.train_file, task)} if script_args.train_file else {}),
             },
@@ -270,11 +274,17 @@ def _prior_dataset(
     return dataset, {"types": prior_types(corpora), "record": record}
 
 
-def _adapter_record(path: str) -> dict[str, Any]:
-    """What the run record says of its starting adapter: where it was, and the sha256 of its weights."""
+def _adapter_record(script_args: ScriptArguments) -> dict[str, Any]:
+    """The run record's starting adapter: where it was, the sha256 of its weights, merged or continued."""
+    path = script_args.init_adapter
     weights = Path(path) / "adapter_model.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
-    return {"path": path, "shipped_prior": Path(path).resolve() == SHIPPED_PRIOR.resolve(), "sha256": digest}
+    return {
+        "path": path,
+        "shipped_prior": Path(path).resolve() == SHIPPED_PRIOR.resolve(),
+        "sha256": digest,
+        "mode": "merge" if script_args.init_adapter_merge else "continue",
+    }
 
 
 def cli(argv: list[str] | None = None) -> None:

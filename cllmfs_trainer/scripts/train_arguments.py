@@ -89,6 +89,13 @@ class ScriptArguments:
             "shipped for the default model) or a run folder. Its rank and targets replace the recipe's lora_* keys."
         },
     )
+    init_adapter_merge: bool = field(
+        default=False,
+        metadata={
+            "help": "Merge init_adapter into the base weights and train a fresh LoRA (the recipe's lora_* keys) on "
+            "top, instead of continuing it. The run saves both stacked as one adapter (rank: the two added)."
+        },
+    )
     prior_corpora: list[str] | None = field(
         default=None,
         metadata={"help": "setting prior: registry keys of the general-NER corpora; all of PRIOR_MIX by default."},
@@ -318,6 +325,11 @@ def check_arguments(
         prior_splits(get_dataset(key))  # unknown names, evaluation targets
     if script_args.init_adapter is not None:
         script_args.init_adapter = str(resolve_init_adapter(script_args.init_adapter, model_args.model_name_or_path))
+    if script_args.init_adapter_merge:
+        if script_args.init_adapter is None:
+            raise UsageError("init_adapter_merge: true needs init_adapter (the adapter to merge into the base)")
+        if not model_args.use_peft or model_args.use_dora:
+            raise UsageError("init_adapter_merge: true trains a fresh plain LoRA on top: use_peft true, use_dora false")
     if script_args.data_dir is not None and not Path(script_args.data_dir).is_dir():
         raise MissingFileError(f"data_dir {script_args.data_dir} is not an existing folder")
     for name in ("support_set", "types_file", "train_file", "dev_file"):
