@@ -17,8 +17,9 @@ from typing import Any
 from cllmfs_trainer.benchmark.methods import METHODS, Method, TrainedMethod, get_method
 from cllmfs_trainer.data.registry import get_dataset
 from cllmfs_trainer.data.sampling import INTER_SOURCE
-from cllmfs_trainer.errors import UserError
+from cllmfs_trainer.errors import MissingFileError, UserError
 from cllmfs_trainer.files import read_text_file
+from cllmfs_trainer.models.priors import adapter_sha256, resolve_init_adapter
 from cllmfs_trainer.parsing import load_yaml
 
 # Trains one run folder: (recipe, overrides for the recipe's keys, output_dir) -> None. `recipes/benchmark.py` passes
@@ -142,7 +143,18 @@ class BenchmarkConfig:
             fields["inter_recipe_settings"] = _recipe_settings(
                 read_text_file(self.inter_recipe, "inter_recipe"), self.inter_recipe
             )
+        adapters = self.init_adapters()
+        if adapters:  # `init_adapter: prior` names the shipped prior: a retrained one must not mix into old units
+            fields["init_adapters"] = {value: _adapter_digest(value, self.model) for value in adapters}
         return fields
+
+    def init_adapters(self) -> list[str]:
+        """The `init_adapter` values the methods start from (`prior`, adapter folders), in order, each once."""
+        values = [self.train_overrides.get("init_adapter")]
+        for name in self.methods:
+            method = self.method(name)
+            values += [getattr(method, "overrides", {}).get("init_adapter"), getattr(method, "adapter", None)]
+        return list(dict.fromkeys(str(v) for v in values if v is not None))
 
     def method(self, name: str) -> Method:
         """The method called `name`: a trained method this config's `settings` define, or a registered one.
@@ -173,13 +185,29 @@ def _recipe_settings(text: str, source: str) -> dict[str, Any]:
     return load_yaml(text, source) or {}
 
 
+def _adapter_digest(value: str, model: str | None) -> str | None:
+    """The sha256 of the weights an `init_adapter` value names; `None` for a folder not made yet (a dev setting's)."""
+    try:
+        return adapter_sha256(resolve_init_adapter(value, model))
+    except MissingFileError:
+        return None
+
+
 def changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    """Fingerprint fields that differ. `settings` may grow like `methods`: only names defined in both must agree."""
+    """Fingerprint fields that differ. `settings` may grow like `methods`: only names defined in both must agree.
+
+    `init_adapters` likewise: an adapter both name must have the same weights where both could read them. Reports
+    written before the field existed do not have it, and are not compared on it.
+    """
     changed = []
     for key in sorted(ours.keys() | theirs.keys()):  # a field only one side sets differs from its default
         if key == "settings":
             mine, other = ours.get(key) or {}, theirs.get(key) or {}
             if any(mine[name] != other[name] for name in mine.keys() & other.keys()):
+                changed.append(key)
+        elif key == "init_adapters":
+            mine, other = ours.get(key) or {}, theirs.get(key) or {}
+            if any(None not in (mine[v], other[v]) and mine[v] != other[v] for v in mine.keys() & other.keys()):
                 changed.append(key)
         elif theirs.get(key) != ours.get(key):
             changed.append(key)

@@ -51,10 +51,15 @@ def check_resume(config: BenchmarkConfig, layout: BenchmarkLayout, overwrite: bo
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-        elif previous["fingerprint"].get("settings"):
-            # Keep the definitions of settings this config leaves out: their finished units stay on disk.
-            merged = {**previous["fingerprint"]["settings"], **current["fingerprint"].get("settings", {})}
-            current["fingerprint"]["settings"] = merged
+        else:
+            # Keep what this config leaves out: settings' definitions (their finished units stay on disk) and the
+            # weights of starting adapters, including those known before and unreadable now.
+            for key in ("settings", "init_adapters"):
+                before, now = previous["fingerprint"].get(key) or {}, current["fingerprint"].get(key) or {}
+                merged = {**before, **{name: value for name, value in now.items() if value is not None}}
+                merged = {**{name: None for name in now}, **merged}
+                if merged:
+                    current["fingerprint"][key] = merged
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, json.dumps(current, indent=2) + "\n")
 

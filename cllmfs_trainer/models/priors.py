@@ -7,6 +7,7 @@ so that it works offline and on a fresh clone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -54,6 +55,12 @@ def resolve_init_adapter(value: str | os.PathLike, base_model: str | None) -> Pa
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise UsageError(f"init_adapter: {folder / 'adapter_config.json'} is not a LoRA adapter's config")
     return folder
+
+
+def adapter_sha256(folder: str | os.PathLike) -> str | None:
+    """The sha256 of an adapter folder's weights (`adapter_model.safetensors`); `None` where there are none."""
+    weights = Path(folder) / "adapter_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def _lora_scale(config: dict, source: Path) -> float:

@@ -40,7 +40,7 @@ from cllmfs_trainer.decoding_config import DecodingConfig
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.locks import claim_folder
 from cllmfs_trainer.models import load_model, load_tokenizer
-from cllmfs_trainer.models.priors import SHIPPED_PRIOR, stack_lora_adapters
+from cllmfs_trainer.models.priors import SHIPPED_PRIOR, adapter_sha256, stack_lora_adapters
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.scripts.train_arguments import (
     ARGUMENT_CLASSES,
@@ -277,12 +277,10 @@ def _prior_dataset(
 def _adapter_record(script_args: ScriptArguments) -> dict[str, Any]:
     """The run record's starting adapter: where it was, the sha256 of its weights, merged or continued."""
     path = script_args.init_adapter
-    weights = Path(path) / "adapter_model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
     return {
         "path": path,
         "shipped_prior": Path(path).resolve() == SHIPPED_PRIOR.resolve(),
-        "sha256": digest,
+        "sha256": adapter_sha256(path),
         "mode": "merge" if script_args.init_adapter_merge else "continue",
     }
 

@@ -1,5 +1,6 @@
-"""Merging a starting adapter into the base and training a fresh LoRA on top (`init_adapter_merge`): the run saves the
-two stacked as one adapter, equal to applying them in turn."""
+"""Starting from a prior adapter: merging it into the base and training a fresh LoRA on top (`init_adapter_merge`,
+saved as one stacked adapter equal to applying the two in turn), and the benchmark's record of the adapters it
+starts from (a retrained prior must not mix into finished units)."""
 
 import json
 
@@ -7,11 +8,15 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
+from test_benchmark import tiny_config
 from test_recipes import tiny_args
 from transformers import AutoModelForCausalLM
 
+from cllmfs_trainer.benchmark.config import changed_fields
+from cllmfs_trainer.benchmark.layout import BenchmarkLayout
+from cllmfs_trainer.benchmark.resume import check_resume
 from cllmfs_trainer.errors import UserError
-from cllmfs_trainer.models.priors import stack_lora_adapters
+from cllmfs_trainer.models.priors import SHIPPED_PRIOR, adapter_sha256, stack_lora_adapters
 
 
 def _random_adapter(model_dir, folder, seed, **lora):
@@ -91,3 +96,35 @@ def test_merge_needs_a_starting_adapter_and_a_fresh_plain_lora(tiny_run_inputs, 
 
     with pytest.raises(UserError, match="init_adapter_merge: true needs init_adapter"):
         train.main(*train.parse_args(tiny_args(tiny_run_inputs, tmp_path / "a") + ["--init_adapter_merge", "true"]))
+
+
+def test_the_benchmark_fingerprint_names_the_weights_of_each_starting_adapter(tiny_run_inputs, tmp_path):
+    base = tiny_run_inputs / "model"
+    _random_adapter(base, tmp_path / "mine", 0, r=2, target_modules=["q_proj"])
+    config = tiny_config(
+        tiny_run_inputs,
+        tmp_path / "bench",
+        model="default",
+        methods=["cllmfs_prior", "prior_zero_shot", "mine", "later"],
+        settings={"mine": {"init_adapter": str(tmp_path / "mine")}, "later": {"init_adapter": str(tmp_path / "x")}},
+    )
+    adapters = config.fingerprint()["init_adapters"]
+    assert adapters == {
+        "prior": adapter_sha256(SHIPPED_PRIOR),
+        str(tmp_path / "mine"): adapter_sha256(tmp_path / "mine"),
+        str(tmp_path / "x"): None,  # not trained yet: nothing to compare
+    }
+    assert "init_adapters" not in tiny_config(tiny_run_inputs, tmp_path / "plain").fingerprint()
+    # Only adapters both sides could read are compared; reports written before the field are not compared on it.
+    assert (
+        changed_fields({"init_adapters": {"prior": "a", "y": None}}, {"init_adapters": {"prior": "a", "y": "b"}}) == []
+    )
+    assert changed_fields({}, {"init_adapters": {"prior": "a"}}) == []
+    assert changed_fields({"init_adapters": {"prior": "a"}}, {"init_adapters": {"prior": "b"}}) == ["init_adapters"]
+
+    # A benchmark folder whose starting adapter was retrained since is refused, naming the field.
+    layout = BenchmarkLayout(tmp_path / "bench")
+    check_resume(config, layout, overwrite=False)
+    _random_adapter(base, tmp_path / "mine", 1, r=2, target_modules=["q_proj"])
+    with pytest.raises(UserError, match="init_adapters"):
+        check_resume(config, layout, overwrite=False)
