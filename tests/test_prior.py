@@ -281,6 +281,10 @@ def test_the_benchmarks_prior_methods(run_dir, tiny_run_inputs, tmp_path, monkey
     assert (merged.answer_format, merged.end_penalty) == (run.answer_format, run.end_penalty) == ("pointer", 3.0)
     query = benchmark.query("wnut17")
     assert [p.spans for p in merged.predict(query)] == [p.spans for p in run.predict(query)]
+    # A zero-shot method's own decoding keys replace the recipe's; other keys are refused when it is defined.
+    assert benchmark.extractor(None, types, adapter=str(run_dir), decoding={"end_penalty": 0.5}).end_penalty == 0.5
+    with pytest.raises(ValueError, match="not prediction keys"):
+        ZeroShotMethod("x", "x", decoding={"learning_rate": 1.0})
 
 
 def test_the_unseen_types_report_leaves_out_the_types_a_prior_corpus_labels(tmp_path):

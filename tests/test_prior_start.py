@@ -128,3 +128,17 @@ def test_the_benchmark_fingerprint_names_the_weights_of_each_starting_adapter(ti
     _random_adapter(base, tmp_path / "mine", 1, r=2, target_modules=["q_proj"])
     with pytest.raises(UserError, match="init_adapters"):
         check_resume(config, layout, overwrite=False)
+
+
+def test_the_fingerprint_holds_registered_methods_definitions(tiny_run_inputs, tmp_path, monkeypatch):
+    from cllmfs_trainer.benchmark.methods import METHODS, TrainedMethod
+
+    config = tiny_config(tiny_run_inputs, tmp_path / "bench", methods=["cllmfs", "lora", "zero_shot", "nnshot"])
+    # Only methods that change something are recorded: the recipe as written, plain zero-shot and nnshot are not.
+    assert config.fingerprint()["method_definitions"] == {"lora": {"overrides": {"cl_weight": 0.0}}}
+    layout = BenchmarkLayout(tmp_path / "bench")
+    check_resume(config, layout, overwrite=False)
+    # `lora` redefined in code: its finished units are not those of the new definition.
+    monkeypatch.setitem(METHODS, "lora", TrainedMethod("lora", "LoRA only", {"cl_weight": 0.0, "lora_r": 4}))
+    with pytest.raises(UserError, match="method_definitions"):
+        check_resume(config, layout, overwrite=False)

@@ -143,6 +143,11 @@ class BenchmarkConfig:
             fields["inter_recipe_settings"] = _recipe_settings(
                 read_text_file(self.inter_recipe, "inter_recipe"), self.inter_recipe
             )
+        # Registered methods' definitions, so that changing one in code cannot mix into finished units.
+        definitions = {name: self.method(name).definition() for name in self.methods if name not in self.settings}
+        definitions = {name: definition for name, definition in definitions.items() if definition}
+        if definitions:
+            fields["method_definitions"] = definitions
         adapters = self.init_adapters()
         if adapters:  # `init_adapter: prior` names the shipped prior: a retrained one must not mix into old units
             fields["init_adapters"] = {value: _adapter_digest(value, self.model) for value in adapters}
@@ -194,14 +199,15 @@ def _adapter_digest(value: str, model: str | None) -> str | None:
 
 
 def changed_fields(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    """Fingerprint fields that differ. `settings` may grow like `methods`: only names defined in both must agree.
+    """Fingerprint fields that differ. `settings` and `method_definitions` may grow like `methods`: only names defined
+    in both must agree.
 
     `init_adapters` likewise: an adapter both name must have the same weights where both could read them. Reports
     written before the field existed do not have it, and are not compared on it.
     """
     changed = []
     for key in sorted(ours.keys() | theirs.keys()):  # a field only one side sets differs from its default
-        if key == "settings":
+        if key in ("settings", "method_definitions"):
             mine, other = ours.get(key) or {}, theirs.get(key) or {}
             if any(mine[name] != other[name] for name in mine.keys() & other.keys()):
                 changed.append(key)

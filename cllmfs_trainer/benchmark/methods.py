@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from cllmfs_trainer.benchmark.config import Unit
     from cllmfs_trainer.benchmark.runner import Benchmark
 
+# The recipe keys that shape prompts and prediction: a zero-shot method reads them from the recipe (or its `decoding`).
+DECODING_KEYS = ("prompt_format", "answer_format", "type_descriptions", "end_penalty", "one_type_per_span")
+
 # (context, support sentences, query sentences, test types) -> (predicted spans per query sentence, extra facts)
 FitPredict = Callable[
     [BaselineContext, list[Sentence], list[Sentence], list[EntityType]], tuple[list[list[Span]], dict[str, Any]]
@@ -55,6 +58,10 @@ class Method:
     uses_target_support = False  # reads the target's support set in INTER (it cannot label types it never saw)
     same_for_every_seed = False  # predicts without the support set: one prediction per dataset serves every unit
     trains_on_source = False  # in INTER, trains on the source (OntoNotes) data first; reports say so
+
+    def definition(self) -> dict[str, Any]:
+        """What this method changes that changes results, for the benchmark's fingerprint (empty: nothing to record)."""
+        return {}
 
     def predict(
         self,
@@ -94,6 +101,9 @@ class TrainedMethod(Method):
     overrides: dict[str, Any] = field(default_factory=dict)
     needs_recipe = True
 
+    def definition(self) -> dict[str, Any]:
+        return {"overrides": dict(self.overrides)} if self.overrides else {}
+
     def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
         run_dir = runner.train(unit, self.overrides)
         extractor = runner.extractor(run_dir, test_types)
@@ -110,10 +120,19 @@ class ZeroShotMethod(Method):
     """The base LLM prompted with the instruction alone; with `adapter`, the base with that adapter merged."""
 
     adapter: str | None = None  # an `init_adapter` value: `prior` is the shipped NER prior of the base model
+    decoding: dict[str, Any] = field(default_factory=dict)  # prediction keys (end_penalty, ...) over the recipe's
     same_for_every_seed = True
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.decoding) - set(DECODING_KEYS))
+        if unknown:
+            raise ValueError(f"{self.name}: decoding keys {unknown} are not prediction keys; known: {DECODING_KEYS}")
+
+    def definition(self) -> dict[str, Any]:
+        return {key: value for key, value in (("adapter", self.adapter), ("decoding", self.decoding)) if value}
+
     def predict(self, runner, unit, support, query, train_types, test_types) -> Prediction:
-        extractor = runner.extractor(None, test_types, adapter=self.adapter)
+        extractor = runner.extractor(None, test_types, adapter=self.adapter, decoding=self.decoding)
         predicted = [p.spans for p in extractor.predict(query)]
         return predicted, {"parse_stats": extractor.stats.as_dict()}
 

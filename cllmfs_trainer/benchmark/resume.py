@@ -54,7 +54,7 @@ def check_resume(config: BenchmarkConfig, layout: BenchmarkLayout, overwrite: bo
         else:
             # Keep what this config leaves out: settings' definitions (their finished units stay on disk) and the
             # weights of starting adapters, including those known before and unreadable now.
-            for key in ("settings", "init_adapters"):
+            for key in ("settings", "method_definitions", "init_adapters"):
                 before, now = previous["fingerprint"].get(key) or {}, current["fingerprint"].get(key) or {}
                 merged = {**before, **{name: value for name, value in now.items() if value is not None}}
                 merged = {**{name: None for name in now}, **merged}

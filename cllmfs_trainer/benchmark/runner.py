@@ -22,6 +22,7 @@ from cllmfs_trainer.benchmark.baselines import load_encoder
 from cllmfs_trainer.benchmark.baselines.context import BaselineContext
 from cllmfs_trainer.benchmark.config import BenchmarkConfig, TrainFn, Unit
 from cllmfs_trainer.benchmark.layout import BenchmarkLayout, read_record
+from cllmfs_trainer.benchmark.methods import DECODING_KEYS
 from cllmfs_trainer.benchmark.resume import check_resume, restore_units
 from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType, get_dataset
@@ -37,7 +38,6 @@ from cllmfs_trainer.run_folder import RunFolder
 logger = logging.getLogger(__name__)
 
 # The recipe keys that shape prompts and decoding: an extractor built outside a run folder takes them from the recipe.
-DECODING_KEYS = ("prompt_format", "answer_format", "type_descriptions", "end_penalty", "one_type_per_span")
 
 
 class Benchmark:
@@ -342,7 +342,13 @@ class Benchmark:
         complete = [steps[n] for n in sorted(steps, reverse=True) if (steps[n] / "trainer_state.json").is_file()]
         return complete[0] if complete else None
 
-    def extractor(self, run_dir: Path | None, types: Sequence[EntityType], adapter: str | None = None):
+    def extractor(
+        self,
+        run_dir: Path | None,
+        types: Sequence[EntityType],
+        adapter: str | None = None,
+        decoding: dict[str, Any] | None = None,
+    ):
         """An `EntityExtractor` for a trained run folder, or for the base model (`run_dir=None`: zero-shot).
 
         Args:
@@ -353,6 +359,8 @@ class Benchmark:
             adapter (`str`, *optional*):
                 With `run_dir=None`: an `init_adapter` value (`prior`, or an adapter folder) merged into the base model.
                 The recipe's prompt and decoding keys apply, as they do to the runs trained from that adapter.
+            decoding (`dict[str, Any]`, *optional*):
+                With `run_dir=None`: prediction keys (`DECODING_KEYS`) that replace the recipe's.
         """
         # Heavy (torch and transformers): restoring a report and scoring saved predictions need neither.
         from cllmfs_trainer.inference.generate import EntityExtractor
@@ -364,7 +372,7 @@ class Benchmark:
         tokenizer = ensure_pad_token(load_tokenizer(self.config.model, padding_side="left"))
         if adapter is None:
             model = load_model(self.config.model, dtype=self.config.predict_dtype)
-            return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size)
+            return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size, **(decoding or {}))
         import torch
         from peft import PeftModel
 
@@ -374,8 +382,8 @@ class Benchmark:
         if self.config.predict_dtype is not None:
             model = model.to(getattr(torch, self.config.predict_dtype))
         recipe = self.config.fingerprint().get("recipe_settings", {})
-        decoding = {key: recipe[key] for key in DECODING_KEYS if key in recipe}
-        return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size, **decoding)
+        chosen = {**{key: recipe[key] for key in DECODING_KEYS if key in recipe}, **(decoding or {})}
+        return EntityExtractor(model, tokenizer, types, batch_size=self.config.batch_size, **chosen)
 
     @staticmethod
     def support_fit(extractor: Any, support: SupportSet, train_types: list[EntityType]) -> dict[str, float]:
