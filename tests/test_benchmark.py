@@ -9,6 +9,7 @@ import yaml
 from helpers import REPO, shared_dataset
 
 from cllmfs_trainer.benchmark import Benchmark, BenchmarkConfig, aggregate
+from cllmfs_trainer.benchmark.config import changed_fields
 from cllmfs_trainer.benchmark.report import table1_markdown
 from cllmfs_trainer.data import get_dataset
 from cllmfs_trainer.errors import UsageError
@@ -681,7 +682,7 @@ def test_kshot_benchmark_shares_the_main_benchmarks_units(bench_script):
     main, main_report = main_args.config, main_args.report_dir
     kshot, kshot_report = kshot_args.config, kshot_args.report_dir
     assert kshot.output_dir == main.output_dir and kshot_report != main_report
-    assert kshot.fingerprint() == main.fingerprint()
+    assert changed_fields(main.fingerprint(), kshot.fingerprint()) == []  # methods and their definitions may differ
     assert set(kshot.tasks) <= set(main.tasks) and set(kshot.ks) & set(main.ks) == {5}
     assert "cllmfs" in set(kshot.methods) & set(main.methods)
 
