@@ -2,6 +2,7 @@
 from a prior adapter (`init_adapter`)."""
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -28,7 +29,7 @@ from cllmfs_trainer.data.registry import EntityType, get_dataset
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
-from cllmfs_trainer.training.prior_export import export_prior, prior_card
+from cllmfs_trainer.training.prior_export import export_prior, prior_card, prior_stages
 
 
 def _types(*labels):
@@ -213,6 +214,30 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
         export_prior(tmp_path / "run", tmp_path / "shipped")  # a tiny random base model: nothing to ship
     with pytest.raises(UserError, match="evaluation target"):
         train_script.main(*train_script.parse_args(args + ["--prior_corpora", "conll2003"]))
+    # A second stage continues the first on another draw; the card and the retrain commands name both stages.
+    second = (
+        args[: args.index("--output_dir")]
+        + ["--output_dir", str(tmp_path / "run2")]
+        + args[args.index("--output_dir") + 2 :]
+    )
+    train_script.main(*train_script.parse_args(second + ["--init_adapter", str(tmp_path / "run"), "--seed", "7"]))
+    stages = prior_stages(RunFolder.load(tmp_path / "run2"))
+    assert [s["seed"] for s in stages] == [0, 7] and [s["start"] for s in stages] == [None, "continue"]
+    assert [s["sentences"] for s in stages] == [6, 6]
+    card = prior_card(RunFolder.load(tmp_path / "run2"))
+    assert "12 sentences drawn in 2 stages with seeds 0, 7" in card
+    assert (
+        "--output_dir runs/smollm2-ner-prior-2 --init_adapter runs/smollm2-ner-prior --seed 7 --prior_sentences 6"
+        in card
+    )
+    # Where the first stage's folder now holds other weights, its run must be named, and must be the right one.
+    shutil.copytree(tmp_path / "run", tmp_path / "run_copy")
+    (tmp_path / "run" / "adapter_model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(UserError, match="no longer holds those weights"):
+        prior_stages(RunFolder.load(tmp_path / "run2"))
+    assert len(prior_stages(RunFolder.load(tmp_path / "run2"), previous=tmp_path / "run_copy")) == 2
+    with pytest.raises(UserError, match="not the adapter"):
+        prior_stages(RunFolder.load(tmp_path / "run2"), previous=tmp_path / "run2")
 
 
 def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train_script):

@@ -270,6 +270,7 @@ def _prior_dataset(
         "samples": len(samples),
         "samples_with_entities": sum(bool(s.entity_chars) for s in samples),
         "absent_ratio": script_args.prior_absent_ratio,
+        "seed": training_args.seed,  # the draw's seed: a stage that continues a prior draws with another
     }
     return dataset, {"types": prior_types(corpora), "record": record}
 
