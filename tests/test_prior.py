@@ -1,6 +1,7 @@
 """The NER prior: its mix and sampler (absent types from the sentence's own corpus only), and starting a training
 from a prior adapter (`init_adapter`)."""
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -29,6 +30,7 @@ from cllmfs_trainer.data.registry import EntityType, get_dataset
 from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
+from cllmfs_trainer.training import prior_export
 from cllmfs_trainer.training.prior_export import export_prior, prior_card, prior_stages
 
 
@@ -184,7 +186,7 @@ def test_a_training_continues_the_adapter_and_names_it_in_the_run_record(train_s
     assert record["path"] == str(prior) and record["shipped_prior"] is False and len(record["sha256"]) == 64
 
 
-def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_path):
+def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_path, monkeypatch):
     data = tmp_path / "data"
     for folder, labels, splits in (
         ("fewnerd_inter", ["person-actor", "location-GPE"], ["train"]),
@@ -238,6 +240,18 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
     assert len(prior_stages(RunFolder.load(tmp_path / "run2"), previous=tmp_path / "run_copy")) == 2
     with pytest.raises(UserError, match="not the adapter"):
         prior_stages(RunFolder.load(tmp_path / "run2"), previous=tmp_path / "run2")
+    # Exported (its tiny base standing in for the default model), with the stages beside the adapter; a card quotes
+    # only a benchmark report that scored these very weights.
+    monkeypatch.setattr(prior_export, "PRIOR_BASES", (*prior_export.PRIOR_BASES, str(tiny_run_inputs / "model")))
+    report = tmp_path / "results.json"
+    report.write_text(json.dumps({"fingerprint": {"init_adapters": {"prior": "0" * 64}}, "units": []}))
+    with pytest.raises(UserError, match="started from other weights"):
+        export_prior(tmp_path / "run2", tmp_path / "shipped", [report], previous=tmp_path / "run_copy")
+    sha = hashlib.sha256(prior_export.adapter_bytes(RunFolder.load(tmp_path / "run2"))).hexdigest()
+    report.write_text(json.dumps({"fingerprint": {"init_adapters": {"prior": sha}}, "units": []}))
+    export_prior(tmp_path / "run2", tmp_path / "shipped", [report], previous=tmp_path / "run_copy")
+    assert hashlib.sha256((tmp_path / "shipped" / "adapter_model.safetensors").read_bytes()).hexdigest() == sha
+    assert len(json.loads((tmp_path / "shipped" / "prior_stages.json").read_text())["stages"]) == 2
 
 
 def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train_script):
@@ -282,8 +296,14 @@ def test_the_benchmarks_prior_methods(run_dir, tiny_run_inputs, tmp_path, monkey
     from cllmfs_trainer.benchmark.methods import METHODS, ZeroShotMethod, get_method
     from cllmfs_trainer.inference.generate import EntityExtractor
 
-    assert get_method("cllmfs_prior").overrides == {"init_adapter": "prior"}
-    assert get_method("lora_prior").overrides == {"init_adapter": "prior", "cl_weight": 0.0}
+    assert get_method("cllmfs_prior").overrides == {
+        "init_adapter": "prior",
+        "init_adapter_merge": True,
+        "lora_dropout": 0.0,
+        "end_penalty": 1.0,
+    }
+    assert get_method("lora_prior").overrides == {**get_method("cllmfs_prior").overrides, "cl_weight": 0.0}
+    assert get_method("prior_zero_shot").decoding == {"end_penalty": 1.0}
     assert get_method("prior_zero_shot").adapter == "prior" and get_method("prior_zero_shot").same_for_every_seed
     # The shipped prior belongs to the default model: here the tiny run folder stands in for it.
     monkeypatch.setitem(METHODS, "tiny_prior_zero_shot", ZeroShotMethod("tiny_prior_zero_shot", "t", str(run_dir)))

@@ -25,6 +25,7 @@ from cllmfs_trainer.data.io import Sentence, Span
 from cllmfs_trainer.data.registry import EntityType
 from cllmfs_trainer.data.sampling import SupportSet
 from cllmfs_trainer.errors import UnknownNameError
+from cllmfs_trainer.models.priors import PRIOR_START, PRIOR_ZERO_SHOT_DECODING
 
 if TYPE_CHECKING:
     from cllmfs_trainer.benchmark.config import Unit
@@ -194,12 +195,15 @@ register_method(TrainedMethod("lora", "LoRA only", {"cl_weight": 0.0}))
 register_method(TrainedMethod("lora_cl", "LoRA+CL (no noise)", {"cl_noise_site": "none"}))
 register_method(TrainedMethod("cllmfs_format2", "CLLMFS, prompt format 2", {"prompt_format": 2}))
 register_method(ZeroShotMethod("zero_shot", "zero-shot prompting"))
-# NER-pretrained setting, not the paper's protocol: the 5-shot stage continues the shipped NER prior's adapter.
-register_method(TrainedMethod("cllmfs_prior", "CLLMFS from the NER prior", {"init_adapter": "prior"}))
+# NER-pretrained setting, not the paper's protocol: the 5-shot stage starts from the shipped NER prior as chosen on
+# dev (PRIOR_START: merged into the base under a fresh LoRA, a lower end penalty).
+register_method(TrainedMethod("cllmfs_prior", "CLLMFS from the NER prior", dict(PRIOR_START)))
+register_method(TrainedMethod("lora_prior", "LoRA only from the NER prior", {**PRIOR_START, "cl_weight": 0.0}))
 register_method(
-    TrainedMethod("lora_prior", "LoRA only from the NER prior", {"init_adapter": "prior", "cl_weight": 0.0})
+    ZeroShotMethod(
+        "prior_zero_shot", "the NER prior, zero-shot", adapter="prior", decoding=dict(PRIOR_ZERO_SHOT_DECODING)
+    )
 )
-register_method(ZeroShotMethod("prior_zero_shot", "the NER prior, zero-shot", adapter="prior"))
 register_method(SupportMethod("protobert", "ProtoBERT", fit_predict=_prototype("proto")))
 register_method(SupportMethod("nnshot", "NNShot", fit_predict=_prototype("nnshot")))
 # CONTaiNER and ProML fine-tune their encoder on the support set, after training it on OntoNotes in INTER.

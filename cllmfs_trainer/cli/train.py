@@ -18,12 +18,14 @@ from pathlib import Path
 from cllmfs_trainer.command_line import run_entry_point
 from cllmfs_trainer.errors import UsageError
 from cllmfs_trainer.evaluation.scoring import evaluate_run
+from cllmfs_trainer.models.priors import PRIOR_START
 
 PROG = "cllmfs train"
 HELP = "train a run folder from a recipe YAML (its keys: cllmfs train RECIPE.yaml --help), or on your own files"
-# The recipe of `cllmfs train --train FILE` without one: the CPU recipe, from the NER prior (docs/training.md).
+# The recipe of `cllmfs train --train FILE` without one: the CPU recipe, started from the NER prior as chosen on dev
+# (docs/training.md).
 OWN_FILES_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2" / "wnut17_intra.yaml"
-OWN_FILES_DEFAULTS = ["--init_adapter", "prior"]
+OWN_FILES_DEFAULTS = [arg for key, value in PRIOR_START.items() for arg in (f"--{key}", str(value).lower())]
 SHORT_OPTIONS = {
     "--train": "--train_file",
     "--dev": "--dev_file",

@@ -244,14 +244,20 @@ def prior_card(
         "",
         "## Measured",
         "",
-        "Zero-shot (the prior asked each dataset's own types, no example of them), span micro-F1:",
-        "",
-        "| dataset | split | sentences | span F1 |",
-        "|---|---|---|---|",
-        *(scores or ["| (not measured) | | | |"]),
-        "",
     ]
-    if rows := benchmark_rows(benchmarks):
+    if scores:
+        lines += [
+            "Zero-shot (the prior asked each dataset's own types, no example of them), span micro-F1:",
+            "",
+            "| dataset | split | sentences | span F1 |",
+            "|---|---|---|---|",
+            *scores,
+            "",
+        ]
+    rows = benchmark_rows(benchmarks)
+    if not scores and not rows:
+        lines += ["Nothing yet: the export quotes the benchmark reports that scored these weights (`--benchmark`).", ""]
+    if rows:
         lines += [
             "Few-shot benchmark of cllmfs-trainer (a NER-pretrained setting; the same support sets and test sentences "
             "for every method), span micro-F1, mean ± std over support seeds:",
@@ -304,6 +310,8 @@ def export_prior(
     (dest / "adapter_model.safetensors").write_bytes(weights)
     config = json.loads((run.path / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = HUB_ID
+    if isinstance(config.get("target_modules"), list):  # PEFT writes a set in arbitrary order: keep diffs stable
+        config["target_modules"] = sorted(config["target_modules"])
     atomic_write_text(dest / "adapter_config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(dest / STAGES_FILE, json.dumps({"stages": stages}, indent=1) + "\n")
     atomic_write_text(dest / "README.md", card)
