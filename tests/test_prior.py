@@ -31,7 +31,7 @@ from cllmfs_trainer.errors import UserError
 from cllmfs_trainer.models.priors import SHIPPED_PRIOR, resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
 from cllmfs_trainer.training import prior_export
-from cllmfs_trainer.training.prior_export import export_prior, prior_card, prior_stages
+from cllmfs_trainer.training.prior_export import export_prior, prior_card, prior_record, prior_stages, rewrite_card
 
 
 def _types(*labels):
@@ -209,7 +209,7 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
     assert run["prior"]["sentences"] == 6 and set(run["prior"]["corpora"]) == {"fewnerd", "btc"}
     assert not (tmp_path / "run" / "support.txt").exists()
     # Its model card: Hub metadata that huggingface_hub reads back, and each corpus with its license.
-    card = ModelCard(prior_card(RunFolder.load(tmp_path / "run")))
+    card = ModelCard(prior_card(prior_record(RunFolder.load(tmp_path / "run"))))
     assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "| Few-NERD (INTER) | INTER train split only | " in card.text and "CC BY-SA 4.0 |" in card.text
     with pytest.raises(UserError, match="not a NER-prior adapter run of the default model"):
@@ -226,7 +226,7 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
     stages = prior_stages(RunFolder.load(tmp_path / "run2"))
     assert [s["seed"] for s in stages] == [0, 7] and [s["start"] for s in stages] == [None, "continue"]
     assert [s["sentences"] for s in stages] == [6, 6]
-    card = prior_card(RunFolder.load(tmp_path / "run2"))
+    card = prior_card(prior_record(RunFolder.load(tmp_path / "run2")))
     assert "12 sentences drawn in 2 stages with seeds 0, 7" in card
     assert (
         "--output_dir runs/smollm2-ner-prior-2 --init_adapter runs/smollm2-ner-prior --seed 7 --prior_sentences 6"
@@ -252,6 +252,13 @@ def test_a_prior_training_writes_a_prior_run(train_script, tiny_run_inputs, tmp_
     export_prior(tmp_path / "run2", tmp_path / "shipped", [report], previous=tmp_path / "run_copy")
     assert hashlib.sha256((tmp_path / "shipped" / "adapter_model.safetensors").read_bytes()).hexdigest() == sha
     assert len(json.loads((tmp_path / "shipped" / "prior_stages.json").read_text())["stages"]) == 2
+    # Its card alone is rewritten from the shipped folder, with no run folder, under the same check.
+    (tmp_path / "shipped" / "README.md").unlink()
+    rewrite_card(tmp_path / "shipped", [report])
+    assert "12 sentences drawn in 2 stages" in (tmp_path / "shipped" / "README.md").read_text()
+    report.write_text(json.dumps({"fingerprint": {"init_adapters": {"prior": "0" * 64}}, "units": []}))
+    with pytest.raises(UserError, match="started from other weights"):
+        rewrite_card(tmp_path / "shipped", [report])
 
 
 def test_the_prior_recipe_trains_on_the_whole_mix_and_no_evaluation_target(train_script):

@@ -11,6 +11,10 @@ A prior may be trained in stages, each continuing the adapter of the one before 
 `prior_stages.json` describe every stage. An earlier stage is found through the run record's `init_adapter`
 (a run folder, or a shipped prior's `prior_stages.json`), or given with `--previous` where that folder now holds
 other weights; the sha256 of the weights each stage started from must match.
+
+    python -m cllmfs_trainer.training.prior_export --benchmark bench/results/benchmark-prior-2/results.json
+
+(no run folder) rewrites the shipped prior's card alone from its `prior_stages.json`, on a clone without the runs.
 """
 
 from __future__ import annotations
@@ -149,20 +153,37 @@ def stage_commands(stages: Sequence[dict]) -> list[str]:
     return commands
 
 
-def prior_card(
-    run: RunFolder, benchmarks: Sequence[str | os.PathLike] = (), previous: str | os.PathLike | None = None
-) -> str:
-    """The prior's model card (Hub metadata and text) from the run records of its stages and `metrics.json`.
+def prior_record(run: RunFolder, previous: str | os.PathLike | None = None) -> dict:
+    """What the card is built from, kept beside the shipped adapter (`prior_stages.json`): the stages, the prompt
+    settings and the run folder's zero-shot scores (`metrics.json`), so that a card can be rewritten without the run.
 
     Args:
         run (`RunFolder`):
             The prior's run folder (its last stage).
-        benchmarks (`Sequence[str | os.PathLike]`, *optional*):
-            `results.json` files of benchmark reports that score the prior (`recipes/smollm2/benchmark_prior.yaml`).
         previous (`str` or `os.PathLike`, *optional*):
             The run folder of the stage before, where `prior_stages` cannot find it.
     """
-    stages = prior_stages(run, previous)
+    return {
+        "stages": prior_stages(run, previous),
+        "format": {
+            "prompt_format": run.prompt_format,
+            "answer_format": run.answer_format,
+            "type_descriptions": run.type_descriptions,
+        },
+        "metrics": _json(run.metrics_file),
+    }
+
+
+def prior_card(record: dict, benchmarks: Sequence[str | os.PathLike] = ()) -> str:
+    """The prior's model card (Hub metadata and text).
+
+    Args:
+        record (`dict`):
+            `prior_record`'s stages, prompt settings and zero-shot scores.
+        benchmarks (`Sequence[str | os.PathLike]`, *optional*):
+            `results.json` files of benchmark reports that score the prior (`recipes/smollm2/benchmark_prior.yaml`).
+    """
+    stages, fmt, metrics = record["stages"], record["format"], record.get("metrics", {})
     corpora: dict[str, dict] = {}
     for stage in stages:
         for key, counts in stage["corpora"].items():
@@ -170,7 +191,6 @@ def prior_card(
             total["sentences"] += counts["sentences"]
     prior = {k: sum(stage[k] for stage in stages) for k in ("sentences", "samples", "samples_with_entities")}
     prior["absent_ratio"] = stages[-1]["absent_ratio"]
-    metrics = _json(run.metrics_file)
     rows = []
     for key, counts in corpora.items():
         info = get_dataset(key)
@@ -231,8 +251,8 @@ def prior_card(
         "",
         "## Training",
         "",
-        f"On a 2-core CPU; prompt format {run.prompt_format}, answer format {run.answer_format}, type descriptions "
-        f"{'on' if run.type_descriptions else 'off'}, one pass over each stage's samples:",
+        f"On a 2-core CPU; prompt format {fmt['prompt_format']}, answer format {fmt['answer_format']}, type "
+        f"descriptions {'on' if fmt['type_descriptions'] else 'off'}, one pass over each stage's samples:",
         "",
         *budget,
         "",
@@ -299,12 +319,8 @@ def export_prior(
     if run.setting != "prior" or run.weights != "adapter" or run.base_model not in PRIOR_BASES:
         raise UsageError(f"{run.path}: not a NER-prior adapter run of the default model (setting: prior)")
     weights = adapter_bytes(run)
-    for path in benchmarks:  # a card quotes only the figures of the adapter it describes
-        scored = _json(Path(path)).get("fingerprint", {}).get("init_adapters", {}).get("prior")
-        if scored != _sha256(weights):
-            raise UsageError(f"{path}: its prior units started from other weights (sha256 {scored}), not {run.path}")
-    stages = prior_stages(run, previous)
-    card = prior_card(run, benchmarks, previous)
+    _check_reports(benchmarks, _sha256(weights), str(run.path))
+    record = prior_record(run, previous)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "adapter_model.safetensors").write_bytes(weights)
@@ -313,9 +329,37 @@ def export_prior(
     if isinstance(config.get("target_modules"), list):  # PEFT writes a set in arbitrary order: keep diffs stable
         config["target_modules"] = sorted(config["target_modules"])
     atomic_write_text(dest / "adapter_config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(dest / STAGES_FILE, json.dumps({"stages": stages}, indent=1) + "\n")
-    atomic_write_text(dest / "README.md", card)
+    atomic_write_text(dest / STAGES_FILE, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(dest / "README.md", prior_card(record, benchmarks))
     return dest
+
+
+def rewrite_card(dest: str | os.PathLike = SHIPPED_PRIOR, benchmarks: Sequence[str | os.PathLike] = ()) -> Path:
+    """Rewrite a shipped prior's card from its own `prior_stages.json`, quoting `benchmarks` (no run folder needed).
+
+    Args:
+        dest (`str` or `os.PathLike`, *optional*, defaults to `SHIPPED_PRIOR`):
+            The shipped prior's folder.
+        benchmarks (`Sequence[str | os.PathLike]`, *optional*):
+            Benchmark reports' `results.json` files whose prior figures the card gives.
+
+    Raises:
+        `UserError`: for a folder without `prior_stages.json`, or a report of other weights.
+    """
+    dest = Path(dest)
+    if not (dest / STAGES_FILE).is_file():
+        raise UsageError(f"{dest}: no {STAGES_FILE}; export the prior from its run folder instead")
+    _check_reports(benchmarks, adapter_sha256(dest), str(dest))
+    atomic_write_text(dest / "README.md", prior_card(_json(dest / STAGES_FILE), benchmarks))
+    return dest
+
+
+def _check_reports(benchmarks: Sequence[str | os.PathLike], sha: str | None, what: str) -> None:
+    """A card quotes only the figures of the adapter it describes: each report's prior must be these weights."""
+    for path in benchmarks:
+        scored = _json(Path(path)).get("fingerprint", {}).get("init_adapters", {}).get("prior")
+        if scored != sha:
+            raise UsageError(f"{path}: its prior units started from other weights (sha256 {scored}), not {what}")
 
 
 def _json(path: Path) -> dict:
@@ -325,7 +369,7 @@ def _json(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Export the prior run folder given on the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a run folder trained with recipes/smollm2/ner_prior.yaml")
+    parser.add_argument("run", nargs="?", help="a run folder trained with recipes/smollm2/ner_prior.yaml")
     parser.add_argument("--dest", default=str(SHIPPED_PRIOR), help="where to write the shipped prior")
     parser.add_argument(
         "--previous", help="the run folder of the stage before, where the run's init_adapter now holds other weights"
@@ -337,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.benchmark:
         if not Path(path).is_file():
             parser.error(f"--benchmark {path}: no such file")
-    print(export_prior(args.run, args.dest, args.benchmark, args.previous))
+    if args.run is None:  # the shipped prior's card alone, from its prior_stages.json
+        print(rewrite_card(args.dest, args.benchmark))
+    else:
+        print(export_prior(args.run, args.dest, args.benchmark, args.previous))
 
 
 if __name__ == "__main__":
