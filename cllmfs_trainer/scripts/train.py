@@ -295,6 +295,10 @@ def cli(argv: list[str] | None = None) -> None:
     """
     # `--debug VALUE` is transformers' own `debug` option; only a bare `--debug` asks for tracebacks.
     code = run_entry_point(PROG, lambda rest: main(*parse_args(rest)), argv, keep_debug_with_value=True)
+    # A DDP process (torchrun) leaves its process group before exiting: otherwise gloo's threads can abort it at
+    # interpreter shutdown ("terminate called without an active exception"), a failed exit after a finished run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if code:
         sys.exit(code)
 
