@@ -137,6 +137,17 @@ def test_bad_own_files_commands_are_one_line(own_files, tmp_path, capsys, extra,
     assert not (tmp_path / "out").exists()
 
 
+def prior_start_of(parsed):
+    """The `PRIOR_START` keys' values in `train.parse_args`'s result, in `PRIOR_START`'s order."""
+    script_args, decoding_args, _, model_args = parsed
+    return (
+        script_args.init_adapter,
+        script_args.init_adapter_merge,
+        model_args.lora_dropout,
+        decoding_args.end_penalty,
+    )
+
+
 def test_own_files_without_a_recipe_start_from_the_prior_as_chosen_on_dev(tmp_path):
     from cllmfs_trainer.cli.train import OWN_FILES_RECIPE, own_files_argv
     from cllmfs_trainer.models.priors import PRIOR_START
@@ -144,13 +155,7 @@ def test_own_files_without_a_recipe_start_from_the_prior_as_chosen_on_dev(tmp_pa
 
     argv = own_files_argv(["--train", "my.jsonl", "--output", str(tmp_path / "run")])
     assert argv[0] == str(OWN_FILES_RECIPE)
-    script_args, decoding_args, _, model_args = train.parse_args(argv)
-    chosen = (
-        script_args.init_adapter,
-        script_args.init_adapter_merge,
-        model_args.lora_dropout,
-        decoding_args.end_penalty,
-    )
+    chosen = prior_start_of(train.parse_args(argv))
     assert chosen == tuple(PRIOR_START.values()) == ("prior", True, 0.0, 1.0)
 
 
@@ -164,11 +169,5 @@ def test_make_demo_starts_from_the_prior_as_chosen_on_dev():
     demo = next(line for line in makefile.splitlines() if "recipes/train.py recipes/smollm2/wnut17_intra.yaml" in line)
     words = shlex.split(demo)
     args = [str(REPO / w) if w.endswith(".yaml") else w for w in words[words.index("recipes/train.py") + 1 :]]
-    script_args, decoding_args, _, model_args = train.parse_args(args)
-    chosen = (
-        script_args.init_adapter,
-        script_args.init_adapter_merge,
-        model_args.lora_dropout,
-        decoding_args.end_penalty,
-    )
+    chosen = prior_start_of(train.parse_args(args))
     assert chosen == tuple(PRIOR_START.values())
