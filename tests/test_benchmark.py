@@ -388,6 +388,19 @@ def test_predict_dtype_reaches_the_extractor_and_the_fingerprint(tiny_run_inputs
         tiny_config(tiny_run_inputs, out, predict_dtype="float8")
 
 
+def test_an_emulated_bfloat16_is_refused_before_any_unit_runs(tiny_run_inputs, tmp_path, monkeypatch):
+    from cllmfs_trainer.errors import UserError
+    from cllmfs_trainer.models import precision
+
+    config = tiny_config(tiny_run_inputs, tmp_path / "b", methods=["zero_shot"], predict_dtype="bfloat16")
+    monkeypatch.setattr(precision, "cpu_matmul_speedup_bf16", lambda: 0.01)  # an AVX2-only CPU's measured ratio
+    with pytest.raises(UserError, match=r"predict_dtype: bfloat16 matmuls run at 0.01x .* about 100x longer"):
+        Benchmark(config).run(progress=False)
+    assert not [unit for unit in Benchmark(config).units() if Benchmark(config).unit_path(unit).exists()]
+    monkeypatch.setattr(precision, "cpu_matmul_speedup_bf16", lambda: 1.8)
+    precision.check_bf16_not_emulated("predict_dtype")  # native bfloat16 passes
+
+
 def test_resume_compares_recipe_settings_not_comments(tiny_run_inputs, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     original = (REPO / "recipes" / "smollm2" / "wnut17_intra.yaml").read_text(encoding="utf-8")

@@ -32,6 +32,7 @@ from cllmfs_trainer.evaluation.scoring import score_unit
 from cllmfs_trainer.files import atomic_write_text, replace_folder
 from cllmfs_trainer.locks import hold_lock
 from cllmfs_trainer.models import ensure_pad_token, load_model, load_tokenizer
+from cllmfs_trainer.models.precision import check_bf16_not_emulated
 from cllmfs_trainer.models.priors import resolve_init_adapter
 from cllmfs_trainer.run_folder import RunFolder
 
@@ -115,6 +116,9 @@ class Benchmark:
         units = self.units()
         todo = [u for u in units if not self.unit_path(u).is_file()]
         logger.info("benchmark: %d units, %d done, %d to run", len(units), len(units) - len(todo), len(todo))
+        if todo and self.config.predict_dtype == "bfloat16":
+            # Before any training: an emulated bfloat16 turns minutes of prediction into hours.
+            check_bf16_not_emulated("predict_dtype")
         bar = tqdm(total=len(todo), desc="benchmark", unit="unit", disable=not progress)
         while todo:
             # One pass over the units left; a unit whose lock another process holds is retried on the next pass,

@@ -72,3 +72,33 @@ def probe_cpu_dtype(purpose: str = "training") -> str:
     choice = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
     logger.info("CPU precision probe: bfloat16 matmuls %.2fx float32's here; %s in %s", speedup, purpose, choice)
     return choice
+
+
+# Below this ratio bfloat16 is emulated in software (no AVX512-BF16, AMX or native GPU support): 0.01x on an
+# AVX2-only EPYC, where a benchmark unit's prediction took hours instead of minutes.
+EMULATED_BF16_SPEEDUP = 0.5
+
+
+def check_bf16_not_emulated(field: str) -> None:
+    """Refuse bfloat16 on a CPU that emulates it, in one line naming the setting, before any work starts.
+
+    Args:
+        field (`str`):
+            The setting that asked for bfloat16 (e.g. `"predict_dtype"`), named in the error.
+
+    Raises:
+        `UserError`: where the probe matmul in bfloat16 runs at under `EMULATED_BF16_SPEEDUP` times float32's speed.
+    """
+    import torch
+
+    from cllmfs_trainer.errors import UserError
+
+    if torch.cuda.is_available():
+        return
+    speedup = cpu_matmul_speedup_bf16()
+    if speedup < EMULATED_BF16_SPEEDUP:
+        raise UserError(
+            f"{field}: bfloat16 matmuls run at {speedup:.2f}x float32's speed on this CPU (emulated: no AVX512-BF16 "
+            f"or AMX), so it would take about {1 / speedup:.0f}x longer; run it on a CPU with native bfloat16 or a "
+            f"GPU, or use float32 (a benchmark report keeps one precision: start a new output_dir and report_dir)"
+        )
