@@ -307,6 +307,9 @@ def test_pointer_setting_trains_and_predicts_in_its_answer_format(bench_script, 
     run = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "pointer" / "cllmfs_run.json").read_text())
     assert run["format"]["answer_format"] == "pointer" and record["method"] == "pointer"
     assert formats and set(formats) == {"pointer"} and record["parse_stats"]["outputs"] == len(formats)
+    # the probe's precision of the machine it trained on, kept per unit: a resumed report can mix machines
+    choices = json.loads((tmp_path / "runs" / "wnut17" / "k1" / "seed0" / "pointer" / "auto_choices.json").read_text())
+    assert record["train_dtype"] == choices["dtype"] in ("float32", "bfloat16")
 
 
 def test_format2_method_trains_and_predicts_with_the_sentence_first(

@@ -111,6 +111,7 @@ class TrainedMethod(Method):
         predicted = [p.spans for p in extractor.predict(query)]
         extra: dict[str, Any] = {"parse_stats": extractor.stats.as_dict()}
         extra["train_seconds"] = runner.train_seconds(run_dir)
+        extra["train_dtype"] = runner.train_dtype(run_dir)
         if runner.measures_support_fit(unit):
             extra["support_fit"] = runner.support_fit(extractor, support, train_types)
         return predicted, extra

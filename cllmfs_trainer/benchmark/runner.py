@@ -337,6 +337,13 @@ class Benchmark:
         """How long the run folder's last training attempt took."""
         return RunFolder.load(run_dir).extra.get("train_seconds")
 
+    @staticmethod
+    def train_dtype(run_dir: Path) -> str | None:
+        """The precision the run trained in where its recipe said `auto` (`auto_choices.json`: the probe of the
+        machine it trained on, so the units of one report can differ); `None` where the recipe fixed it."""
+        choices = run_dir / "auto_choices.json"
+        return json.loads(choices.read_text(encoding="utf-8")).get("dtype") if choices.is_file() else None
+
     def _last_checkpoint(self, partial: Path) -> Path | None:
         """The newest complete checkpoint of an interrupted training, if checkpoints are on."""
         if not self.config.checkpoint_steps or not partial.is_dir():
