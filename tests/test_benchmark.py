@@ -399,7 +399,8 @@ def test_an_emulated_bfloat16_is_refused_before_any_unit_runs(tiny_run_inputs, t
     monkeypatch.setattr(precision, "cpu_matmul_speedup_bf16", lambda: 0.01)  # an AVX2-only CPU's measured ratio
     with pytest.raises(UserError, match=r"predict_dtype: bfloat16 matmuls run at 0.01x .* about 100x longer"):
         Benchmark(config).run(progress=False)
-    assert not [unit for unit in Benchmark(config).units() if Benchmark(config).unit_path(unit).exists()]
+    benchmark = Benchmark(config)
+    assert not [unit for unit in benchmark.units() if benchmark.unit_path(unit).exists()]
     monkeypatch.setattr(precision, "cpu_matmul_speedup_bf16", lambda: 1.8)
     precision.check_bf16_not_emulated("predict_dtype")  # native bfloat16 passes
 

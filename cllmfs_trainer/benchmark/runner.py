@@ -341,8 +341,11 @@ class Benchmark:
     def train_dtype(run_dir: Path) -> str | None:
         """The precision the run trained in where its recipe said `auto` (`auto_choices.json`: the probe of the
         machine it trained on, so the units of one report can differ); `None` where the recipe fixed it."""
-        choices = run_dir / "auto_choices.json"
-        return json.loads(choices.read_text(encoding="utf-8")).get("dtype") if choices.is_file() else None
+        # Heavy (torch and trl), like every training import here; a trained unit has loaded them already.
+        from cllmfs_trainer.training.cpu.auto_choices import CHOICES_FILE, saved_choices
+
+        choices = run_dir / CHOICES_FILE
+        return saved_choices(choices).get("dtype") if choices.is_file() else None
 
     def _last_checkpoint(self, partial: Path) -> Path | None:
         """The newest complete checkpoint of an interrupted training, if checkpoints are on."""

@@ -43,7 +43,13 @@ def _probe(name: str, training_args: ContrastiveSFTConfig, model_args: ModelConf
     return dropout.resolve_lora_dropout_rng("auto")
 
 
-def _saved_choices(path: Path) -> dict:
+def saved_choices(path: Path) -> dict:
+    """The resolved `auto` settings a training saved in `path` (its `CHOICES_FILE`).
+
+    Args:
+        path (`Path`):
+            The file; an unreadable one or one not holding a JSON object is a one-line `UserError` naming it.
+    """
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -77,7 +83,7 @@ def resolve_auto_choices(training_args: ContrastiveSFTConfig, model_args: ModelC
     wanted = [name for owner, name in FIELDS if getattr(owners[owner], name) == "auto"]
     resume = training_args.resume_from_checkpoint
     saved_file = Path(resume).parent / CHOICES_FILE if resume else None
-    saved = _saved_choices(saved_file) if saved_file is not None and saved_file.is_file() else {}
+    saved = saved_choices(saved_file) if saved_file is not None and saved_file.is_file() else {}
     resolved: dict[str, str | None] = {}
     for name in wanted:
         dtype = resolved.get("dtype", model_args.dtype)
