@@ -58,7 +58,7 @@ runs/smollm2-ner-prior-2/cllmfs_run.json: runs/smollm2-ner-prior/cllmfs_run.json
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 lint:
 	$(PY) -m ruff check .
