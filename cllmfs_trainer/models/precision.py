@@ -12,6 +12,8 @@ import functools
 import logging
 import time
 
+from cllmfs_trainer.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # (tokens, hidden, intermediate): SmolLM2-135M's MLP on a batch of about a thousand tokens.
@@ -90,8 +92,6 @@ def check_bf16_not_emulated(field: str) -> None:
         `UserError`: where the probe matmul in bfloat16 runs at under `EMULATED_BF16_SPEEDUP` times float32's speed.
     """
     import torch
-
-    from cllmfs_trainer.errors import UserError
 
     if torch.cuda.is_available():
         return
