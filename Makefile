@@ -8,6 +8,9 @@ TORCH_INSTALL ?= torch==2.13.0
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 # accelerate launch gives a CPU process one thread unless told otherwise: 2-3x slower here.
 NPROC := $(shell nproc 2>/dev/null || echo 1)
+# pytest-xdist workers: one per core, at most 4 (each loads its own copy of the default model). A test file runs
+# whole on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= $(shell n=$(NPROC); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install demo prior test lint format clean
 
@@ -58,7 +61,7 @@ runs/smollm2-ner-prior-2/cllmfs_run.json: runs/smollm2-ner-prior/cllmfs_run.json
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 lint:
 	$(PY) -m ruff check .

@@ -7,11 +7,35 @@ from the matching `*_path` fixture).
 from __future__ import annotations
 
 import copy
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs one worker per core, up to 4), each worker gets its share of the cores.
+
+    Torch would start one thread per core in every worker, and the workers would fight over the cores. The variable
+    also reaches the training and prediction subprocesses that tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = max(1, cores // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files that hold a slow test run first. pytest-xdist hands out whole files in this order (`--dist loadfile`),
+    so the long ones start at once instead of keeping one worker busy at the end while the others idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort: each file keeps its own order
+
 
 # --- A LLaMA-2-style SentencePiece tokenizer, trained offline --------------------------------------------------------
 
