@@ -1,6 +1,7 @@
 """`auto` settings are probed once per training: a resumed training reads back what its first start chose."""
 
 import json
+import time
 
 import pytest
 from trl import ModelConfig
@@ -75,3 +76,31 @@ def test_a_damaged_choices_file_is_named(tmp_path, monkeypatch, text, message):
     fake_probes(monkeypatch, "bfloat16", "eager", "numpy")
     with pytest.raises(UserError, match=f"{CHOICES_FILE}: {message}"):
         resolve_auto_choices(training, model)
+
+
+def test_a_hopeless_first_call_ends_the_timing_and_a_normal_one_is_timed_in_rounds():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+
+    assert precision.best_seconds(slow, repeats=10, give_up_after=0.001) >= 0.02
+    assert len(calls) == 1
+    calls.clear()
+    precision.best_seconds(lambda: calls.append(1), repeats=10, give_up_after=1.0)
+    assert len(calls) == 1 + 3 * 10  # warm-up, then three rounds
+
+
+def test_the_bfloat16_timing_gives_up_at_hopeless_slowdown_times_float32(monkeypatch):
+    import torch
+
+    asked = {}
+
+    def fake_seconds(dtype, shape, repeats, give_up_after=None):
+        asked[dtype] = give_up_after
+        return 0.01 if dtype == torch.float32 else 1.0  # an emulated bfloat16: 0.01x
+
+    monkeypatch.setattr(precision, "seconds_per_matmul", fake_seconds)
+    assert precision.cpu_matmul_speedup_bf16.__wrapped__() == pytest.approx(0.01)
+    assert asked == {torch.float32: None, torch.bfloat16: pytest.approx(precision.HOPELESS_SLOWDOWN * 0.01)}

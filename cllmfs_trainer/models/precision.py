@@ -3,7 +3,8 @@
 bfloat16 halves the bytes every matmul moves, and CPUs with AVX512-BF16 or AMX also multiply faster in it; CPUs
 without either emulate it and are slower than in float32. The probe times the same matmuls, shaped like a small
 model's projections (tokens x hidden @ hidden x intermediate), in both precisions and keeps the faster one. It runs
-once per process, in about a second.
+once per process, in a few seconds at most: where bfloat16 is emulated (about 0.01x float32's speed), its first matmul
+already settles the choice and the rounds are skipped, which would otherwise take most of a minute.
 """
 
 from __future__ import annotations
@@ -20,12 +21,28 @@ logger = logging.getLogger(__name__)
 PROBE_SHAPE = (1024, 576, 1536)
 # bfloat16 must win by this factor: a tie is not worth its rounding.
 MIN_SPEEDUP = 1.1
+# A first bfloat16 matmul this many times slower than float32's best ends its timing: no warm-up overhead explains it,
+# and the choice (bfloat16 from 1.1x, refused below 0.5x) is the same at any ratio under 0.05x.
+HOPELESS_SLOWDOWN = 20.0
 
 
-def best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int, give_up_after: float | None = None) -> float:
     """Best time of one call of `fn` over three rounds of `repeats` calls, after one warm-up call (the first call pays
-    for kernel selection and allocation)."""
+    for kernel selection and allocation).
+
+    Args:
+        fn (`Callable[[], object]`):
+            What to time.
+        repeats (`int`):
+            Calls per timed round.
+        give_up_after (`float`, *optional*):
+            Seconds: a warm-up call slower than this is returned as the time, without the rounds.
+    """
+    start = time.perf_counter()
     fn()
+    first = time.perf_counter() - start
+    if give_up_after is not None and first > give_up_after:
+        return first
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -35,14 +52,15 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int) -> float:
-    """Best time of one `[tokens, hidden] @ [hidden, out]` matmul in `dtype`, over three rounds of `repeats`."""
+def seconds_per_matmul(dtype, shape: tuple[int, int, int], repeats: int, give_up_after: float | None = None) -> float:
+    """Best time of one `[tokens, hidden] @ [hidden, out]` matmul in `dtype`, over three rounds of `repeats` (or the
+    first matmul's time, where that exceeds `give_up_after` seconds; see `best_seconds`)."""
     import torch
 
     tokens, hidden, inner = shape
     a = torch.randn(tokens, hidden).to(dtype)
     b = torch.randn(hidden, inner).to(dtype)
-    return best_seconds(lambda: a @ b, repeats)
+    return best_seconds(lambda: a @ b, repeats, give_up_after)
 
 
 @functools.cache
@@ -58,7 +76,7 @@ def cpu_matmul_speedup_bf16(shape: tuple[int, int, int] = PROBE_SHAPE, repeats: 
     import torch
 
     fp32 = seconds_per_matmul(torch.float32, shape, repeats)
-    bf16 = seconds_per_matmul(torch.bfloat16, shape, repeats)
+    bf16 = seconds_per_matmul(torch.bfloat16, shape, repeats, give_up_after=HOPELESS_SLOWDOWN * fp32)
     return fp32 / bf16
 
 
