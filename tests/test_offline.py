@@ -45,7 +45,7 @@ def test_cllmfs_help_makes_no_network_call(command):
     assert "NETWORK:" not in result.stderr + result.stdout
 
 
-@pytest.mark.slow  # a training and a prediction, each in a fresh subprocess: about 2 min at one thread
+@pytest.mark.slow  # a training and a prediction, each in a fresh subprocess (minutes when the cores are shared)
 def test_training_and_predicting_with_a_local_model_make_no_network_call(tiny_run_inputs, tmp_path):
     from test_recipes import tiny_args
 

@@ -9,7 +9,7 @@ from cllmfs_trainer.data import build_sft_dataset, get_dataset, sample_support_s
 from cllmfs_trainer.models import load_model
 
 pytestmark = pytest.mark.slow
-# Two sentences x three types are 6 prompts of ~110 tokens: memorised by about step 24 of 30 at one thread (fp32).
+# Two sentences x three types are 6 prompts of ~110 tokens: memorised (training accuracy 1) from about step 24 of 30.
 OVERFIT_SENTENCES = 2
 OVERFIT_STEPS = 30
 
